@@ -1,0 +1,8 @@
+//! firedrill: backs PostgreSQL and Redis up into object storage and proves
+//! every backup by restoring it into a throwaway database and checking it.
+//!
+//! Every decision point is a WebAssembly component plugin bound by a policy
+//! file; see `docs/ARCHITECTURE.md` for the map of this crate.
+
+pub mod caps;
+pub mod runtime;

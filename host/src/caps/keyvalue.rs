@@ -1,0 +1,245 @@
+//! `wasi:keyvalue/store` and `wasi:keyvalue/atomics` on Redis, scoped to key
+//! prefixes.
+//!
+//! Grant: `keyvalue = { prefixes = ["ratelimit:", "revoked:"] }`. The plugin
+//! opens the bucket `""` (or `"default"`); every key it touches must start
+//! with a granted prefix, or the call answers `access-denied`. In Redis the
+//! key lives under the agent's namespace (`firedrill:` unless configured), so
+//! plugins never see or touch the agent's own keys.
+
+use super::bindings::wasi::keyvalue::atomics;
+use super::bindings::wasi::keyvalue::store::{self, Error, KeyResponse};
+use super::CapState;
+use serde::Deserialize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+/// The most keys one `list-keys` page returns.
+const PAGE: usize = 1000;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyvalueGrant {
+    pub prefixes: Vec<String>,
+}
+
+impl KeyvalueGrant {
+    /// A problem with the grant itself, for the policy loader.
+    pub fn problem(&self) -> Option<String> {
+        if self.prefixes.is_empty() {
+            return Some("`prefixes` is empty: grant at least one key prefix".into());
+        }
+        if self.prefixes.iter().any(|p| p.is_empty()) {
+            return Some("an empty prefix would grant every key; name a prefix such as \"myplugin:\"".into());
+        }
+        None
+    }
+
+    fn allows(&self, key: &str) -> bool {
+        self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+    }
+}
+
+/// The Redis behind keyvalue grants, shared by all calls (connections pooled).
+#[derive(Clone)]
+pub struct KvTarget {
+    client: redis::Client,
+    namespace: Arc<str>,
+    idle: Arc<Mutex<Vec<redis::Connection>>>,
+}
+
+impl KvTarget {
+    /// `url`: `redis://[user:password@]host:port/db`. Keys are stored as `namespace + key`.
+    pub fn new(url: &str, namespace: &str) -> Result<KvTarget, redis::RedisError> {
+        Ok(KvTarget {
+            client: redis::Client::open(url)?,
+            namespace: namespace.into(),
+            idle: Arc::default(),
+        })
+    }
+
+    fn take(&self) -> redis::RedisResult<redis::Connection> {
+        if let Some(c) = self.idle.lock().unwrap().pop() {
+            return Ok(c);
+        }
+        self.client.get_connection_with_timeout(IO_TIMEOUT)
+    }
+
+    fn give_back(&self, conn: redis::Connection) {
+        let mut idle = self.idle.lock().unwrap();
+        if idle.len() < 16 {
+            idle.push(conn);
+        }
+    }
+}
+
+/// The one bucket a plugin can open; the grant's prefixes scope it.
+pub struct Bucket;
+
+pub(crate) struct KeyvalueCap {
+    grant: Option<KeyvalueGrant>,
+    target: Option<KvTarget>,
+    deadline: Instant,
+    table: ResourceTable,
+    conn: Option<redis::Connection>,
+}
+
+impl KeyvalueCap {
+    pub(crate) fn new(grant: Option<KeyvalueGrant>, target: Option<KvTarget>, deadline: Instant) -> KeyvalueCap {
+        KeyvalueCap { grant, target, deadline, table: ResourceTable::new(), conn: None }
+    }
+
+    /// Runs one command on `key` (already checked against the grant).
+    fn run<T: redis::FromRedisValue>(&mut self, key: &str, build: impl FnOnce(&mut redis::Cmd, String)) -> Result<T, Error> {
+        let grant = self.grant.as_ref().ok_or(Error::AccessDenied)?;
+        if !grant.allows(key) {
+            return Err(Error::AccessDenied);
+        }
+        let target = self.target.clone().ok_or_else(|| Error::Other("no key-value store is configured for this agent".into()))?;
+        let mut cmd = redis::Cmd::new();
+        build(&mut cmd, format!("{}{key}", target.namespace));
+        self.query(&target, &cmd)
+    }
+
+    fn query<T: redis::FromRedisValue>(&mut self, target: &KvTarget, cmd: &redis::Cmd) -> Result<T, Error> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Other("deadline reached".into()));
+        }
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => target.take().map_err(redis_error)?,
+        };
+        let timeout = Some(left.min(IO_TIMEOUT));
+        conn.set_read_timeout(timeout).and_then(|_| conn.set_write_timeout(timeout)).map_err(redis_error)?;
+        let result = cmd.query(&mut conn).map_err(redis_error);
+        // A connection that failed mid-command may hold a half-read reply.
+        if result.is_ok() {
+            self.conn = Some(conn);
+        }
+        result
+    }
+}
+
+impl Drop for KeyvalueCap {
+    fn drop(&mut self) {
+        if let (Some(conn), Some(target)) = (self.conn.take(), &self.target) {
+            target.give_back(conn);
+        }
+    }
+}
+
+fn redis_error(e: redis::RedisError) -> Error {
+    // The error's text names the command and the server's reply; not the URL.
+    Error::Other(format!("redis: {e}"))
+}
+
+impl store::Host for KeyvalueCap {
+    fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<Bucket>, Error>> {
+        if !identifier.is_empty() && identifier != "default" {
+            return Ok(Err(Error::NoSuchStore));
+        }
+        if self.grant.is_none() {
+            return Ok(Err(Error::AccessDenied));
+        }
+        Ok(Ok(self.table.push(Bucket)?))
+    }
+}
+
+impl store::HostBucket for KeyvalueCap {
+    fn get(&mut self, _: Resource<Bucket>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        Ok(self.run(&key, |c, k| {
+            c.arg("GET").arg(k);
+        }))
+    }
+
+    fn set(&mut self, _: Resource<Bucket>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+        Ok(self.run(&key, |c, k| {
+            c.arg("SET").arg(k).arg(value);
+        }))
+    }
+
+    fn delete(&mut self, _: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), Error>> {
+        Ok(self.run::<i64>(&key, |c, k| {
+            c.arg("DEL").arg(k);
+        })
+        .map(drop))
+    }
+
+    fn exists(&mut self, _: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, Error>> {
+        Ok(self.run(&key, |c, k| {
+            c.arg("EXISTS").arg(k);
+        }))
+    }
+
+    fn list_keys(&mut self, _: Resource<Bucket>, cursor: Option<u64>) -> wasmtime::Result<Result<KeyResponse, Error>> {
+        let (Some(grant), Some(target)) = (self.grant.clone(), self.target.clone()) else {
+            return Ok(Err(Error::AccessDenied));
+        };
+        let mut cmd = redis::Cmd::new();
+        cmd.arg("SCAN").arg(cursor.unwrap_or(0)).arg("MATCH").arg(format!("{}*", target.namespace)).arg("COUNT").arg(PAGE);
+        let (next, keys): (u64, Vec<String>) = match self.query(&target, &cmd) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let keys = keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&*target.namespace).map(str::to_string))
+            .filter(|k| grant.allows(k))
+            .collect();
+        Ok(Ok(KeyResponse { keys, cursor: (next != 0).then_some(next) }))
+    }
+
+    fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KeyvalueCap {
+    fn increment(&mut self, _: Resource<Bucket>, key: String, delta: u64) -> wasmtime::Result<Result<u64, Error>> {
+        Ok(self.run(&key, |c, k| {
+            c.arg("INCRBY").arg(k).arg(delta);
+        }))
+    }
+}
+
+struct Data;
+impl HasData for Data {
+    type Data<'a> = &'a mut KeyvalueCap;
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<CapState>) -> wasmtime::Result<()> {
+    store::add_to_linker::<CapState, Data>(linker, |s| &mut s.keyvalue)?;
+    atomics::add_to_linker::<CapState, Data>(linker, |s| &mut s.keyvalue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_scope_keys() {
+        let g = KeyvalueGrant { prefixes: vec!["rl:".into(), "revoked:".into()] };
+        assert!(g.allows("rl:alice") && g.allows("revoked:42"));
+        assert!(!g.allows("r") && !g.allows("other:rl:x"));
+        assert!(g.problem().is_none());
+        assert!(KeyvalueGrant { prefixes: vec![] }.problem().is_some());
+        assert!(KeyvalueGrant { prefixes: vec!["".into()] }.problem().is_some());
+    }
+
+    #[test]
+    fn denied_without_grant_and_before_any_io() {
+        let far = Instant::now() + Duration::from_secs(5);
+        let mut cap = KeyvalueCap::new(None, None, far);
+        assert!(matches!(store::Host::open(&mut cap, "".into()).unwrap(), Err(Error::AccessDenied)));
+        let grant = KeyvalueGrant { prefixes: vec!["ok:".into()] };
+        // The target points nowhere: a denied key must be refused without connecting.
+        let target = KvTarget::new("redis://127.0.0.1:1/", "t:").unwrap();
+        let mut cap = KeyvalueCap::new(Some(grant), Some(target), far);
+        assert!(matches!(store::Host::open(&mut cap, "other".into()).unwrap(), Err(Error::NoSuchStore)));
+        assert!(matches!(cap.run::<Option<Vec<u8>>>("nope", |c, k| { c.arg("GET").arg(k); }), Err(Error::AccessDenied)));
+    }
+}

@@ -1,0 +1,166 @@
+//! The one wasmtime `Engine` of the agent and the `Linker` every plugin is
+//! built against.
+//!
+//! Pooling allocator (instances come from pre-reserved slots, so a call
+//! costs no mmap), epoch interruption (a ticker thread advances the epoch;
+//! each call's store traps when its deadline in ticks passes) and fuel (off
+//! unless a policy sets a budget, by giving everyone else an unlimited one).
+
+use super::cache::CodeCache;
+use super::worlds::{World, WorldPre};
+use super::RuntimeError;
+use crate::caps::{self, CapState};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of deadlines.
+pub(crate) const TICK: Duration = Duration::from_millis(2);
+
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled code is cached; none disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Plugin instances alive at once (calls in flight), across all plugins.
+    pub max_instances: u32,
+    /// The most linear memory any policy may grant.
+    pub max_memory: u64,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { cache_dir: default_cache_dir(), max_instances: 128, max_memory: 1 << 30 }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("FIREDRILL_CACHE_DIR") {
+        return Some(d.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("firedrill").join("code"))
+}
+
+/// Cheap to clone; all clones share the engine, linker and cache.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<CapState>,
+    pub(crate) cache: Option<CodeCache>,
+    pub(crate) options: RuntimeOptions,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A compiled component and what it took.
+pub struct Compiled {
+    pub component: Component,
+    pub sha256: String,
+    pub compile_time: Duration,
+    pub from_cache: bool,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        let n = options.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        // A Rust component holds a handful of core instances, memories and tables.
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 8)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(16)
+            .max_memory_size(options.max_memory as usize);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(true)
+            .memory_reservation(options.max_memory)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        caps::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let cache = match &options.cache_dir {
+            Some(dir) => match CodeCache::open(dir, &engine) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "compiled-code cache disabled: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let ticking = Arc::new(AtomicBool::new(true));
+        let (e, t) = (engine.clone(), ticking.clone());
+        std::thread::Builder::new()
+            .name("firedrill-epoch".into())
+            .spawn(move || {
+                while t.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Runtime { inner: Arc::new(Inner { engine, linker, cache, options, ticking }) })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn max_memory(&self) -> u64 {
+        self.inner.options.max_memory
+    }
+
+    /// Compiles a component, or loads its compiled code from the cache.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, RuntimeError> {
+        let sha256 = hex::encode(Sha256::digest(wasm));
+        let start = Instant::now();
+        if let Some(component) = self.inner.cache.as_ref().and_then(|c| c.get(&self.inner.engine, &sha256)) {
+            return Ok(Compiled { component, sha256, compile_time: start.elapsed(), from_cache: true });
+        }
+        if wasm.len() >= 8 && wasm.starts_with(b"\0asm") && wasm[4..8] == [1, 0, 0, 0] {
+            return Err(RuntimeError::NotAComponent(
+                "this is a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`".into(),
+            ));
+        }
+        let component =
+            Component::new(&self.inner.engine, wasm).map_err(|e| RuntimeError::NotAComponent(format!("{e:#}")))?;
+        if let Some(cache) = &self.inner.cache {
+            cache.put(&sha256, &component);
+        }
+        Ok(Compiled { component, sha256, compile_time: start.elapsed(), from_cache: false })
+    }
+
+    /// The names a component imports and the functions it exports.
+    pub fn describe(&self, component: &Component) -> (Vec<String>, Vec<String>) {
+        let ty = component.component_type();
+        let imports = ty.imports(&self.inner.engine).map(|(n, _)| n.to_string()).collect();
+        let exports = ty.exports(&self.inner.engine).map(|(n, _)| n.to_string()).collect();
+        (imports, exports)
+    }
+
+    /// Links a component and checks it against `world`'s exports.
+    pub(crate) fn prepare(&self, world: World, component: &Component) -> Result<WorldPre, String> {
+        let pre: InstancePre<CapState> = self.inner.linker.instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
+        WorldPre::new(world, pre).map_err(|e| format!("does not implement {world}: {e:#}"))
+    }
+}

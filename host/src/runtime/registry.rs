@@ -1,0 +1,93 @@
+//! A policies directory loaded as one set: every policy parsed, compiled and
+//! linked, or none of them. Start-up and reload both go through
+//! [`PluginSet::load_dir`]; the caller swaps the whole set in only on success.
+//!
+//! Invariant: a failure leaves nothing half-loaded; all problems are reported
+//! together, one per line, each naming its file.
+
+use super::plugin::Plugin;
+use super::policy::{Policy, PolicyError};
+use super::worlds::World;
+use super::Runtime;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct PluginSet {
+    dir: PathBuf,
+    plugins: Vec<Arc<Plugin>>,
+}
+
+/// Everything wrong with a policies directory.
+#[derive(Debug, thiserror::Error)]
+pub struct LoadErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl PluginSet {
+    /// Loads every `*.toml` in `dir` (not recursing; hidden entries such as a
+    /// Kubernetes ConfigMap's `..data` are skipped, their files are reached
+    /// through the visible symlinks).
+    pub fn load_dir(runtime: &Runtime, dir: &Path) -> Result<PluginSet, LoadErrors> {
+        let read = std::fs::read_dir(dir)
+            .map_err(|e| LoadErrors(vec![PolicyError::new(dir, None, format!("cannot read the policies directory: {e}"))]))?;
+        let mut files: Vec<PathBuf> = read
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                !name.starts_with('.') && p.extension().is_some_and(|x| x == "toml") && p.is_file()
+            })
+            .collect();
+        files.sort();
+        let mut errors = Vec::new();
+        let mut plugins: Vec<Arc<Plugin>> = Vec::new();
+        for file in files {
+            match Policy::load(&file).and_then(|p| Plugin::load(runtime, p)) {
+                Ok(p) => {
+                    if let Some(other) = plugins.iter().find(|o| o.name() == p.name()) {
+                        errors.push(PolicyError::new(
+                            &file,
+                            Some("name"),
+                            format!("{:?} is already the name of {}", p.name(), other.policy().file.display()),
+                        ));
+                    } else {
+                        plugins.push(Arc::new(p));
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(LoadErrors(errors));
+        }
+        Ok(PluginSet { dir: dir.to_path_buf(), plugins })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn all(&self) -> &[Arc<Plugin>] {
+        &self.plugins
+    }
+
+    /// The plugins of one world, in file-name order.
+    pub fn of_world(&self, world: World) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.iter().filter(move |p| p.world() == world)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.iter().find(|p| p.name() == name)
+    }
+}
