@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn numerics_decode_exactly() {
         assert_eq!(numeric(2, 1, 0, 2, &[12, 3456]), "123456.00");
-        assert_eq!(numeric(3, 0, 0x4000, 5, &[7, 5000, 100]), "-7.50001");
+        assert_eq!(numeric(3, 0, 0x4000, 5, &[7, 5000, 1000]), "-7.50001");
         assert_eq!(numeric(3, 0, 0x4000, 3, &[7, 5000, 100]), "-7.500");
         assert_eq!(numeric(1, -1, 0, 4, &[42]), "0.0042");
         assert_eq!(numeric(1, -2, 0, 8, &[42]), "0.00000042");
