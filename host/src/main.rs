@@ -1,1 +1,78 @@
-fn main(){}
+//! The `firedrill` command. Library errors become `anyhow` here, at the edge;
+//! a command that finds a problem prints it and exits 1.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "firedrill",
+    version,
+    about = "Backs up PostgreSQL and Redis and proves every backup restores."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a throwaway Postgres, back it up, drill the backup, print a report.
+    Demo,
+    /// Inspect plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Inspect policy directories.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Which world a component implements, what it imports and exports, its
+    /// size and compile time; exit 1 with the reason if the agent could not load it.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load every policy of a directory as the agent would; exit 1 listing
+    /// every problem, each naming its file and field.
+    Check {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    cli::init_logging();
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Demo => cli::demo::run(),
+        Command::Plugin {
+            command: PluginCommand::Check { file, json },
+        } => cli::plugin::check(&file, json),
+        Command::Policy {
+            command: PolicyCommand::Check { dir, json },
+        } => cli::policy::check(&dir, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("firedrill: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests: one binary, a module per feature, all sharing the
+//! harness that starts real servers.
+
+mod harness;
+
+mod builtin_plugins;
+mod caps_keyvalue;
+mod caps_sql;
+mod cli;
+mod code_cache;
+mod hostile_plugins;
+mod policies;
+mod servers;

@@ -82,7 +82,12 @@ impl store::Host for ConfigCap {
     }
 
     fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
-        Ok(Ok(self.values.values.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+        Ok(Ok(self
+            .values
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()))
     }
 }
 
@@ -107,9 +112,13 @@ mod tests {
 
     #[test]
     fn scalars_become_text_and_env_values_are_secrets() {
-        let c = parse("keep = 7\nrole = \"admin\"\nstrict = true\ntoken = { env = \"API_TOKEN\" }").unwrap();
+        let c = parse("keep = 7\nrole = \"admin\"\nstrict = true\ntoken = { env = \"API_TOKEN\" }")
+            .unwrap();
         let mut cap = ConfigCap::new(Arc::new(c.clone()));
-        assert_eq!(cap.get("keep".into()).unwrap().unwrap().as_deref(), Some("7"));
+        assert_eq!(
+            cap.get("keep".into()).unwrap().unwrap().as_deref(),
+            Some("7")
+        );
         assert_eq!(cap.get("missing".into()).unwrap().unwrap(), None);
         assert_eq!(cap.get_all().unwrap().unwrap().len(), 4);
         assert_eq!(c.secrets().collect::<Vec<_>>(), ["s3cret"]);
@@ -117,7 +126,10 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        assert_eq!(parse("token = { env = \"NOPE\" }").unwrap_err().0, "config.token");
+        assert_eq!(
+            parse("token = { env = \"NOPE\" }").unwrap_err().0,
+            "config.token"
+        );
         let (field, msg) = parse("list = [1, 2]").unwrap_err();
         assert_eq!(field, "config.list");
         assert!(msg.contains("must be a string"), "{msg}");

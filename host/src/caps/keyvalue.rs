@@ -32,7 +32,9 @@ impl KeyvalueGrant {
             return Some("`prefixes` is empty: grant at least one key prefix".into());
         }
         if self.prefixes.iter().any(|p| p.is_empty()) {
-            return Some("an empty prefix would grant every key; name a prefix such as \"myplugin:\"".into());
+            return Some(
+                "an empty prefix would grant every key; name a prefix such as \"myplugin:\"".into(),
+            );
         }
         None
     }
@@ -87,23 +89,43 @@ pub(crate) struct KeyvalueCap {
 }
 
 impl KeyvalueCap {
-    pub(crate) fn new(grant: Option<KeyvalueGrant>, target: Option<KvTarget>, deadline: Instant) -> KeyvalueCap {
-        KeyvalueCap { grant, target, deadline, table: ResourceTable::new(), conn: None }
+    pub(crate) fn new(
+        grant: Option<KeyvalueGrant>,
+        target: Option<KvTarget>,
+        deadline: Instant,
+    ) -> KeyvalueCap {
+        KeyvalueCap {
+            grant,
+            target,
+            deadline,
+            table: ResourceTable::new(),
+            conn: None,
+        }
     }
 
     /// Runs one command on `key` (already checked against the grant).
-    fn run<T: redis::FromRedisValue>(&mut self, key: &str, build: impl FnOnce(&mut redis::Cmd, String)) -> Result<T, Error> {
+    fn run<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        build: impl FnOnce(&mut redis::Cmd, String),
+    ) -> Result<T, Error> {
         let grant = self.grant.as_ref().ok_or(Error::AccessDenied)?;
         if !grant.allows(key) {
             return Err(Error::AccessDenied);
         }
-        let target = self.target.clone().ok_or_else(|| Error::Other("no key-value store is configured for this agent".into()))?;
+        let target = self.target.clone().ok_or_else(|| {
+            Error::Other("no key-value store is configured for this agent".into())
+        })?;
         let mut cmd = redis::Cmd::new();
         build(&mut cmd, format!("{}{key}", target.namespace));
         self.query(&target, &cmd)
     }
 
-    fn query<T: redis::FromRedisValue>(&mut self, target: &KvTarget, cmd: &redis::Cmd) -> Result<T, Error> {
+    fn query<T: redis::FromRedisValue>(
+        &mut self,
+        target: &KvTarget,
+        cmd: &redis::Cmd,
+    ) -> Result<T, Error> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::Other("deadline reached".into()));
@@ -113,7 +135,9 @@ impl KeyvalueCap {
             None => target.take().map_err(redis_error)?,
         };
         let timeout = Some(left.min(IO_TIMEOUT));
-        conn.set_read_timeout(timeout).and_then(|_| conn.set_write_timeout(timeout)).map_err(redis_error)?;
+        conn.set_read_timeout(timeout)
+            .and_then(|_| conn.set_write_timeout(timeout))
+            .map_err(redis_error)?;
         let result = cmd.query(&mut conn).map_err(redis_error);
         // A connection that failed mid-command may hold a half-read reply.
         if result.is_ok() {
@@ -149,37 +173,60 @@ impl store::Host for KeyvalueCap {
 }
 
 impl store::HostBucket for KeyvalueCap {
-    fn get(&mut self, _: Resource<Bucket>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+    fn get(
+        &mut self,
+        _: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         Ok(self.run(&key, |c, k| {
             c.arg("GET").arg(k);
         }))
     }
 
-    fn set(&mut self, _: Resource<Bucket>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+    fn set(
+        &mut self,
+        _: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
         Ok(self.run(&key, |c, k| {
             c.arg("SET").arg(k).arg(value);
         }))
     }
 
     fn delete(&mut self, _: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.run::<i64>(&key, |c, k| {
-            c.arg("DEL").arg(k);
-        })
-        .map(drop))
+        Ok(self
+            .run::<i64>(&key, |c, k| {
+                c.arg("DEL").arg(k);
+            })
+            .map(drop))
     }
 
-    fn exists(&mut self, _: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, Error>> {
+    fn exists(
+        &mut self,
+        _: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, Error>> {
         Ok(self.run(&key, |c, k| {
             c.arg("EXISTS").arg(k);
         }))
     }
 
-    fn list_keys(&mut self, _: Resource<Bucket>, cursor: Option<u64>) -> wasmtime::Result<Result<KeyResponse, Error>> {
+    fn list_keys(
+        &mut self,
+        _: Resource<Bucket>,
+        cursor: Option<u64>,
+    ) -> wasmtime::Result<Result<KeyResponse, Error>> {
         let (Some(grant), Some(target)) = (self.grant.clone(), self.target.clone()) else {
             return Ok(Err(Error::AccessDenied));
         };
         let mut cmd = redis::Cmd::new();
-        cmd.arg("SCAN").arg(cursor.unwrap_or(0)).arg("MATCH").arg(format!("{}*", target.namespace)).arg("COUNT").arg(PAGE);
+        cmd.arg("SCAN")
+            .arg(cursor.unwrap_or(0))
+            .arg("MATCH")
+            .arg(format!("{}*", target.namespace))
+            .arg("COUNT")
+            .arg(PAGE);
         let (next, keys): (u64, Vec<String>) = match self.query(&target, &cmd) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
@@ -189,7 +236,10 @@ impl store::HostBucket for KeyvalueCap {
             .filter_map(|k| k.strip_prefix(&*target.namespace).map(str::to_string))
             .filter(|k| grant.allows(k))
             .collect();
-        Ok(Ok(KeyResponse { keys, cursor: (next != 0).then_some(next) }))
+        Ok(Ok(KeyResponse {
+            keys,
+            cursor: (next != 0).then_some(next),
+        }))
     }
 
     fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -199,7 +249,12 @@ impl store::HostBucket for KeyvalueCap {
 }
 
 impl atomics::Host for KeyvalueCap {
-    fn increment(&mut self, _: Resource<Bucket>, key: String, delta: u64) -> wasmtime::Result<Result<u64, Error>> {
+    fn increment(
+        &mut self,
+        _: Resource<Bucket>,
+        key: String,
+        delta: u64,
+    ) -> wasmtime::Result<Result<u64, Error>> {
         Ok(self.run(&key, |c, k| {
             c.arg("INCRBY").arg(k).arg(delta);
         }))
@@ -222,24 +277,43 @@ mod tests {
 
     #[test]
     fn prefixes_scope_keys() {
-        let g = KeyvalueGrant { prefixes: vec!["rl:".into(), "revoked:".into()] };
+        let g = KeyvalueGrant {
+            prefixes: vec!["rl:".into(), "revoked:".into()],
+        };
         assert!(g.allows("rl:alice") && g.allows("revoked:42"));
         assert!(!g.allows("r") && !g.allows("other:rl:x"));
         assert!(g.problem().is_none());
         assert!(KeyvalueGrant { prefixes: vec![] }.problem().is_some());
-        assert!(KeyvalueGrant { prefixes: vec!["".into()] }.problem().is_some());
+        assert!(KeyvalueGrant {
+            prefixes: vec!["".into()]
+        }
+        .problem()
+        .is_some());
     }
 
     #[test]
     fn denied_without_grant_and_before_any_io() {
         let far = Instant::now() + Duration::from_secs(5);
         let mut cap = KeyvalueCap::new(None, None, far);
-        assert!(matches!(store::Host::open(&mut cap, "".into()).unwrap(), Err(Error::AccessDenied)));
-        let grant = KeyvalueGrant { prefixes: vec!["ok:".into()] };
+        assert!(matches!(
+            store::Host::open(&mut cap, "".into()).unwrap(),
+            Err(Error::AccessDenied)
+        ));
+        let grant = KeyvalueGrant {
+            prefixes: vec!["ok:".into()],
+        };
         // The target points nowhere: a denied key must be refused without connecting.
         let target = KvTarget::new("redis://127.0.0.1:1/", "t:").unwrap();
         let mut cap = KeyvalueCap::new(Some(grant), Some(target), far);
-        assert!(matches!(store::Host::open(&mut cap, "other".into()).unwrap(), Err(Error::NoSuchStore)));
-        assert!(matches!(cap.run::<Option<Vec<u8>>>("nope", |c, k| { c.arg("GET").arg(k); }), Err(Error::AccessDenied)));
+        assert!(matches!(
+            store::Host::open(&mut cap, "other".into()).unwrap(),
+            Err(Error::NoSuchStore)
+        ));
+        assert!(matches!(
+            cap.run::<Option<Vec<u8>>>("nope", |c, k| {
+                c.arg("GET").arg(k);
+            }),
+            Err(Error::AccessDenied)
+        ));
     }
 }

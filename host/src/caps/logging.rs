@@ -94,7 +94,10 @@ mod tests {
     fn records_are_tagged_clipped_and_bounded() {
         let buf = Buf::default();
         let w = buf.clone();
-        let sub = tracing_subscriber::fmt().with_writer(move || w.clone()).with_ansi(false).finish();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
         tracing::subscriber::with_default(sub, || {
             let mut cap = LoggingCap::new("my-verifier".into());
             cap.log(Level::Info, "ctx".into(), "hello".into()).unwrap();
@@ -104,9 +107,15 @@ mod tests {
             }
         });
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(out.contains("my-verifier") && out.contains("hello"), "{out}");
+        assert!(
+            out.contains("my-verifier") && out.contains("hello"),
+            "{out}"
+        );
         let longest = out.lines().map(|l| l.len()).max().unwrap();
-        assert!(longest < MAX_MESSAGE_BYTES + 300, "a line of {longest} bytes");
+        assert!(
+            longest < MAX_MESSAGE_BYTES + 300,
+            "a line of {longest} bytes"
+        );
         assert_eq!(out.matches("spam").count() as u32, MAX_RECORDS_PER_CALL - 2);
         assert_eq!(out.matches("dropping the rest").count(), 1);
     }

@@ -75,13 +75,22 @@ impl Capability {
         let cap = match name {
             "wasi:logging/logging" if version == "0.1.0-draft" => Capability::Logging,
             "wasi:config/store" if version == "0.2.0-draft" => Capability::Config,
-            "wasi:keyvalue/store" | "wasi:keyvalue/atomics" if version == "0.2.0-draft" => Capability::Keyvalue,
+            "wasi:keyvalue/store" | "wasi:keyvalue/atomics" if version == "0.2.0-draft" => {
+                Capability::Keyvalue
+            }
             "firedrill:plugin/sql" if version == "0.1.0" => Capability::Sql,
             "firedrill:plugin/types" if version == "0.1.0" => Capability::Types,
             _ if version.starts_with("0.2.")
-                && ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/", "wasi:sockets/"]
-                    .iter()
-                    .any(|p| name.starts_with(p)) =>
+                && [
+                    "wasi:cli/",
+                    "wasi:io/",
+                    "wasi:clocks/",
+                    "wasi:random/",
+                    "wasi:filesystem/",
+                    "wasi:sockets/",
+                ]
+                .iter()
+                .any(|p| name.starts_with(p)) =>
             {
                 Capability::Wasi
             }
@@ -155,8 +164,15 @@ impl CapState {
             logging: logging::LoggingCap::new(plugin),
             config: config::ConfigCap::new(config),
             sql: sql::SqlCap::new(grants.sql.clone(), ctx.sql.clone(), deadline),
-            keyvalue: keyvalue::KeyvalueCap::new(grants.keyvalue.clone(), ctx.keyvalue.clone(), deadline),
-            memory: MemoryLimit { max: memory_limit, hit: false },
+            keyvalue: keyvalue::KeyvalueCap::new(
+                grants.keyvalue.clone(),
+                ctx.keyvalue.clone(),
+                deadline,
+            ),
+            memory: MemoryLimit {
+                max: memory_limit,
+                hit: false,
+            },
         }
     }
 }
@@ -169,7 +185,12 @@ pub(crate) struct MemoryLimit {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimit {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max {
             self.hit = true;
             return Ok(false);
@@ -177,7 +198,12 @@ impl wasmtime::ResourceLimiter for MemoryLimit {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -198,20 +224,40 @@ mod tests {
 
     #[test]
     fn imports_map_to_capabilities() {
-        assert_eq!(Capability::of_import("wasi:logging/logging@0.1.0-draft"), Some(Capability::Logging));
-        assert_eq!(Capability::of_import("wasi:keyvalue/atomics@0.2.0-draft"), Some(Capability::Keyvalue));
-        assert_eq!(Capability::of_import("firedrill:plugin/sql@0.1.0"), Some(Capability::Sql));
-        assert_eq!(Capability::of_import("wasi:cli/environment@0.2.6"), Some(Capability::Wasi));
+        assert_eq!(
+            Capability::of_import("wasi:logging/logging@0.1.0-draft"),
+            Some(Capability::Logging)
+        );
+        assert_eq!(
+            Capability::of_import("wasi:keyvalue/atomics@0.2.0-draft"),
+            Some(Capability::Keyvalue)
+        );
+        assert_eq!(
+            Capability::of_import("firedrill:plugin/sql@0.1.0"),
+            Some(Capability::Sql)
+        );
+        assert_eq!(
+            Capability::of_import("wasi:cli/environment@0.2.6"),
+            Some(Capability::Wasi)
+        );
         // Versions the host does not implement are not offered.
         assert_eq!(Capability::of_import("firedrill:plugin/sql@0.2.0"), None);
-        assert_eq!(Capability::of_import("wasi:http/outgoing-handler@0.2.0"), None);
+        assert_eq!(
+            Capability::of_import("wasi:http/outgoing-handler@0.2.0"),
+            None
+        );
         assert_eq!(Capability::of_import("wasi:cli/environment@0.3.0"), None);
     }
 
     #[test]
     fn nothing_is_granted_by_default() {
         let g = Grants::default();
-        for c in [Capability::Logging, Capability::Config, Capability::Sql, Capability::Keyvalue] {
+        for c in [
+            Capability::Logging,
+            Capability::Config,
+            Capability::Sql,
+            Capability::Keyvalue,
+        ] {
             assert!(!c.granted_by(&g), "{c:?}");
         }
         assert!(Capability::Wasi.granted_by(&g));

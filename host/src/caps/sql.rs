@@ -56,8 +56,17 @@ pub(crate) struct SqlCap {
 }
 
 impl SqlCap {
-    pub(crate) fn new(grant: Option<SqlGrant>, target: Option<SqlTarget>, deadline: Instant) -> SqlCap {
-        SqlCap { grant, target, deadline, conn: None }
+    pub(crate) fn new(
+        grant: Option<SqlGrant>,
+        target: Option<SqlTarget>,
+        deadline: Instant,
+    ) -> SqlCap {
+        SqlCap {
+            grant,
+            target,
+            deadline,
+            conn: None,
+        }
     }
 
     fn run(&mut self, statement: &str, params: &[Value]) -> Result<Rows, Error> {
@@ -78,11 +87,16 @@ impl SqlCap {
             return Err(Error::Timeout);
         }
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut cfg: postgres::Config =
-                target.url.parse().map_err(|e: postgres::Error| Error::Connection(e.to_string()))?;
+            let mut cfg: postgres::Config = target
+                .url
+                .parse()
+                .map_err(|e: postgres::Error| Error::Connection(e.to_string()))?;
             cfg.connect_timeout(left.min(CONNECT_TIMEOUT));
             cfg.application_name("firedrill-plugin");
-            self.conn = Some(cfg.connect(NoTls).map_err(|e| Error::Connection(e.to_string()))?);
+            self.conn = Some(
+                cfg.connect(NoTls)
+                    .map_err(|e| Error::Connection(e.to_string()))?,
+            );
         }
         let conn = self.conn.as_mut().expect("connected above");
         let mut tx = conn
@@ -91,8 +105,11 @@ impl SqlCap {
             .start()
             .map_err(query_error)?;
         // The SELECT takes the snapshot: after it, SET TRANSACTION READ WRITE is refused.
-        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}; SELECT 1", left.as_millis().max(1)))
-            .map_err(query_error)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}; SELECT 1",
+            left.as_millis().max(1)
+        ))
+        .map_err(query_error)?;
         let stmt = tx.prepare(statement).map_err(query_error)?;
         if stmt.params().len() != params.len() {
             return Err(Error::Conversion(format!(
@@ -102,13 +119,21 @@ impl SqlCap {
             )));
         }
         let args: Vec<Param> = params.iter().map(Param).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            args.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let columns: Vec<Column> = stmt
             .columns()
             .iter()
-            .map(|c| Column { name: c.name().to_string(), type_name: c.type_().name().to_string() })
+            .map(|c| Column {
+                name: c.name().to_string(),
+                type_name: c.type_().name().to_string(),
+            })
             .collect();
-        let mut out = Rows { columns, rows: Vec::new(), affected: 0 };
+        let mut out = Rows {
+            columns,
+            rows: Vec::new(),
+            affected: 0,
+        };
         if stmt.columns().is_empty() {
             out.affected = tx.execute(&stmt, &refs).map_err(query_error)?;
         } else {
@@ -123,7 +148,11 @@ impl SqlCap {
                 let mut values = Vec::with_capacity(row.len());
                 for i in 0..row.len() {
                     let v: AnyValue = row.try_get(i).map_err(|e| {
-                        Error::Conversion(format!("column {:?}: {}", row.columns()[i].name(), source_text(&e)))
+                        Error::Conversion(format!(
+                            "column {:?}: {}",
+                            row.columns()[i].name(),
+                            source_text(&e)
+                        ))
                     })?;
                     values.push(v.0);
                 }
@@ -140,7 +169,9 @@ impl SqlCap {
 }
 
 fn source_text(e: &postgres::Error) -> String {
-    e.source().map(|s| s.to_string()).unwrap_or_else(|| e.to_string())
+    e.source()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 fn query_error(e: postgres::Error) -> Error {
@@ -157,7 +188,11 @@ fn query_error(e: postgres::Error) -> Error {
 }
 
 impl sql::Host for SqlCap {
-    fn query(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<Rows, Error>> {
+    fn query(
+        &mut self,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<Rows, Error>> {
         let result = self.run(&statement, &params);
         if matches!(result, Err(Error::Connection(_))) {
             self.conn = None;
@@ -179,7 +214,11 @@ struct Param<'a>(&'a Value);
 impl ToSql for Param<'_> {
     fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
         let mismatch = || -> BoxError {
-            format!("a {} value does not fit a parameter of type {ty}; cast the parameter in SQL", kind(self.0)).into()
+            format!(
+                "a {} value does not fit a parameter of type {ty}; cast the parameter in SQL",
+                kind(self.0)
+            )
+            .into()
         };
         match (self.0, ty) {
             (Value::Null, _) => return Ok(IsNull::Yes),
@@ -209,7 +248,10 @@ impl ToSql for Param<'_> {
             }
             (Value::Uuid(s), &Type::UUID) => {
                 let hex: String = s.chars().filter(|c| *c != '-').collect();
-                let bytes = hex::decode(&hex).ok().filter(|b| b.len() == 16).ok_or_else(mismatch)?;
+                let bytes = hex::decode(&hex)
+                    .ok()
+                    .filter(|b| b.len() == 16)
+                    .ok_or_else(mismatch)?;
                 out.extend_from_slice(&bytes);
                 Ok(IsNull::No)
             }
@@ -225,7 +267,10 @@ impl ToSql for Param<'_> {
 }
 
 fn is_text(t: &Type) -> bool {
-    matches!(*t, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN)
+    matches!(
+        *t,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    )
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -259,13 +304,22 @@ impl<'a> FromSql<'a> for AnyValue {
             Type::FLOAT8 => Value::Float(f64::from_sql(ty, raw)?),
             Type::NUMERIC => Value::Numeric(numeric_text(raw)?),
             Type::BYTEA => Value::Bytes(raw.to_vec()),
-            Type::TIMESTAMP | Type::TIMESTAMPTZ => Value::Timestamp(i64::from_sql(&Type::INT8, raw)? + PG_EPOCH_MICROS),
+            Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+                Value::Timestamp(i64::from_sql(&Type::INT8, raw)? + PG_EPOCH_MICROS)
+            }
             Type::DATE => Value::Date(i32::from_sql(&Type::INT4, raw)? + PG_EPOCH_DAYS),
             Type::JSON => Value::Json(std::str::from_utf8(raw)?.to_string()),
-            Type::JSONB => Value::Json(std::str::from_utf8(raw.get(1..).unwrap_or_default())?.to_string()),
+            Type::JSONB => {
+                Value::Json(std::str::from_utf8(raw.get(1..).unwrap_or_default())?.to_string())
+            }
             Type::UUID => Value::Uuid(uuid_text(raw)?),
             ref t if is_text(t) => Value::Text(std::str::from_utf8(raw)?.to_string()),
-            ref t => return Err(format!("type {t} is not supported; cast it to text in the query (col::text)").into()),
+            ref t => {
+                return Err(format!(
+                    "type {t} is not supported; cast it to text in the query (col::text)"
+                )
+                .into())
+            }
         };
         Ok(AnyValue(v))
     }
@@ -284,7 +338,14 @@ fn uuid_text(raw: &[u8]) -> Result<String, BoxError> {
         return Err("malformed uuid".into());
     }
     let h = hex::encode(raw);
-    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 /// Decodes Postgres' binary numeric (base-10000 digits) into decimal text.
@@ -378,11 +439,22 @@ mod tests {
     fn nothing_without_a_grant_or_a_target() {
         let far = Instant::now() + Duration::from_secs(5);
         let mut cap = SqlCap::new(None, None, far);
-        assert!(matches!(cap.run("SELECT 1", &[]), Err(Error::NotGranted(_))));
-        let grant = SqlGrant { database: SqlScope::Drill, write: false };
-        let source = SqlTarget { scope: SqlScope::Source, url: "postgres://nowhere.invalid/x".into() };
+        assert!(matches!(
+            cap.run("SELECT 1", &[]),
+            Err(Error::NotGranted(_))
+        ));
+        let grant = SqlGrant {
+            database: SqlScope::Drill,
+            write: false,
+        };
+        let source = SqlTarget {
+            scope: SqlScope::Source,
+            url: "postgres://nowhere.invalid/x".into(),
+        };
         let mut cap = SqlCap::new(Some(grant), Some(source), far);
-        let Err(Error::NotGranted(m)) = cap.run("SELECT 1", &[]) else { panic!("a drill grant reached the source") };
+        let Err(Error::NotGranted(m)) = cap.run("SELECT 1", &[]) else {
+            panic!("a drill grant reached the source")
+        };
         assert!(m.contains("Drill"), "{m}");
     }
 }

@@ -22,18 +22,27 @@ impl WasiState {
     pub(crate) fn sandboxed() -> WasiState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let ctx = WasiCtxBuilder::new().stderr(stderr.clone()).build();
-        WasiState { ctx, table: ResourceTable::new(), stderr }
+        WasiState {
+            ctx,
+            table: ResourceTable::new(),
+            stderr,
+        }
     }
 
     /// What the plugin wrote to stderr (a panic message, usually).
     pub(crate) fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_string()
     }
 }
 
 impl WasiView for CapState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi.ctx, table: &mut self.wasi.table }
+        WasiCtxView {
+            ctx: &mut self.wasi.ctx,
+            table: &mut self.wasi.table,
+        }
     }
 }
 

@@ -21,7 +21,10 @@ impl CodeCache {
         std::fs::create_dir_all(dir)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        Ok(CodeCache { dir: dir.to_path_buf(), engine_key: format!("{:016x}", h.finish()) })
+        Ok(CodeCache {
+            dir: dir.to_path_buf(),
+            engine_key: format!("{:016x}", h.finish()),
+        })
     }
 
     fn path(&self, sha256: &str) -> PathBuf {

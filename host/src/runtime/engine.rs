@@ -33,7 +33,11 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { cache_dir: default_cache_dir(), max_instances: 128, max_memory: 1 << 30 }
+        RuntimeOptions {
+            cache_dir: default_cache_dir(),
+            max_instances: 128,
+            max_memory: 1 << 30,
+        }
     }
 }
 
@@ -119,7 +123,15 @@ impl Runtime {
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Runtime { inner: Arc::new(Inner { engine, linker, cache, options, ticking }) })
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                options,
+                ticking,
+            }),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -134,33 +146,63 @@ impl Runtime {
     pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, RuntimeError> {
         let sha256 = hex::encode(Sha256::digest(wasm));
         let start = Instant::now();
-        if let Some(component) = self.inner.cache.as_ref().and_then(|c| c.get(&self.inner.engine, &sha256)) {
-            return Ok(Compiled { component, sha256, compile_time: start.elapsed(), from_cache: true });
+        if let Some(component) = self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&self.inner.engine, &sha256))
+        {
+            return Ok(Compiled {
+                component,
+                sha256,
+                compile_time: start.elapsed(),
+                from_cache: true,
+            });
         }
-        if wasm.len() >= 8 && wasm.starts_with(b"\0asm") && wasm[4..8] == [1, 0, 0, 0] {
+        if !wasm.starts_with(b"\0asm") {
+            return Err(RuntimeError::NotAComponent(
+                "not WebAssembly at all (no \\0asm header)".into(),
+            ));
+        }
+        if wasm.len() >= 8 && wasm[4..8] == [1, 0, 0, 0] {
             return Err(RuntimeError::NotAComponent(
                 "this is a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`".into(),
             ));
         }
-        let component =
-            Component::new(&self.inner.engine, wasm).map_err(|e| RuntimeError::NotAComponent(format!("{e:#}")))?;
+        let component = Component::new(&self.inner.engine, wasm)
+            .map_err(|e| RuntimeError::NotAComponent(format!("{e:#}")))?;
         if let Some(cache) = &self.inner.cache {
             cache.put(&sha256, &component);
         }
-        Ok(Compiled { component, sha256, compile_time: start.elapsed(), from_cache: false })
+        Ok(Compiled {
+            component,
+            sha256,
+            compile_time: start.elapsed(),
+            from_cache: false,
+        })
     }
 
     /// The names a component imports and the functions it exports.
     pub fn describe(&self, component: &Component) -> (Vec<String>, Vec<String>) {
         let ty = component.component_type();
-        let imports = ty.imports(&self.inner.engine).map(|(n, _)| n.to_string()).collect();
-        let exports = ty.exports(&self.inner.engine).map(|(n, _)| n.to_string()).collect();
+        let imports = ty
+            .imports(&self.inner.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports = ty
+            .exports(&self.inner.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         (imports, exports)
     }
 
     /// Links a component and checks it against `world`'s exports.
     pub(crate) fn prepare(&self, world: World, component: &Component) -> Result<WorldPre, String> {
-        let pre: InstancePre<CapState> = self.inner.linker.instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
+        let pre: InstancePre<CapState> = self
+            .inner
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("{e:#}"))?;
         WorldPre::new(world, pre).map_err(|e| format!("does not implement {world}: {e:#}"))
     }
 }

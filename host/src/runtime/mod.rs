@@ -46,8 +46,14 @@ pub enum CallError {
     OutOfFuel { plugin: String, fuel: u64 },
     #[error("plugin {plugin} crashed: {message}")]
     Trap { plugin: String, message: String },
-    #[error("plugin {plugin} returned {size} bytes, more than its limit of {limit} (limits.output)")]
-    OutputTooLarge { plugin: String, size: u64, limit: u64 },
+    #[error(
+        "plugin {plugin} returned {size} bytes, more than its limit of {limit} (limits.output)"
+    )]
+    OutputTooLarge {
+        plugin: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("plugin {plugin} refused: {message}")]
     Refused { plugin: String, message: String },
     #[error("plugin {plugin} implements {world}, not the world this call needs")]

@@ -8,8 +8,8 @@ use super::policy::{Policy, PolicyError};
 use super::worlds::{World, WorldPre};
 use super::CallError;
 use crate::caps::types::{
-    BackupInfo, CheckResult, DatabaseInfo, Decision, DrillContext, DumpPlan, RequestFacts, RetentionDecision,
-    TableRef, Timestamp,
+    BackupInfo, CheckResult, DatabaseInfo, Decision, DrillContext, DumpPlan, RequestFacts,
+    RetentionDecision, TableRef, Timestamp,
 };
 use crate::caps::{CallContext, CapState, Capability};
 use serde::Serialize;
@@ -48,14 +48,32 @@ impl Plugin {
         if policy.limits.memory > runtime.max_memory() {
             return Err(err(
                 "limits.memory",
-                format!("{} bytes is more than this agent allows a plugin ({})", policy.limits.memory, runtime.max_memory()),
+                format!(
+                    "{} bytes is more than this agent allows a plugin ({})",
+                    policy.limits.memory,
+                    runtime.max_memory()
+                ),
             ));
         }
-        let wasm = std::fs::read(&policy.wasm).map_err(|e| err("wasm", format!("cannot read {}: {e}", policy.wasm.display())))?;
-        let compiled = runtime.compile(&wasm).map_err(|e| err("wasm", format!("{}: {e}", policy.wasm.display())))?;
+        let wasm = std::fs::read(&policy.wasm).map_err(|e| {
+            err(
+                "wasm",
+                format!("cannot read {}: {e}", policy.wasm.display()),
+            )
+        })?;
+        let compiled = runtime
+            .compile(&wasm)
+            .map_err(|e| err("wasm", format!("{}: {e}", policy.wasm.display())))?;
         if let Some(pin) = &policy.sha256 {
             if *pin != compiled.sha256 {
-                return Err(err("sha256", format!("{} has sha256 {}, the policy pins {pin}", policy.wasm.display(), compiled.sha256)));
+                return Err(err(
+                    "sha256",
+                    format!(
+                        "{} has sha256 {}, the policy pins {pin}",
+                        policy.wasm.display(),
+                        compiled.sha256
+                    ),
+                ));
             }
         }
         let (imports, _) = runtime.describe(&compiled.component);
@@ -80,7 +98,9 @@ impl Plugin {
                 Some(_) => {}
             }
         }
-        let pre = runtime.prepare(policy.world, &compiled.component).map_err(|m| err("world", m))?;
+        let pre = runtime
+            .prepare(policy.world, &compiled.component)
+            .map_err(|m| err("world", m))?;
         tracing::debug!(plugin = %policy.name, world = policy.world.name(), cached = compiled.from_cache, ms = compiled.compile_time.as_millis() as u64, "plugin loaded");
         Ok(Plugin {
             name: policy.name.as_str().into(),
@@ -132,18 +152,34 @@ impl Plugin {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let limits = &self.policy.limits;
         let deadline = Instant::now() + limits.deadline;
-        let state = CapState::new(self.name.clone(), &self.policy.grants, self.config.clone(), ctx, limits.memory as usize, deadline);
+        let state = CapState::new(
+            self.name.clone(),
+            &self.policy.grants,
+            self.config.clone(),
+            ctx,
+            limits.memory as usize,
+            deadline,
+        );
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.memory);
         store.set_epoch_deadline(limits.deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1);
         store.epoch_deadline_trap();
-        store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).expect("fuel is enabled on the engine");
+        store
+            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+            .expect("fuel is enabled on the engine");
         let result = match f(&self.pre, &mut store) {
-            None => Err(CallError::WrongWorld { plugin: self.name.to_string(), world: self.world() }),
+            None => Err(CallError::WrongWorld {
+                plugin: self.name.to_string(),
+                world: self.world(),
+            }),
             Some(Ok(out)) => {
                 let size = output_size(&out);
                 if size > limits.output {
-                    Err(CallError::OutputTooLarge { plugin: self.name.to_string(), size, limit: limits.output })
+                    Err(CallError::OutputTooLarge {
+                        plugin: self.name.to_string(),
+                        size,
+                        limit: limits.output,
+                    })
                 } else {
                     Ok(out)
                 }
@@ -169,26 +205,48 @@ impl Plugin {
     fn classify(&self, e: wasmtime::Error, state: &CapState) -> CallError {
         let plugin = self.name.to_string();
         if state.memory.hit {
-            return CallError::OutOfMemory { plugin, limit: self.policy.limits.memory };
+            return CallError::OutOfMemory {
+                plugin,
+                limit: self.policy.limits.memory,
+            };
         }
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Timeout { plugin, deadline: self.policy.limits.deadline },
-            Some(Trap::OutOfFuel) => CallError::OutOfFuel { plugin, fuel: self.policy.limits.fuel.unwrap_or(0) },
+            Some(Trap::Interrupt) => CallError::Timeout {
+                plugin,
+                deadline: self.policy.limits.deadline,
+            },
+            Some(Trap::OutOfFuel) => CallError::OutOfFuel {
+                plugin,
+                fuel: self.policy.limits.fuel.unwrap_or(0),
+            },
             Some(trap) => {
                 let said = state.wasi.stderr_text();
-                let message = if said.is_empty() { trap.to_string() } else { format!("{trap}; the plugin said: {said}") };
+                let message = if said.is_empty() {
+                    trap.to_string()
+                } else {
+                    format!("{trap}; the plugin said: {said}")
+                };
                 CallError::Trap { plugin, message }
             }
-            None => CallError::Trap { plugin, message: format!("{e:#}") },
+            None => CallError::Trap {
+                plugin,
+                message: format!("{e:#}"),
+            },
         }
     }
 
     pub fn plan_dump(&self, ctx: &CallContext, info: &DatabaseInfo) -> Result<DumpPlan, CallError> {
         self.call(ctx, |pre, store| match pre {
-            WorldPre::DumpPlanner(p) => Some(p.instantiate(&mut *store).and_then(|i| i.call_plan(&mut *store, info))),
+            WorldPre::DumpPlanner(p) => Some(
+                p.instantiate(&mut *store)
+                    .and_then(|i| i.call_plan(&mut *store, info)),
+            ),
             _ => None,
         })?
-        .map_err(|message| CallError::Refused { plugin: self.name.to_string(), message })
+        .map_err(|message| CallError::Refused {
+            plugin: self.name.to_string(),
+            message,
+        })
     }
 
     pub fn transform_rows(
@@ -199,31 +257,57 @@ impl Plugin {
         rows: &[Vec<Option<String>>],
     ) -> Result<Vec<Vec<Option<String>>>, CallError> {
         self.call(ctx, |pre, store| match pre {
-            WorldPre::DumpPlanner(p) => {
-                Some(p.instantiate(&mut *store).and_then(|i| i.call_transform(&mut *store, table, columns, rows)))
-            }
+            WorldPre::DumpPlanner(p) => Some(
+                p.instantiate(&mut *store)
+                    .and_then(|i| i.call_transform(&mut *store, table, columns, rows)),
+            ),
             _ => None,
         })?
-        .map_err(|message| CallError::Refused { plugin: self.name.to_string(), message })
+        .map_err(|message| CallError::Refused {
+            plugin: self.name.to_string(),
+            message,
+        })
     }
 
-    pub fn verify(&self, ctx: &CallContext, drill: &DrillContext) -> Result<Vec<CheckResult>, CallError> {
+    pub fn verify(
+        &self,
+        ctx: &CallContext,
+        drill: &DrillContext,
+    ) -> Result<Vec<CheckResult>, CallError> {
         self.call(ctx, |pre, store| match pre {
-            WorldPre::Verifier(p) => Some(p.instantiate(&mut *store).and_then(|i| i.call_verify(&mut *store, drill))),
+            WorldPre::Verifier(p) => Some(
+                p.instantiate(&mut *store)
+                    .and_then(|i| i.call_verify(&mut *store, drill)),
+            ),
             _ => None,
         })
     }
 
-    pub fn plan_retention(&self, ctx: &CallContext, backups: &[BackupInfo], now: Timestamp) -> Result<Vec<RetentionDecision>, CallError> {
+    pub fn plan_retention(
+        &self,
+        ctx: &CallContext,
+        backups: &[BackupInfo],
+        now: Timestamp,
+    ) -> Result<Vec<RetentionDecision>, CallError> {
         self.call(ctx, |pre, store| match pre {
-            WorldPre::Retention(p) => Some(p.instantiate(&mut *store).and_then(|i| i.call_plan(&mut *store, backups, now))),
+            WorldPre::Retention(p) => Some(
+                p.instantiate(&mut *store)
+                    .and_then(|i| i.call_plan(&mut *store, backups, now)),
+            ),
             _ => None,
         })
     }
 
-    pub fn authorize(&self, ctx: &CallContext, facts: &RequestFacts) -> Result<Decision, CallError> {
+    pub fn authorize(
+        &self,
+        ctx: &CallContext,
+        facts: &RequestFacts,
+    ) -> Result<Decision, CallError> {
         self.call(ctx, |pre, store| match pre {
-            WorldPre::Authorizer(p) => Some(p.instantiate(&mut *store).and_then(|i| i.call_authorize(&mut *store, facts))),
+            WorldPre::Authorizer(p) => Some(
+                p.instantiate(&mut *store)
+                    .and_then(|i| i.call_authorize(&mut *store, facts)),
+            ),
             _ => None,
         })
     }
@@ -231,7 +315,10 @@ impl Plugin {
     /// Returns exactly one line per input line, or an error.
     pub fn redact(&self, ctx: &CallContext, lines: &[String]) -> Result<Vec<String>, CallError> {
         let out = self.call(ctx, |pre, store| match pre {
-            WorldPre::Redactor(p) => Some(p.instantiate(&mut *store).and_then(|i| i.call_redact(&mut *store, lines))),
+            WorldPre::Redactor(p) => Some(
+                p.instantiate(&mut *store)
+                    .and_then(|i| i.call_redact(&mut *store, lines)),
+            ),
             _ => None,
         })?;
         if out.len() != lines.len() {

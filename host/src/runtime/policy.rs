@@ -42,7 +42,11 @@ pub struct PolicyError {
 
 impl PolicyError {
     pub(crate) fn new(file: &Path, field: Option<&str>, message: impl Into<String>) -> PolicyError {
-        PolicyError { file: file.to_path_buf(), field: field.map(str::to_string), message: message.into() }
+        PolicyError {
+            file: file.to_path_buf(),
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
     }
 }
 
@@ -65,7 +69,12 @@ impl Limits {
             World::DumpPlanner => Duration::from_secs(30),
             World::Verifier => Duration::from_secs(300),
         };
-        Limits { memory: 64 << 20, deadline, fuel: None, output: 4 << 20 }
+        Limits {
+            memory: 64 << 20,
+            deadline,
+            fuel: None,
+            output: 4 << 20,
+        }
     }
 }
 
@@ -115,39 +124,82 @@ impl Policy {
     }
 
     /// `env` resolves `{ env = "NAME" }` config values.
-    pub fn parse(file: &Path, text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Policy, PolicyError> {
+    pub fn parse(
+        file: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Policy, PolicyError> {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| line_of(text, s.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
+            let at = e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
             PolicyError::new(file, None, format!("{}{at}", e.message().trim()))
         })?;
         let world = World::parse(&raw.world).ok_or_else(|| {
             let names: Vec<&str> = World::ALL.iter().map(|w| w.name()).collect();
-            PolicyError::new(file, Some("world"), format!("unknown world {:?}; expected one of {}", raw.world, names.join(", ")))
+            PolicyError::new(
+                file,
+                Some("world"),
+                format!(
+                    "unknown world {:?}; expected one of {}",
+                    raw.world,
+                    names.join(", ")
+                ),
+            )
         })?;
         let name = match raw.name {
             Some(n) => n,
-            None => file.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
+            None => file
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
         };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-            return Err(PolicyError::new(file, Some("name"), format!("{name:?}: use letters, digits, '-', '_' and '.'")));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(PolicyError::new(
+                file,
+                Some("name"),
+                format!("{name:?}: use letters, digits, '-', '_' and '.'"),
+            ));
         }
         if let Some(sha) = &raw.sha256 {
             if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(PolicyError::new(file, Some("sha256"), "must be 64 hexadecimal digits"));
+                return Err(PolicyError::new(
+                    file,
+                    Some("sha256"),
+                    "must be 64 hexadecimal digits",
+                ));
             }
         }
         let defaults = Limits::default_for(world);
         let limits = Limits {
-            memory: opt(file, "limits.memory", raw.limits.memory, parse_size)?.unwrap_or(defaults.memory),
-            deadline: opt(file, "limits.deadline", raw.limits.deadline, parse_duration)?.unwrap_or(defaults.deadline),
+            memory: opt(file, "limits.memory", raw.limits.memory, parse_size)?
+                .unwrap_or(defaults.memory),
+            deadline: opt(file, "limits.deadline", raw.limits.deadline, parse_duration)?
+                .unwrap_or(defaults.deadline),
             fuel: raw.limits.fuel,
-            output: opt(file, "limits.output", raw.limits.output, parse_size)?.unwrap_or(defaults.output),
+            output: opt(file, "limits.output", raw.limits.output, parse_size)?
+                .unwrap_or(defaults.output),
         };
         if limits.deadline.is_zero() {
-            return Err(PolicyError::new(file, Some("limits.deadline"), "must be more than zero"));
+            return Err(PolicyError::new(
+                file,
+                Some("limits.deadline"),
+                "must be more than zero",
+            ));
         }
         if limits.memory < 1 << 20 {
-            return Err(PolicyError::new(file, Some("limits.memory"), "must be at least 1MiB"));
+            return Err(PolicyError::new(
+                file,
+                Some("limits.memory"),
+                "must be at least 1MiB",
+            ));
         }
         if let Some(kv) = &raw.grants.keyvalue {
             if let Some(p) = kv.problem() {
@@ -174,8 +226,14 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-fn opt<T>(file: &Path, field: &str, v: Option<String>, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, PolicyError> {
-    v.map(|s| parse(&s).map_err(|m| PolicyError::new(file, Some(field), m))).transpose()
+fn opt<T>(
+    file: &Path,
+    field: &str,
+    v: Option<String>,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, PolicyError> {
+    v.map(|s| parse(&s).map_err(|m| PolicyError::new(file, Some(field), m)))
+        .transpose()
 }
 
 /// "64MiB", "512KiB", "1GiB", "4096" (bytes); KB/MB/GB are decimal.
@@ -183,7 +241,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 64MiB)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64MiB)"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -194,12 +254,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GB" => 1_000_000_000,
         u => return Err(format!("{s:?}: unknown unit {u:?} (use B, KiB, MiB, GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// "250ms", "2s", "5m", "1h 30m".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration (e.g. 500ms, 2s): {e}"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 500ms, 2s): {e}"))
 }
 
 #[cfg(test)]
@@ -244,27 +306,55 @@ mod tests {
     #[test]
     fn errors_name_file_and_field() {
         let cases = [
-            ("world = \"verfier\"\nwasm = \"x\"", "world", "unknown world \"verfier\""),
-            ("world = \"verifier\"\nwasm = \"x\"\n[limits]\nmemory = \"64XB\"", "limits.memory", "unknown unit"),
-            ("world = \"verifier\"\nwasm = \"x\"\n[limits]\ndeadline = \"soon\"", "limits.deadline", "not a duration"),
-            ("world = \"verifier\"\nwasm = \"x\"\nsha256 = \"abc\"", "sha256", "64 hexadecimal"),
-            ("world = \"authorizer\"\nwasm = \"x\"\n[grants]\nkeyvalue = { prefixes = [] }", "grants.keyvalue", "empty"),
+            (
+                "world = \"verfier\"\nwasm = \"x\"",
+                "world",
+                "unknown world \"verfier\"",
+            ),
+            (
+                "world = \"verifier\"\nwasm = \"x\"\n[limits]\nmemory = \"64XB\"",
+                "limits.memory",
+                "unknown unit",
+            ),
+            (
+                "world = \"verifier\"\nwasm = \"x\"\n[limits]\ndeadline = \"soon\"",
+                "limits.deadline",
+                "not a duration",
+            ),
+            (
+                "world = \"verifier\"\nwasm = \"x\"\nsha256 = \"abc\"",
+                "sha256",
+                "64 hexadecimal",
+            ),
+            (
+                "world = \"authorizer\"\nwasm = \"x\"\n[grants]\nkeyvalue = { prefixes = [] }",
+                "grants.keyvalue",
+                "empty",
+            ),
         ];
         for (text, field, needle) in cases {
             let e = parse(text).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{e}");
             let shown = e.to_string();
-            assert!(shown.starts_with("/p/check.toml: ") && shown.contains(needle), "{shown}");
+            assert!(
+                shown.starts_with("/p/check.toml: ") && shown.contains(needle),
+                "{shown}"
+            );
         }
     }
 
     #[test]
     fn unknown_and_missing_keys_are_named_with_their_line() {
         let e = parse("world = \"verifier\"\nwasm = \"x\"\n[grants]\nsql = { database = \"drill\", writable = true }").unwrap_err();
-        assert!(e.message.contains("writable") && e.message.contains("line 4"), "{e}");
+        assert!(
+            e.message.contains("writable") && e.message.contains("line 4"),
+            "{e}"
+        );
         let e = parse("world = \"verifier\"").unwrap_err();
         assert!(e.message.contains("wasm"), "{e}");
-        let e = parse("world = \"verifier\"\nwasm = \"x\"\n[grants]\nsql = { database = \"prod\" }").unwrap_err();
+        let e =
+            parse("world = \"verifier\"\nwasm = \"x\"\n[grants]\nsql = { database = \"prod\" }")
+                .unwrap_err();
         assert!(e.message.contains("prod"), "{e}");
     }
 

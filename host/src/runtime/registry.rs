@@ -39,8 +39,13 @@ impl PluginSet {
     /// Kubernetes ConfigMap's `..data` are skipped, their files are reached
     /// through the visible symlinks).
     pub fn load_dir(runtime: &Runtime, dir: &Path) -> Result<PluginSet, LoadErrors> {
-        let read = std::fs::read_dir(dir)
-            .map_err(|e| LoadErrors(vec![PolicyError::new(dir, None, format!("cannot read the policies directory: {e}"))]))?;
+        let read = std::fs::read_dir(dir).map_err(|e| {
+            LoadErrors(vec![PolicyError::new(
+                dir,
+                None,
+                format!("cannot read the policies directory: {e}"),
+            )])
+        })?;
         let mut files: Vec<PathBuf> = read
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -59,7 +64,11 @@ impl PluginSet {
                         errors.push(PolicyError::new(
                             &file,
                             Some("name"),
-                            format!("{:?} is already the name of {}", p.name(), other.policy().file.display()),
+                            format!(
+                                "{:?} is already the name of {}",
+                                p.name(),
+                                other.policy().file.display()
+                            ),
                         ));
                     } else {
                         plugins.push(Arc::new(p));
@@ -71,7 +80,10 @@ impl PluginSet {
         if !errors.is_empty() {
             return Err(LoadErrors(errors));
         }
-        Ok(PluginSet { dir: dir.to_path_buf(), plugins })
+        Ok(PluginSet {
+            dir: dir.to_path_buf(),
+            plugins,
+        })
     }
 
     pub fn dir(&self) -> &Path {

@@ -35,7 +35,13 @@ pub enum World {
 }
 
 impl World {
-    pub const ALL: [World; 5] = [World::DumpPlanner, World::Verifier, World::Retention, World::Authorizer, World::Redactor];
+    pub const ALL: [World; 5] = [
+        World::DumpPlanner,
+        World::Verifier,
+        World::Retention,
+        World::Authorizer,
+        World::Redactor,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -82,7 +88,10 @@ pub(crate) enum WorldPre {
 }
 
 impl WorldPre {
-    pub(crate) fn new(world: World, pre: wasmtime::component::InstancePre<crate::caps::CapState>) -> wasmtime::Result<WorldPre> {
+    pub(crate) fn new(
+        world: World,
+        pre: wasmtime::component::InstancePre<crate::caps::CapState>,
+    ) -> wasmtime::Result<WorldPre> {
         Ok(match world {
             World::DumpPlanner => WorldPre::DumpPlanner(dump_planner::DumpPlannerPre::new(pre)?),
             World::Verifier => WorldPre::Verifier(verifier::VerifierPre::new(pre)?),
@@ -91,6 +100,16 @@ impl WorldPre {
             World::Redactor => WorldPre::Redactor(redactor::RedactorPre::new(pre)?),
         })
     }
+}
+
+/// Links `component` and checks its exports against `world`, as loading a
+/// policy would (imports must still be granted by a policy).
+pub fn check_world(
+    runtime: &super::Runtime,
+    world: World,
+    component: &wasmtime::component::Component,
+) -> Result<(), String> {
+    runtime.prepare(world, component).map(drop)
 }
 
 #[cfg(test)]
@@ -103,7 +122,10 @@ mod tests {
             assert_eq!(World::parse(w.name()), Some(w));
         }
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(World::by_exports(&names(&["transform", "plan"])), Some(World::DumpPlanner));
+        assert_eq!(
+            World::by_exports(&names(&["transform", "plan"])),
+            Some(World::DumpPlanner)
+        );
         assert_eq!(World::by_exports(&names(&["plan"])), Some(World::Retention));
         assert_eq!(World::by_exports(&names(&["plan", "verify"])), None);
     }

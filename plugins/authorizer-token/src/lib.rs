@@ -11,7 +11,11 @@ use firedrill_plugin_sdk::authorizer::{
 struct StaticToken;
 
 fn deny(status: u16, reason: &str) -> Decision {
-    Decision::Deny(Refusal { status, reason: reason.to_string(), retry_after: None })
+    Decision::Deny(Refusal {
+        status,
+        reason: reason.to_string(),
+        retry_after: None,
+    })
 }
 
 /// Compares without an early exit, so timing does not tell how much matched.
@@ -28,7 +32,12 @@ impl Guest for StaticToken {
             "viewer" => Role::Viewer,
             "operator" => Role::Operator,
             "admin" => Role::Admin,
-            _ => return deny(503, "authorizer config `role` must be viewer, operator or admin"),
+            _ => {
+                return deny(
+                    503,
+                    "authorizer config `role` must be viewer, operator or admin",
+                )
+            }
         };
         let presented = facts
             .headers

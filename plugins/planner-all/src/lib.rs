@@ -28,21 +28,40 @@ impl Guest for Everything {
             let (schema, table) = name
                 .split_once('.')
                 .ok_or_else(|| format!("config `schema-only`: {name:?} is not schema.table"))?;
-            if !info.tables.iter().any(|t| t.table.schema == schema && t.table.name == table) {
-                Log::warn(&format!("schema-only table {name} does not exist in {}", info.database));
+            if !info
+                .tables
+                .iter()
+                .any(|t| t.table.schema == schema && t.table.name == table)
+            {
+                Log::warn(&format!(
+                    "schema-only table {name} does not exist in {}",
+                    info.database
+                ));
             }
             tables.push(TablePlan {
-                table: TableRef { schema: schema.to_string(), name: table.to_string() },
+                table: TableRef {
+                    schema: schema.to_string(),
+                    name: table.to_string(),
+                },
                 mode: TableMode::SchemaOnly,
                 chunk_rows: None,
                 masks: Vec::new(),
             });
         }
-        let mut notes = vec![format!("all {} tables of {}", info.tables.len(), info.database)];
+        let mut notes = vec![format!(
+            "all {} tables of {}",
+            info.tables.len(),
+            info.database
+        )];
         if !exclude_schemas.is_empty() {
             notes.push(format!("schemas excluded: {}", exclude_schemas.join(", ")));
         }
-        Ok(DumpPlan { tables, exclude_schemas, include_globals, notes })
+        Ok(DumpPlan {
+            tables,
+            exclude_schemas,
+            include_globals,
+            notes,
+        })
     }
 
     fn transform(

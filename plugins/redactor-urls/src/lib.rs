@@ -8,7 +8,10 @@ struct UrlPasswords;
 impl Guest for UrlPasswords {
     fn redact(lines: Vec<String>) -> Vec<String> {
         let mask = Config::get("mask").unwrap_or_else(|| "***".to_string());
-        lines.into_iter().map(|l| mask_url_passwords(&l, &mask)).collect()
+        lines
+            .into_iter()
+            .map(|l| mask_url_passwords(&l, &mask))
+            .collect()
     }
 }
 
@@ -50,7 +53,10 @@ mod tests {
             mask_url_passwords("connect postgres://app:s3cret@db:5432/x failed", "***"),
             "connect postgres://app:***@db:5432/x failed"
         );
-        assert_eq!(mask_url_passwords("redis://:pw@h/0 and http://h/a:b@c", "#"), "redis://:#@h/0 and http://h/a:b@c");
+        assert_eq!(
+            mask_url_passwords("redis://:pw@h/0 and http://h/a:b@c", "#"),
+            "redis://:#@h/0 and http://h/a:b@c"
+        );
         assert_eq!(mask_url_passwords("no url here", "***"), "no url here");
     }
 }

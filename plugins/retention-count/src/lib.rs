@@ -17,7 +17,11 @@ impl Guest for NewestN {
             Err(e) => {
                 return backups
                     .into_iter()
-                    .map(|b| RetentionDecision { id: b.id, action: Action::Keep, reason: e.clone() })
+                    .map(|b| RetentionDecision {
+                        id: b.id,
+                        action: Action::Keep,
+                        reason: e.clone(),
+                    })
                     .collect()
             }
         };
@@ -36,11 +40,24 @@ impl Guest for NewestN {
             .iter()
             .map(|b| {
                 let (action, reason) = match rank.get(b.id.as_str()) {
-                    None => (Action::Keep, "incomplete: not for retention to decide".to_string()),
-                    Some(&i) if i < keep => (Action::Keep, format!("newest {} of {} (keep {keep})", i + 1, b.source)),
-                    Some(&i) => (Action::Delete, format!("number {} of {}, beyond keep {keep}", i + 1, b.source)),
+                    None => (
+                        Action::Keep,
+                        "incomplete: not for retention to decide".to_string(),
+                    ),
+                    Some(&i) if i < keep => (
+                        Action::Keep,
+                        format!("newest {} of {} (keep {keep})", i + 1, b.source),
+                    ),
+                    Some(&i) => (
+                        Action::Delete,
+                        format!("number {} of {}, beyond keep {keep}", i + 1, b.source),
+                    ),
                 };
-                RetentionDecision { id: b.id.clone(), action, reason }
+                RetentionDecision {
+                    id: b.id.clone(),
+                    action,
+                    reason,
+                }
             })
             .collect()
     }

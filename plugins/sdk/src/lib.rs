@@ -76,12 +76,36 @@ macro_rules! log_helpers {
 }
 
 #[cfg(feature = "dump-planner")]
-world!(dump_planner, "firedrill:plugin/dump-planner", "firedrill_plugin_sdk::dump_planner", log);
+world!(
+    dump_planner,
+    "firedrill:plugin/dump-planner",
+    "firedrill_plugin_sdk::dump_planner",
+    log
+);
 #[cfg(feature = "verifier")]
-world!(verifier, "firedrill:plugin/verifier", "firedrill_plugin_sdk::verifier", log);
+world!(
+    verifier,
+    "firedrill:plugin/verifier",
+    "firedrill_plugin_sdk::verifier",
+    log
+);
 #[cfg(feature = "retention")]
-world!(retention, "firedrill:plugin/retention", "firedrill_plugin_sdk::retention", log);
+world!(
+    retention,
+    "firedrill:plugin/retention",
+    "firedrill_plugin_sdk::retention",
+    log
+);
 #[cfg(feature = "authorizer")]
-world!(authorizer, "firedrill:plugin/authorizer", "firedrill_plugin_sdk::authorizer", log);
+world!(
+    authorizer,
+    "firedrill:plugin/authorizer",
+    "firedrill_plugin_sdk::authorizer",
+    log
+);
 #[cfg(feature = "redactor")]
-world!(redactor, "firedrill:plugin/redactor", "firedrill_plugin_sdk::redactor");
+world!(
+    redactor,
+    "firedrill:plugin/redactor",
+    "firedrill_plugin_sdk::redactor"
+);

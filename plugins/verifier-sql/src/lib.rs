@@ -28,7 +28,11 @@ fn describe(e: &sql::Error) -> String {
 }
 
 fn check(name: String, status: CheckStatus, detail: String) -> CheckResult {
-    CheckResult { name, status, detail }
+    CheckResult {
+        name,
+        status,
+        detail,
+    }
 }
 
 impl Guest for SqlChecks {
@@ -37,18 +41,28 @@ impl Guest for SqlChecks {
         if Config::parse_or("row-counts", true).unwrap_or(true) {
             for t in &ctx.tables {
                 let name = format!("rows.{}.{}", t.table.schema, t.table.name);
-                let q = format!("SELECT count(*) FROM {}.{}", ident(&t.table.schema), ident(&t.table.name));
+                let q = format!(
+                    "SELECT count(*) FROM {}.{}",
+                    ident(&t.table.schema),
+                    ident(&t.table.name)
+                );
                 out.push(match sql::query(&q, &[]) {
                     Ok(r) => match r.rows.first().and_then(|row| row.first()) {
-                        Some(Value::Int(n)) if *n as u64 == t.rows => {
-                            check(name, CheckStatus::Pass, format!("{n} rows, as at backup time"))
-                        }
+                        Some(Value::Int(n)) if *n as u64 == t.rows => check(
+                            name,
+                            CheckStatus::Pass,
+                            format!("{n} rows, as at backup time"),
+                        ),
                         Some(Value::Int(n)) => check(
                             name,
                             CheckStatus::Fail,
                             format!("{n} rows restored, {} counted at backup time", t.rows),
                         ),
-                        other => check(name, CheckStatus::Fail, format!("unexpected count result {other:?}")),
+                        other => check(
+                            name,
+                            CheckStatus::Fail,
+                            format!("unexpected count result {other:?}"),
+                        ),
                     },
                     Err(e) => check(name, CheckStatus::Fail, describe(&e)),
                 });
@@ -65,7 +79,9 @@ impl Guest for SqlChecks {
             out.push(match sql::query(&q, &[]) {
                 Ok(r) => match r.rows.first().and_then(|row| row.first()) {
                     None => check(name, CheckStatus::Pass, "no rows".to_string()),
-                    Some(Value::Boolean(true)) => check(name, CheckStatus::Pass, "true".to_string()),
+                    Some(Value::Boolean(true)) => {
+                        check(name, CheckStatus::Pass, "true".to_string())
+                    }
                     Some(v) => check(name, CheckStatus::Fail, format!("returned {v:?}")),
                 },
                 Err(e) => check(name, CheckStatus::Fail, describe(&e)),

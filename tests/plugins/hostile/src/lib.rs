@@ -2,17 +2,27 @@
 //! path picks the misbehaviour; never shipped.
 
 use firedrill_plugin_sdk::authorizer::wasi::keyvalue::{atomics, store};
-use firedrill_plugin_sdk::authorizer::{export, Decision, Grant, Guest, Refusal, RequestFacts, Role};
+use firedrill_plugin_sdk::authorizer::{
+    export, Decision, Grant, Guest, Refusal, RequestFacts, Role,
+};
 use std::hint::black_box;
 
 struct Hostile;
 
 fn allow(principal: String) -> Decision {
-    Decision::Allow(Grant { principal, role: Role::Viewer, credential_id: None })
+    Decision::Allow(Grant {
+        principal,
+        role: Role::Viewer,
+        credential_id: None,
+    })
 }
 
 fn deny(reason: String) -> Decision {
-    Decision::Deny(Refusal { status: 500, reason, retry_after: None })
+    Decision::Deny(Refusal {
+        status: 500,
+        reason,
+        retry_after: None,
+    })
 }
 
 fn kv_error(e: store::Error) -> String {
@@ -26,22 +36,41 @@ fn kv_error(e: store::Error) -> String {
 fn kv(op: &str, key: &str, arg: &str) -> Result<String, String> {
     let bucket = store::open("").map_err(kv_error)?;
     match op {
-        "incr" => atomics::increment(&bucket, key, arg.parse().unwrap_or(1)).map(|n| n.to_string()).map_err(kv_error),
-        "set" => bucket.set(key, arg.as_bytes()).map(|_| "ok".into()).map_err(kv_error),
+        "incr" => atomics::increment(&bucket, key, arg.parse().unwrap_or(1))
+            .map(|n| n.to_string())
+            .map_err(kv_error),
+        "set" => bucket
+            .set(key, arg.as_bytes())
+            .map(|_| "ok".into())
+            .map_err(kv_error),
         "get" => bucket
             .get(key)
-            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_else(|| "<none>".into()))
+            .map(|v| {
+                v.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_else(|| "<none>".into())
+            })
             .map_err(kv_error),
         "exists" => bucket.exists(key).map(|b| b.to_string()).map_err(kv_error),
         "del" => bucket.delete(key).map(|_| "ok".into()).map_err(kv_error),
-        "list" => bucket.list_keys(None).map(|r| { let mut k = r.keys; k.sort(); k.join(",") }).map_err(kv_error),
+        "list" => bucket
+            .list_keys(None)
+            .map(|r| {
+                let mut k = r.keys;
+                k.sort();
+                k.join(",")
+            })
+            .map_err(kv_error),
         _ => Err(format!("unknown kv op {op}")),
     }
 }
 
 fn recurse(n: u64) -> u64 {
     let buf = black_box([n; 64]);
-    if n == 0 { 0 } else { recurse(n - 1) + buf[3] }
+    if n == 0 {
+        0
+    } else {
+        recurse(n - 1) + buf[3]
+    }
 }
 
 impl Guest for Hostile {
@@ -49,6 +78,11 @@ impl Guest for Hostile {
         let parts: Vec<&str> = facts.path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["ok"] => allow("ok".into()),
+            // State that would survive between calls if instances were reused.
+            ["count"] => {
+                static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                allow((CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1).to_string())
+            }
             ["loop"] => {
                 let mut i = 0u64;
                 loop {

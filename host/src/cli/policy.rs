@@ -1,0 +1,92 @@
+//! `firedrill policy check DIR`.
+
+use firedrill::runtime::{PluginSet, Runtime, RuntimeOptions};
+use serde::Serialize;
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    world: String,
+    file: String,
+    wasm: String,
+    sha256: String,
+    grants: Vec<String>,
+    memory: u64,
+    deadline_ms: u128,
+    fuel: Option<u64>,
+}
+
+pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(RuntimeOptions::default())?;
+    let set = match PluginSet::load_dir(&runtime, dir) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} problem(s); the agent would keep its previous policies",
+                dir.display(),
+                errors.0.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let rows: Vec<Row> = set
+        .all()
+        .iter()
+        .map(|p| {
+            let pol = p.policy();
+            let g = &pol.grants;
+            let mut grants = Vec::new();
+            if g.logging {
+                grants.push("logging".to_string());
+            }
+            if g.config {
+                grants.push("config".to_string());
+            }
+            if let Some(s) = &g.sql {
+                grants.push(format!(
+                    "sql({:?}{})",
+                    s.database,
+                    if s.write { ", write" } else { ", read-only" }
+                ));
+            }
+            if let Some(k) = &g.keyvalue {
+                grants.push(format!("keyvalue({})", k.prefixes.join(" ")));
+            }
+            Row {
+                name: p.name().to_string(),
+                world: p.world().name().to_string(),
+                file: pol.file.display().to_string(),
+                wasm: pol.wasm.display().to_string(),
+                sha256: p.sha256().to_string(),
+                grants,
+                memory: pol.limits.memory,
+                deadline_ms: pol.limits.deadline.as_millis(),
+                fuel: pol.limits.fuel,
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<22} {:<13} {:<14} {:>9} {:>9}  grants",
+            "policy", "world", "sha256", "memory", "deadline"
+        );
+        for r in &rows {
+            println!(
+                "{:<22} {:<13} {:<14} {:>8}M {:>7}ms  {}",
+                r.name,
+                r.world,
+                &r.sha256[..12],
+                r.memory >> 20,
+                r.deadline_ms,
+                r.grants.join(", ")
+            );
+        }
+        println!("{}: {} policies, all valid", dir.display(), rows.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

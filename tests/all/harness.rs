@@ -1,0 +1,463 @@
+//! Real servers for the integration tests: a PostgreSQL cluster (initdb from
+//! the installed server binaries), a redis-server and an S3-compatible server
+//! (s3s-fs), each on 127.0.0.1 with a random port, started once per test run
+//! on first use and torn down when the run ends, however it ends.
+//!
+//! Teardown: the servers are children of one long-lived thread with
+//! PR_SET_PDEATHSIG, so the kernel kills them when the test process dies
+//! (even on a panic or SIGKILL); at a normal exit an atexit hook stops them
+//! and removes their data. Data left by a killed run is swept by the next.
+//! The machine's own Postgres and Redis on their standard ports are never used.
+
+#![allow(dead_code)] // the harness serves every feature module; each uses a part of it
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A plugin component built by `scripts/build-plugins`.
+pub fn component(crate_name: &str) -> PathBuf {
+    let p = root()
+        .join("target/components")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-plugins first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// This run's scratch directory (removed at exit).
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = std::env::temp_dir().join("firedrill-tests");
+        std::fs::create_dir_all(&base).unwrap();
+        sweep_dead_runs(&base);
+        let dir = base.join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        set_mode(&base, 0o755);
+        set_mode(&dir, 0o755);
+        let _ = SCRATCH_FOR_EXIT.set(dir.clone());
+        extern "C" fn at_exit() {
+            stop_all();
+        }
+        unsafe { libc::atexit(at_exit) };
+        dir
+    })
+}
+
+/// A fresh directory under the scratch directory.
+pub fn tempdir(label: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = scratch().join(format!("{label}-{}", N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn sweep_dead_runs(base: &Path) {
+    for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+// ----- process keeping ------------------------------------------------------
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+static CHILDREN: Mutex<Vec<(u32, libc::c_int)>> = Mutex::new(Vec::new());
+
+/// Spawns `cmd` from the keeper thread, so that it dies with this process.
+fn spawn_kept(mut cmd: Command, stop_signal: libc::c_int) -> Child {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("harness-keeper".into())
+            .spawn(move || {
+                // Lives as long as the process: PDEATHSIG fires when the
+                // spawning *thread* exits, so it must never exit early.
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                loop {
+                    std::thread::park();
+                }
+            })
+            .unwrap();
+        Mutex::new(tx)
+    });
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    keeper.lock().unwrap().send((cmd, tx)).unwrap();
+    let child = rx
+        .recv()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot start a test server: {e}"));
+    CHILDREN.lock().unwrap().push((child.id(), stop_signal));
+    child
+}
+
+fn stop_all() {
+    let children = std::mem::take(&mut *CHILDREN.lock().unwrap_or_else(|e| e.into_inner()));
+    for (pid, sig) in &children {
+        unsafe { libc::kill(*pid as i32, *sig) };
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    for (pid, _) in &children {
+        while unsafe { libc::kill(*pid as i32, 0) } == 0 && Instant::now() < until {
+            let mut status = 0;
+            unsafe { libc::waitpid(*pid as i32, &mut status, libc::WNOHANG) };
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if let Some(dir) = SCRATCH_FOR_EXIT.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+static SCRATCH_FOR_EXIT: OnceLock<PathBuf> = OnceLock::new();
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited ({status}) while starting:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            start.elapsed() < STARTUP,
+            "{what} not ready after {STARTUP:?}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_file(path: &Path) -> (Stdio, Stdio) {
+    let f = std::fs::File::create(path).unwrap();
+    (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+}
+
+// ----- PostgreSQL -----------------------------------------------------------
+
+pub struct Postgres {
+    pub port: u16,
+    pub bin: PathBuf,
+}
+
+impl Postgres {
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn client(&self, db: &str) -> postgres::Client {
+        postgres::Client::connect(&self.url(db), postgres::NoTls).unwrap()
+    }
+
+    /// A new empty database with a unique name; returns its name.
+    pub fn fresh_database(&self, prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}_{}", N.fetch_add(1, Ordering::Relaxed));
+        self.client("postgres")
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        name
+    }
+}
+
+fn pg_bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FIREDRILL_PG_BIN") {
+        return d.into();
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, b)| b)
+        .expect("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin: run scripts/setup")
+}
+
+/// As root, servers run as the `postgres` user (initdb refuses root).
+fn as_postgres_user(cmd: &mut Command, dirs: &[&Path]) {
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let name = std::ffi::CString::new("postgres").unwrap();
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "running as root needs a `postgres` user (the postgresql package creates it)"
+    );
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    for d in dirs {
+        let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+        unsafe { libc::chown(c.as_ptr(), uid, gid) };
+    }
+    cmd.uid(uid).gid(gid);
+}
+
+pub fn postgres() -> &'static Postgres {
+    static PG: OnceLock<Postgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        let bin = pg_bin_dir();
+        let dir = scratch().join("postgres");
+        let data = dir.join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut init = Command::new(bin.join("initdb"));
+        init.args(["-D"]).arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        init.stdout(Stdio::null()).stderr(Stdio::piped());
+        as_postgres_user(&mut init, &[&dir]);
+        let out = init.output().expect("cannot run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let log = dir.join("postgres.log");
+        let (o, e) = log_file(&log);
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string());
+        for setting in [
+            "listen_addresses=127.0.0.1".to_string(),
+            format!("unix_socket_directories={}", dir.display()),
+            "fsync=off".into(),
+            "synchronous_commit=off".into(),
+            "full_page_writes=off".into(),
+            "max_connections=200".into(),
+            "shared_buffers=64MB".into(),
+        ] {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.stdout(o).stderr(e);
+        as_postgres_user(&mut cmd, &[&dir, &log]);
+        let mut child = spawn_kept(cmd, libc::SIGQUIT);
+        let url =
+            format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
+        wait_until("postgres", &mut child, &log, || {
+            postgres::Client::connect(&url, postgres::NoTls).is_ok()
+        });
+        Postgres { port, bin }
+    })
+}
+
+// ----- Redis ----------------------------------------------------------------
+
+pub struct Redis {
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+pub fn redis() -> &'static Redis {
+    static R: OnceLock<Redis> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = scratch().join("redis");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let log = dir.join("redis.log");
+        let (o, e) = log_file(&log);
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(o)
+        .stderr(e);
+        let mut child = spawn_kept(cmd, libc::SIGTERM);
+        let url = format!("redis://127.0.0.1:{port}/");
+        wait_until("redis-server", &mut child, &log, || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+        Redis { port }
+    })
+}
+
+// ----- S3 (s3s-fs) ----------------------------------------------------------
+
+pub struct S3 {
+    pub port: u16,
+    pub access_key: String,
+    pub secret_key: String,
+    pub root: PathBuf,
+}
+
+impl S3 {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn s3s_fs() -> PathBuf {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or(home.join(".cargo"));
+    let p = cargo_home.join("bin/s3s-fs");
+    if p.exists() {
+        return p;
+    }
+    PathBuf::from("s3s-fs")
+}
+
+pub fn s3() -> &'static S3 {
+    static S: OnceLock<S3> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = scratch().join("s3");
+        let root = dir.join("data");
+        std::fs::create_dir_all(&root).unwrap();
+        let port = free_port();
+        let log = dir.join("s3s.log");
+        let (o, e) = log_file(&log);
+        let access_key = "firedrill-test".to_string();
+        let secret_key = format!("secret-{}-{}", std::process::id(), port);
+        let mut cmd = Command::new(s3s_fs());
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            &access_key,
+            "--secret-key",
+            &secret_key,
+        ])
+        .arg(&root)
+        .stdout(o)
+        .stderr(e);
+        let mut child = spawn_kept(cmd, libc::SIGKILL);
+        wait_until("s3s-fs", &mut child, &log, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        S3 {
+            port,
+            access_key,
+            secret_key,
+            root,
+        }
+    })
+}
+
+// ----- plugins --------------------------------------------------------------
+
+/// A runtime whose code cache lives in this run's scratch directory.
+pub fn runtime() -> firedrill::runtime::Runtime {
+    firedrill::runtime::Runtime::new(firedrill::runtime::RuntimeOptions {
+        cache_dir: Some(scratch().join("code-cache")),
+        max_instances: 64,
+        max_memory: 1 << 30,
+    })
+    .unwrap()
+}
+
+/// A policies directory holding `policies` (file name, TOML) and a copy of
+/// each named component as `<crate>.wasm`.
+pub fn policy_dir(components: &[&str], policies: &[(&str, &str)]) -> PathBuf {
+    let dir = tempdir("policies");
+    for c in components {
+        std::fs::copy(
+            component(c),
+            dir.join(format!("{}.wasm", c.replace('-', "_"))),
+        )
+        .unwrap();
+    }
+    for (name, text) in policies {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir
+}
+
+/// Loads one plugin from a policy text in a fresh directory.
+pub fn load(
+    component_name: &str,
+    policy: &str,
+) -> Result<firedrill::runtime::Plugin, firedrill::runtime::PolicyError> {
+    let dir = policy_dir(&[component_name], &[("p.toml", policy)]);
+    let policy = firedrill::runtime::Policy::load(&dir.join("p.toml"))?;
+    firedrill::runtime::Plugin::load(&runtime(), policy)
+}
