@@ -6,3 +6,5 @@
 
 pub mod caps;
 pub mod runtime;
+pub mod archive;
+pub mod jobs;

@@ -20,6 +20,12 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Back up PostgreSQL databases into a store (manifest written last).
+    Backup(cli::backup::Args),
+    /// Restore one database of a backup into a new database.
+    Restore(cli::restore::Args),
+    /// The backups in a store.
+    List(cli::list::Args),
     /// Start a throwaway Postgres, back it up, drill the backup, print a report.
     Demo,
     /// Inspect plugin components.
@@ -60,6 +66,9 @@ fn main() -> ExitCode {
     cli::init_logging();
     let args = Args::parse();
     let result = match args.command {
+        Command::Backup(a) => cli::backup::run(a),
+        Command::Restore(a) => cli::restore::run(a),
+        Command::List(a) => cli::list::run(a),
         Command::Demo => cli::demo::run(),
         Command::Plugin {
             command: PluginCommand::Check { file, json },

@@ -371,6 +371,24 @@ impl S3 {
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// A new bucket (s3s-fs keeps each bucket as a directory).
+    pub fn bucket(&self, prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed));
+        std::fs::create_dir_all(self.root.join(&name)).unwrap();
+        name
+    }
+
+    /// The environment the CLI reads S3 settings from.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("S3_ENDPOINT", self.endpoint()),
+            ("S3_REGION", "us-east-1".into()),
+            ("S3_ACCESS_KEY_ID", self.access_key.clone()),
+            ("S3_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
 }
 
 fn s3s_fs() -> PathBuf {
@@ -460,4 +478,24 @@ pub fn load(
     let dir = policy_dir(&[component_name], &[("p.toml", policy)]);
     let policy = firedrill::runtime::Policy::load(&dir.join("p.toml"))?;
     firedrill::runtime::Plugin::load(&runtime(), policy)
+}
+
+/// Runs the `firedrill` binary.
+pub fn firedrill(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firedrill"));
+    cmd.args(args).env("FIREDRILL_CACHE_DIR", scratch().join("cli-cache"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    for k in ["DATABASE_URL", "S3_BUCKET", "FIREDRILL_STORE"] {
+        if !env.iter().any(|(e, _)| e == &k) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().unwrap()
+}
+
+/// stdout and stderr of a run, for assertions and messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }

@@ -1,8 +1,65 @@
 //! One file per command group; each returns the process exit code.
 
+pub mod backup;
 pub mod demo;
+pub mod list;
 pub mod plugin;
 pub mod policy;
+pub mod restore;
+
+use firedrill::archive::{S3Options, Store};
+
+/// Where backups live, for every command that reads or writes them. The S3
+/// settings take the environment names of the common backup templates.
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// file:///absolute/path or s3://bucket/prefix (default: s3://$S3_BUCKET/$BACKUP_PREFIX).
+    #[arg(long, env = "FIREDRILL_STORE")]
+    store: Option<String>,
+    #[arg(long, env = "S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "S3_REGION")]
+    s3_region: Option<String>,
+    #[arg(long, env = "S3_ACCESS_KEY_ID", hide_env_values = true)]
+    s3_access_key_id: Option<String>,
+    #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn open(&self) -> anyhow::Result<Store> {
+        let url = match &self.store {
+            Some(s) => s.clone(),
+            None => match std::env::var("S3_BUCKET") {
+                Ok(bucket) => format!("s3://{bucket}/{}", std::env::var("BACKUP_PREFIX").unwrap_or_default()),
+                Err(_) => anyhow::bail!("no store: pass --store file:///path or s3://bucket/prefix (or set S3_BUCKET)"),
+            },
+        };
+        let s3 = S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+        };
+        Ok(Store::open(&url, &s3)?)
+    }
+}
+
+/// A tokio runtime sized for `jobs` parallel streams.
+pub fn runtime(jobs: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(jobs.clamp(2, 64)).enable_all().build()?)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
 
 /// Logs go to stderr (stdout is for results), as text unless
 /// `FIREDRILL_LOG_FORMAT=json`; the level comes from `RUST_LOG` (default warn).

@@ -1,0 +1,170 @@
+//! Objects as streams: bytes in -> zstd -> sha256 -> multipart upload, and
+//! back: download -> sha256 -> zstd -> bytes out, with the checksum and size
+//! checked when the stream ends. Memory is bounded by the part size and the
+//! zstd window, whatever the object's size.
+
+use super::manifest::ObjectRef;
+use super::store::Store;
+use super::ArchiveError;
+use futures::TryStreamExt;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+
+/// Compressed bytes are handed to the store in pieces of about this size.
+const FLUSH_AT: usize = 1 << 20;
+
+pub struct ObjectWriter {
+    path: String,
+    writer: opendal::Writer,
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    hasher: Sha256,
+    stored: u64,
+    /// Bytes before compression.
+    pub raw: u64,
+    /// Newlines seen: rows, for COPY text data.
+    pub rows: u64,
+}
+
+impl ObjectWriter {
+    /// `path` is relative to the store's root.
+    pub async fn create(store: &Store, path: &str, level: i32) -> Result<ObjectWriter, ArchiveError> {
+        let writer = store.writer(path).await?;
+        let encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(FLUSH_AT * 2), level)
+            .map_err(|e| ArchiveError::Compression(e.to_string()))?;
+        Ok(ObjectWriter { path: path.to_string(), writer, encoder, hasher: Sha256::new(), stored: 0, raw: 0, rows: 0 })
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
+        self.raw += data.len() as u64;
+        self.rows += memchr::memchr_iter(b'\n', data).count() as u64;
+        self.encoder.write_all(data).map_err(|e| ArchiveError::Compression(e.to_string()))?;
+        if self.encoder.get_ref().len() >= FLUSH_AT {
+            let out = std::mem::take(self.encoder.get_mut());
+            self.send(out).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, out: Vec<u8>) -> Result<(), ArchiveError> {
+        self.hasher.update(&out);
+        self.stored += out.len() as u64;
+        self.writer.write(out).await.map_err(|e| ArchiveError::Store {
+            store: String::new(),
+            object: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Completes the upload; `rel` is how the manifest names the object.
+    pub async fn finish(mut self, rel: &str) -> Result<ObjectRef, ArchiveError> {
+        let encoder = std::mem::replace(
+            &mut self.encoder,
+            zstd::stream::write::Encoder::new(Vec::new(), 1).map_err(|e| ArchiveError::Compression(e.to_string()))?,
+        );
+        let out = encoder.finish().map_err(|e| ArchiveError::Compression(e.to_string()))?;
+        self.send(out).await?;
+        self.writer.close().await.map_err(|e| ArchiveError::Store {
+            store: String::new(),
+            object: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(ObjectRef { path: rel.to_string(), size: self.stored, sha256: hex::encode(self.hasher.finalize()) })
+    }
+
+    /// Gives up on the upload (a multipart upload is aborted, not completed).
+    pub async fn abort(mut self) {
+        let _ = self.writer.abort().await;
+    }
+}
+
+/// Reads one object back, decompressing, and checks it against the manifest.
+pub struct ObjectReader {
+    object: ObjectRef,
+    stream: opendal::FuturesBytesStream,
+    decoder: zstd::stream::write::Decoder<'static, Vec<u8>>,
+    hasher: Sha256,
+    stored: u64,
+    done: bool,
+    /// Newlines seen in the decompressed bytes.
+    pub rows: u64,
+}
+
+impl ObjectReader {
+    /// `path` is the object's full path in the store; `object` its manifest entry.
+    pub async fn open(store: &Store, path: &str, object: &ObjectRef) -> Result<ObjectReader, ArchiveError> {
+        let reader = store.reader(path).await?;
+        let stream = reader.into_bytes_stream(..).await.map_err(|e| store_err(path, e))?;
+        let decoder = zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| ArchiveError::Compression(e.to_string()))?;
+        Ok(ObjectReader { object: object.clone(), stream, decoder, hasher: Sha256::new(), stored: 0, done: false, rows: 0 })
+    }
+
+    fn corrupt(&self, reason: String) -> ArchiveError {
+        ArchiveError::Corrupt { object: self.object.path.clone(), reason }
+    }
+
+    /// The next piece of decompressed data; `None` once the object ended and
+    /// checked out. A mismatch is an error naming the object.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, ArchiveError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let piece = self.stream.try_next().await.map_err(|e| ArchiveError::Store {
+                store: String::new(),
+                object: self.object.path.clone(),
+                message: e.to_string(),
+            })?;
+            match piece {
+                Some(bytes) => {
+                    self.stored += bytes.len() as u64;
+                    if self.stored > self.object.size {
+                        return Err(self.corrupt(format!("longer than the {} bytes the manifest records", self.object.size)));
+                    }
+                    self.hasher.update(&bytes);
+                    self.decoder
+                        .write_all(&bytes)
+                        .map_err(|e| self.corrupt(format!("not a valid zstd stream: {e}")))?;
+                    let out = std::mem::take(self.decoder.get_mut());
+                    if !out.is_empty() {
+                        self.rows += memchr::memchr_iter(b'\n', &out).count() as u64;
+                        return Ok(Some(out));
+                    }
+                }
+                None => {
+                    self.done = true;
+                    if self.stored != self.object.size {
+                        return Err(self.corrupt(format!("{} bytes stored, the manifest records {}", self.stored, self.object.size)));
+                    }
+                    let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
+                    if sha != self.object.sha256 {
+                        return Err(self.corrupt(format!("sha256 {sha}, the manifest records {}", self.object.sha256)));
+                    }
+                    self.decoder.flush().map_err(|e| self.corrupt(format!("zstd stream ends early: {e}")))?;
+                    let out = std::mem::take(self.decoder.get_mut());
+                    if !out.is_empty() {
+                        self.rows += memchr::memchr_iter(b'\n', &out).count() as u64;
+                        return Ok(Some(out));
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Reads the whole object (for small ones: schema scripts).
+    pub async fn read_all(mut self) -> Result<Vec<u8>, ArchiveError> {
+        let mut all = Vec::new();
+        while let Some(p) = self.next().await? {
+            all.extend_from_slice(&p);
+        }
+        Ok(all)
+    }
+}
+
+fn store_err(path: &str, e: opendal::Error) -> ArchiveError {
+    if e.kind() == opendal::ErrorKind::NotFound {
+        ArchiveError::Missing { object: path.to_string() }
+    } else {
+        ArchiveError::Store { store: String::new(), object: path.to_string(), message: e.to_string() }
+    }
+}

@@ -1,0 +1,217 @@
+//! The manifest: the one object that says a backup is complete, written last.
+//! It lists every object with its size and checksum, the rows of each table as
+//! counted at dump time, the server, the snapshot, timings, compression and the
+//! plugins that decided.
+
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const FORMAT: &str = "firedrill-archive/1";
+pub const MANIFEST: &str = "manifest.json";
+
+/// One stored object, relative to the backup's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub path: String,
+    /// Bytes as stored (compressed).
+    pub size: u64,
+    /// sha256 of the stored bytes, hex.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Chunk {
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    pub rows: u64,
+    /// COPY text bytes before compression.
+    pub raw_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableMode {
+    Full,
+    SchemaOnly,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableEntry {
+    pub schema: String,
+    pub name: String,
+    pub mode: TableMode,
+    /// Rows in the COPY output at dump time (0 for schema-only).
+    pub rows: u64,
+    pub raw_bytes: u64,
+    pub chunks: Vec<Chunk>,
+}
+
+impl TableEntry {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// A sequence's position at dump time (pg_dump keeps these in its data
+/// section, which the archive replaces with COPY chunks).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequenceEntry {
+    pub schema: String,
+    pub name: String,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseEntry {
+    pub name: String,
+    /// The exported snapshot every worker read through.
+    pub snapshot: String,
+    pub pre_data: ObjectRef,
+    pub post_data: ObjectRef,
+    pub tables: Vec<TableEntry>,
+    #[serde(default)]
+    pub sequences: Vec<SequenceEntry>,
+    /// Why the plan looks as it does (from the dump planner).
+    #[serde(default)]
+    pub plan_notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timings {
+    pub started: i64,
+    pub finished: i64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub id: String,
+    pub source: String,
+    pub kind: String,
+    pub server_version: String,
+    pub tool: String,
+    pub compression: Compression,
+    /// Roles and tablespaces (without passwords unless asked), when readable.
+    pub globals: Option<ObjectRef>,
+    pub databases: Vec<DatabaseEntry>,
+    pub timings: Timings,
+    /// `name@sha256-prefix` of each plugin that decided.
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// The lease's fencing token, once coordination exists.
+    #[serde(default)]
+    pub fencing_token: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+impl Manifest {
+    /// Every object the manifest vouches for.
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectRef> {
+        self.globals.iter().chain(self.databases.iter().flat_map(|d| {
+            [&d.pre_data, &d.post_data]
+                .into_iter()
+                .chain(d.tables.iter().flat_map(|t| t.chunks.iter().map(|c| &c.object)))
+        }))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.objects().map(|o| o.size).sum()
+    }
+
+    pub fn table_count(&self) -> usize {
+        self.databases.iter().map(|d| d.tables.len()).sum()
+    }
+}
+
+/// `20261122T210000Z-k3x9qa`: sorts by time, unique by its random tail.
+pub fn new_backup_id(now: SystemTime) -> String {
+    use rand::Rng;
+    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(['-', ':'], "");
+    let mut rng = rand::rng();
+    let tail: String = (0..6)
+        .map(|_| {
+            let n = rng.random_range(0..36u8);
+            (if n < 10 { b'0' + n } else { b'a' + n - 10 }) as char
+        })
+        .collect();
+    format!("{stamp}-{tail}")
+}
+
+/// Whether `id` has the shape of a backup id (guards paths built from input).
+pub fn is_backup_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 23
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..].iter().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+}
+
+/// Seconds since the epoch of a backup id's timestamp.
+pub fn id_time(id: &str) -> Option<i64> {
+    if !is_backup_id(id) {
+        return None;
+    }
+    let s = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &id[0..4],
+        &id[4..6],
+        &id[6..8],
+        &id[9..11],
+        &id[11..13],
+        &id[13..15]
+    );
+    let t = humantime::parse_rfc3339(&s).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
+}
+
+/// A path segment for a table's objects: safe characters kept, others %XX.
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ids_sort_by_time_and_round_trip() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_381_200);
+        let a = new_backup_id(t);
+        let b = new_backup_id(t + Duration::from_secs(1));
+        assert!(a.starts_with("20261122T210000Z-"), "{a}");
+        assert!(is_backup_id(&a) && a < b);
+        assert_eq!(id_time(&a), Some(1_795_381_200));
+        assert!(!is_backup_id("../../etc/passwd"));
+        assert!(!is_backup_id("20261122T210000Z-ABCDEF"));
+    }
+
+    #[test]
+    fn path_segments_are_safe() {
+        assert_eq!(path_segment("public"), "public");
+        assert_eq!(path_segment("Odd Schema"), "Odd%20Schema");
+        assert_eq!(path_segment("a/../b"), "a%2F%2E%2E%2Fb");
+    }
+}

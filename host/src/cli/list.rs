@@ -1,0 +1,38 @@
+//! `firedrill list`.
+
+use super::StoreArgs;
+use firedrill::archive;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let listings = super::runtime(1)?.block_on(archive::list_backups(&store))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&listings)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} databases", "backup", "source", "time (UTC)", "size", "tables", "state");
+    for l in &listings {
+        let time = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(l.created.max(0) as u64)).to_string();
+        println!(
+            "{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} {}",
+            l.id,
+            l.source,
+            time.trim_end_matches('Z').replace('T', " "),
+            super::human_bytes(l.size),
+            l.tables,
+            if l.complete { "complete" } else { "incomplete" },
+            l.databases.join(", ")
+        );
+    }
+    println!("{}: {} backups", store.display(), listings.len());
+    Ok(ExitCode::SUCCESS)
+}

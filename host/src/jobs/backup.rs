@@ -1,0 +1,437 @@
+//! A backup of one PostgreSQL server's databases into the store.
+//!
+//! Per database: a leader transaction exports a snapshot; `pg_dump
+//! --snapshot` writes the pre-data and post-data sections; N workers import
+//! the same snapshot and stream `COPY ... TO STDOUT` through zstd and sha256
+//! into the store, cutting large tables into chunks at row boundaries. The
+//! manifest is written last.
+//!
+//! Invariants: no temporary files (memory is bounded by jobs x part size);
+//! a failure leaves no manifest, so nothing half-written is ever listed as a
+//! backup; passwords never reach a command line or a message.
+
+use super::pg::{ident, PgUrl};
+use super::JobError;
+use crate::archive::manifest::{self, Chunk, Compression, DatabaseEntry, Manifest, SequenceEntry, TableEntry, TableMode, Timings};
+use crate::archive::{ObjectRef, ObjectWriter, Store};
+use crate::caps::sql::{SqlScope, SqlTarget};
+use crate::caps::types::{self as wit, DatabaseInfo, DumpPlan};
+use crate::caps::CallContext;
+use crate::runtime::Plugin;
+use futures::TryStreamExt;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+use tokio::io::AsyncReadExt;
+
+#[derive(Clone)]
+pub struct BackupOptions {
+    /// The name backups of this server are filed under.
+    pub source: String,
+    /// One URL per database to back up.
+    pub databases: Vec<PgUrl>,
+    pub jobs: usize,
+    pub compression_level: i32,
+    /// Cut a table's data into a new object after this many COPY bytes.
+    pub chunk_bytes: u64,
+    /// Dump roles and tablespaces too (skipped with a warning when not readable).
+    pub globals: bool,
+    /// Include role passwords in the globals (off unless asked).
+    pub role_passwords: bool,
+    /// The dump-planner plugin; none dumps everything.
+    pub planner: Option<Arc<Plugin>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    pub id: String,
+    pub source: String,
+    pub store: String,
+    pub databases: Vec<String>,
+    pub tables: usize,
+    pub rows: u64,
+    /// Bytes stored (compressed).
+    pub bytes: u64,
+    /// COPY bytes before compression.
+    pub raw_bytes: u64,
+    pub seconds: f64,
+}
+
+pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, JobError> {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let id = manifest::new_backup_id(started);
+    let dir = crate::archive::backup_dir(&opts.source, &id);
+    tracing::info!(backup = %id, source = %opts.source, store = %store.display(), "backup started");
+    let mut server_version = String::new();
+    let mut databases = Vec::new();
+    for url in &opts.databases {
+        let (entry, version) = dump_database(store, &dir, url, opts).await?;
+        server_version = version;
+        databases.push(entry);
+    }
+    let globals = match (opts.globals, opts.databases.first()) {
+        (true, Some(url)) => dump_globals(store, &dir, url, opts).await?,
+        _ => None,
+    };
+    let seconds = clock.elapsed().as_secs_f64();
+    let m = Manifest {
+        format: manifest::FORMAT.into(),
+        id: id.clone(),
+        source: opts.source.clone(),
+        kind: "postgres".into(),
+        server_version,
+        tool: format!("firedrill {}", env!("CARGO_PKG_VERSION")),
+        compression: Compression { algorithm: "zstd".into(), level: opts.compression_level },
+        globals,
+        databases,
+        timings: Timings { started: to_unix(started), finished: manifest::unix_now(), seconds },
+        plugins: opts.planner.iter().map(|p| p.version()).collect(),
+        fencing_token: None,
+    };
+    let body = serde_json::to_vec_pretty(&m).expect("a manifest serializes");
+    // The commit: until this object exists, the backup does not.
+    store.put(&format!("{dir}{}", manifest::MANIFEST), body).await?;
+    let summary = BackupSummary {
+        id,
+        source: opts.source.clone(),
+        store: store.display().to_string(),
+        databases: m.databases.iter().map(|d| d.name.clone()).collect(),
+        tables: m.table_count(),
+        rows: m.databases.iter().flat_map(|d| &d.tables).map(|t| t.rows).sum(),
+        bytes: m.size(),
+        raw_bytes: m.databases.iter().flat_map(|d| &d.tables).map(|t| t.raw_bytes).sum(),
+        seconds,
+    };
+    tracing::info!(backup = %summary.id, bytes = summary.bytes, tables = summary.tables, seconds, "backup committed");
+    Ok(summary)
+}
+
+fn to_unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// What to copy from one table.
+#[derive(Debug, Clone)]
+struct Job {
+    schema: String,
+    name: String,
+    mode: TableMode,
+    size: u64,
+    chunk_rows: Option<u64>,
+}
+
+async fn dump_database(store: &Store, dir: &str, url: &PgUrl, opts: &BackupOptions) -> Result<(DatabaseEntry, String), JobError> {
+    let db = url.database();
+    let leader = url.connect().await?;
+    leader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(|e| JobError::sql(&db, "start the snapshot transaction", e))?;
+    let row = leader
+        .query_one("SELECT pg_export_snapshot(), current_setting('server_version')", &[])
+        .await
+        .map_err(|e| JobError::sql(&db, "export a snapshot", e))?;
+    let (snapshot, version): (String, String) = (row.get(0), row.get(1));
+    let info = describe(&leader, &db, &opts.source, &version).await?;
+    let plan = match &opts.planner {
+        Some(p) => {
+            let (p, info, url) = (p.clone(), info.clone(), url.clone());
+            tokio::task::spawn_blocking(move || {
+                let ctx = CallContext { sql: Some(SqlTarget { scope: SqlScope::Source, url: url.secret_url().to_string() }), ..Default::default() };
+                p.plan_dump(&ctx, &info)
+            })
+            .await
+            .map_err(|e| JobError::Internal(e.to_string()))??
+        }
+        None => DumpPlan { tables: vec![], exclude_schemas: vec![], include_globals: true, notes: vec!["everything (no dump planner)".into()] },
+    };
+    let (jobs, excluded) = apply_plan(&info, &plan)?;
+    let sequences = sequences(&leader, &db, &excluded, &plan.exclude_schemas).await?;
+    let db_dir = format!("{dir}{}/", manifest::path_segment(&db));
+    let queue: Arc<Mutex<VecDeque<Job>>> = Arc::new(Mutex::new(jobs.into_iter().collect()));
+    let workers = (0..opts.jobs.max(1)).map(|_| copy_worker(store, &db_dir, url, &snapshot, queue.clone(), opts));
+    let (pre, post, tables) = tokio::try_join!(
+        dump_section(store, &db_dir, url, &snapshot, "pre-data", &excluded, &plan.exclude_schemas, opts.compression_level),
+        dump_section(store, &db_dir, url, &snapshot, "post-data", &excluded, &plan.exclude_schemas, opts.compression_level),
+        futures::future::try_join_all(workers),
+    )?;
+    let _ = leader.batch_execute("COMMIT").await;
+    let mut tables: Vec<TableEntry> = tables.into_iter().flatten().collect();
+    tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    Ok((DatabaseEntry { name: db, snapshot, pre_data: pre, post_data: post, tables, sequences, plan_notes: plan.notes }, version))
+}
+
+/// The database as the dump planner sees it.
+async fn describe(client: &tokio_postgres::Client, db: &str, source: &str, version: &str) -> Result<DatabaseInfo, JobError> {
+    const TABLES: &str = "
+        SELECT n.nspname, c.relname, c.reltuples::bigint, pg_total_relation_size(c.oid)::bigint,
+               coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull) ORDER BY a.attnum)::text
+                         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2";
+    let rows = client.query(TABLES, &[]).await.map_err(|e| JobError::sql(db, "list the tables", e))?;
+    let mut tables = Vec::new();
+    for r in rows {
+        let columns: Vec<(String, String, bool)> = serde_json::from_str(r.get::<_, &str>(4)).unwrap_or_default();
+        tables.push(wit::TableInfo {
+            table: wit::TableRef { schema: r.get(0), name: r.get(1) },
+            estimated_rows: r.get(2),
+            size_bytes: r.get::<_, i64>(3).max(0) as u64,
+            columns: columns.into_iter().map(|(name, type_name, nullable)| wit::ColumnInfo { name, type_name, nullable }).collect(),
+        });
+    }
+    let schemas = client
+        .query("SELECT nspname FROM pg_namespace WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\\_%' ORDER BY 1", &[])
+        .await
+        .map_err(|e| JobError::sql(db, "list the schemas", e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(DatabaseInfo { source: source.into(), database: db.into(), server_version: version.into(), schemas, tables, labels: vec![] })
+}
+
+/// Where each sequence stands, except those of excluded tables and schemas.
+async fn sequences(
+    client: &tokio_postgres::Client,
+    db: &str,
+    excluded: &[(String, String)],
+    exclude_schemas: &[String],
+) -> Result<Vec<SequenceEntry>, JobError> {
+    const SEQUENCES: &str = "
+        SELECT n.nspname, c.relname, tn.nspname, t.relname
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid
+             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+        LEFT JOIN pg_class t ON t.oid = d.refobjid
+        LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+        WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
+        ORDER BY 1, 2";
+    let rows = client.query(SEQUENCES, &[]).await.map_err(|e| JobError::sql(db, "list the sequences", e))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (schema, name): (String, String) = (r.get(0), r.get(1));
+        let owner: Option<(String, String)> = r.get::<_, Option<String>>(2).zip(r.get::<_, Option<String>>(3));
+        if exclude_schemas.contains(&schema) || owner.is_some_and(|o| excluded.contains(&o) || exclude_schemas.contains(&o.0)) {
+            continue;
+        }
+        let v = client
+            .query_one(&format!("SELECT last_value, is_called FROM {}.{}", ident(&schema), ident(&name)), &[])
+            .await
+            .map_err(|e| JobError::sql(db, &format!("read sequence {schema}.{name}"), e))?;
+        out.push(SequenceEntry { schema, name, last_value: v.get(0), is_called: v.get(1) });
+    }
+    Ok(out)
+}
+
+/// The tables to copy, and the (schema, table) pairs left out entirely.
+fn apply_plan(info: &DatabaseInfo, plan: &DumpPlan) -> Result<(Vec<Job>, Vec<(String, String)>), JobError> {
+    if let Some(t) = plan.tables.iter().find(|t| !t.masks.is_empty()) {
+        return Err(JobError::Plan(format!(
+            "the dump plan masks columns of {}.{}; masking is not supported by this version of firedrill",
+            t.table.schema, t.table.name
+        )));
+    }
+    let mut jobs = Vec::new();
+    let mut excluded = Vec::new();
+    for t in &info.tables {
+        let planned = plan.tables.iter().find(|p| p.table.schema == t.table.schema && p.table.name == t.table.name);
+        let mode = match planned.map(|p| p.mode) {
+            _ if plan.exclude_schemas.contains(&t.table.schema) => None,
+            Some(wit::TableMode::Exclude) => None,
+            Some(wit::TableMode::SchemaOnly) => Some(TableMode::SchemaOnly),
+            Some(wit::TableMode::Full) | None => Some(TableMode::Full),
+        };
+        match mode {
+            None => excluded.push((t.table.schema.clone(), t.table.name.clone())),
+            Some(mode) => jobs.push(Job {
+                schema: t.table.schema.clone(),
+                name: t.table.name.clone(),
+                mode,
+                size: t.size_bytes,
+                chunk_rows: planned.and_then(|p| p.chunk_rows),
+            }),
+        }
+    }
+    // Largest first, so the long tables start early and the workers finish together.
+    jobs.sort_by(|a, b| b.size.cmp(&a.size));
+    Ok((jobs, excluded))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dump_section(
+    store: &Store,
+    db_dir: &str,
+    url: &PgUrl,
+    snapshot: &str,
+    section: &str,
+    excluded: &[(String, String)],
+    exclude_schemas: &[String],
+    level: i32,
+) -> Result<ObjectRef, JobError> {
+    let rel = format!("schema/{section}.sql.zst");
+    let mut cmd = url.command("pg_dump")?;
+    cmd.arg(format!("--section={section}")).arg(format!("--snapshot={snapshot}")).arg("--no-password");
+    for (s, t) in excluded {
+        cmd.arg(format!("--exclude-table={}.{}", ident(s), ident(t)));
+    }
+    for s in exclude_schemas {
+        cmd.arg(format!("--exclude-schema={}", ident(s)));
+    }
+    let path = format!("{}{rel}", db_dir);
+    let object = run_into_object(store, &path, cmd, level, "pg_dump").await?;
+    Ok(ObjectRef { path: path_in_backup(db_dir, &rel), ..object })
+}
+
+/// The path of an object relative to the backup directory.
+fn path_in_backup(db_dir: &str, rel: &str) -> String {
+    // db_dir is "<source>/<id>/<db>/": keep "<db>/..."
+    let db = db_dir.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    format!("{db}/{rel}")
+}
+
+/// Runs a tool and streams its stdout into an object.
+async fn run_into_object(store: &Store, path: &str, mut cmd: tokio::process::Command, level: i32, tool: &str) -> Result<ObjectRef, JobError> {
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
+    let mut child = cmd.spawn().map_err(|e| JobError::Tool { tool: tool.into(), message: format!("cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)") })?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut w = ObjectWriter::create(store, path, level).await?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match stdout.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                w.abort().await;
+                return Err(JobError::Tool { tool: tool.into(), message: e.to_string() });
+            }
+        };
+        if let Err(e) = w.write(&buf[..n]).await {
+            w.abort().await;
+            return Err(e.into());
+        }
+    }
+    let status = child.wait().await.map_err(|e| JobError::Tool { tool: tool.into(), message: e.to_string() })?;
+    let said = errors.await.unwrap_or_default();
+    if !status.success() {
+        w.abort().await;
+        return Err(JobError::Tool { tool: tool.into(), message: format!("{status}: {}", said.trim()) });
+    }
+    Ok(w.finish(path).await?)
+}
+
+async fn dump_globals(store: &Store, dir: &str, url: &PgUrl, opts: &BackupOptions) -> Result<Option<ObjectRef>, JobError> {
+    let mut cmd = url.command("pg_dumpall")?;
+    cmd.arg("--globals-only").arg("--no-password");
+    if !opts.role_passwords {
+        cmd.arg("--no-role-passwords");
+    }
+    match run_into_object(store, &format!("{dir}globals.sql.zst"), cmd, opts.compression_level, "pg_dumpall").await {
+        Ok(o) => Ok(Some(ObjectRef { path: "globals.sql.zst".into(), ..o })),
+        Err(JobError::Tool { message, .. }) => {
+            tracing::warn!("roles and tablespaces not backed up (the user cannot read them?): {message}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes tables off the queue until it is empty, each through one COPY.
+async fn copy_worker(
+    store: &Store,
+    db_dir: &str,
+    url: &PgUrl,
+    snapshot: &str,
+    queue: Arc<Mutex<VecDeque<Job>>>,
+    opts: &BackupOptions,
+) -> Result<Vec<TableEntry>, JobError> {
+    let db = url.database();
+    let client = url.connect().await?;
+    client
+        .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .await
+        .map_err(|e| JobError::sql(&db, "import the snapshot", e))?;
+    let mut done = Vec::new();
+    loop {
+        let Some(job) = queue.lock().unwrap().pop_front() else { break };
+        let mut entry = TableEntry { schema: job.schema.clone(), name: job.name.clone(), mode: job.mode, rows: 0, raw_bytes: 0, chunks: vec![] };
+        if job.mode == TableMode::Full {
+            copy_table(store, db_dir, &client, &db, &job, &mut entry, opts).await?;
+        }
+        done.push(entry);
+    }
+    let _ = client.batch_execute("COMMIT").await;
+    Ok(done)
+}
+
+async fn copy_table(
+    store: &Store,
+    db_dir: &str,
+    client: &tokio_postgres::Client,
+    db: &str,
+    job: &Job,
+    entry: &mut TableEntry,
+    opts: &BackupOptions,
+) -> Result<(), JobError> {
+    let table_dir = format!("data/{}.{}/", manifest::path_segment(&job.schema), manifest::path_segment(&job.name));
+    let qualified = format!("{}.{}", ident(&job.schema), ident(&job.name));
+    let stream = client
+        .copy_out(&format!("COPY {qualified} TO STDOUT"))
+        .await
+        .map_err(|e| JobError::sql(db, &format!("copy {}", entry.qualified()), e))?;
+    futures::pin_mut!(stream);
+    let chunk_path = |n: usize| format!("{table_dir}{n:05}.copy.zst");
+    let full = |w: &ObjectWriter| w.raw >= opts.chunk_bytes || job.chunk_rows.is_some_and(|r| w.rows >= r);
+    // Opened on the first row of each chunk: an empty table has no chunks.
+    let mut current: Option<ObjectWriter> = None;
+    loop {
+        let piece = match stream.try_next().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                if let Some(w) = current.take() {
+                    w.abort().await;
+                }
+                return Err(JobError::sql(db, &format!("copy {}", entry.qualified()), e));
+            }
+        };
+        let w = match current.as_mut() {
+            Some(w) => w,
+            None => current.insert(ObjectWriter::create(store, &format!("{db_dir}{}", chunk_path(entry.chunks.len())), opts.compression_level).await?),
+        };
+        if let Err(e) = w.write(&piece).await {
+            if let Some(w) = current.take() {
+                w.abort().await;
+            }
+            return Err(e.into());
+        }
+        // COPY sends whole rows per message, so a cut here is at a row boundary.
+        if full(w) && piece.ends_with(b"\n") {
+            let w = current.take().expect("open");
+            let n = entry.chunks.len();
+            let (rows, raw) = (w.rows, w.raw);
+            let object = w.finish(&path_in_backup(db_dir, &chunk_path(n))).await?;
+            entry.chunks.push(Chunk { object, rows, raw_bytes: raw });
+        }
+    }
+    if let Some(w) = current.take() {
+        let n = entry.chunks.len();
+        let (rows, raw) = (w.rows, w.raw);
+        let object = w.finish(&path_in_backup(db_dir, &chunk_path(n))).await?;
+        entry.chunks.push(Chunk { object, rows, raw_bytes: raw });
+    }
+    entry.rows = entry.chunks.iter().map(|c| c.rows).sum();
+    entry.raw_bytes = entry.chunks.iter().map(|c| c.raw_bytes).sum();
+    tracing::debug!(table = %entry.qualified(), rows = entry.rows, chunks = entry.chunks.len(), "table copied");
+    Ok(())
+}

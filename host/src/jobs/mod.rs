@@ -1,0 +1,48 @@
+//! Jobs: what the agent does. Each takes a store and options, does its work
+//! natively (plugins only decide), and returns a summary.
+//!
+//! - `backup`: a consistent, parallel, streaming dump of a server's databases.
+//! - `restore`: one database of a backup into a new (or emptied) database.
+//! - `pg`: connection URLs, client tools, quoting.
+//!
+//! Invariant: a job's failure names what failed (the object, the table, the
+//! tool) and never leaves a half-written backup listed as complete.
+
+pub mod backup;
+pub mod pg;
+pub mod restore;
+
+use crate::archive::ArchiveError;
+use crate::runtime::CallError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("database {database}: cannot {what}: {message}")]
+    Sql { database: String, what: String, message: String },
+    #[error("{tool}: {message}")]
+    Tool { tool: String, message: String },
+    #[error("the target database {database} is not empty ({objects} tables, views or sequences); restore into a new database, or pass --force to replace it")]
+    TargetNotEmpty { database: String, objects: i64 },
+    #[error("dump plan: {0}")]
+    Plan(String),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl JobError {
+    pub(crate) fn sql(database: &str, what: &str, e: tokio_postgres::Error) -> JobError {
+        let message = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        JobError::Sql { database: database.into(), what: what.into(), message }
+    }
+}

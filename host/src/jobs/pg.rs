@@ -1,0 +1,184 @@
+//! What the jobs share about PostgreSQL: connection URLs (and keeping their
+//! passwords out of process lists and messages), the client tools, catalog
+//! queries.
+
+use super::JobError;
+use std::path::PathBuf;
+use tokio_postgres::NoTls;
+use url::Url;
+
+/// A connection URL, kept whole for connecting and shown only redacted.
+#[derive(Clone)]
+pub struct PgUrl {
+    url: Url,
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl PgUrl {
+    pub fn parse(s: &str) -> Result<PgUrl, JobError> {
+        let url = Url::parse(s).map_err(|e| JobError::Config(format!("database URL: {e} (expected postgres://user[:password]@host[:port]/database)")))?;
+        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+            return Err(JobError::Config(format!("database URL: scheme {:?}, expected postgres://", url.scheme())));
+        }
+        Ok(PgUrl { url })
+    }
+
+    /// The database the URL names (`postgres` when none).
+    pub fn database(&self) -> String {
+        let d = self.url.path().trim_start_matches('/');
+        let d = percent_decode(d);
+        if d.is_empty() {
+            "postgres".into()
+        } else {
+            d
+        }
+    }
+
+    /// The same server, another database.
+    pub fn with_database(&self, db: &str) -> PgUrl {
+        let mut url = self.url.clone();
+        url.set_path(&format!("/{}", percent_encode(db)));
+        PgUrl { url }
+    }
+
+    /// For connecting (holds the password).
+    pub fn secret_url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// The password, for PGPASSWORD.
+    pub fn password(&self) -> Option<String> {
+        self.url.password().map(percent_decode)
+    }
+
+    /// For command lines: no password (it goes through PGPASSWORD).
+    pub fn without_password(&self) -> String {
+        let mut url = self.url.clone();
+        let _ = url.set_password(None);
+        url.to_string()
+    }
+
+    /// For people.
+    pub fn redacted(&self) -> String {
+        let mut url = self.url.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        url.to_string()
+    }
+
+    /// `host:port`, for naming a source.
+    pub fn server(&self) -> String {
+        format!("{}-{}", self.url.host_str().unwrap_or("local"), self.url.port().unwrap_or(5432))
+    }
+
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, JobError> {
+        let (client, conn) = tokio_postgres::connect(self.secret_url(), NoTls)
+            .await
+            .map_err(|e| JobError::Connect { url: self.redacted(), message: e.to_string() })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// The databases of this server that accept connections, templates aside.
+    pub async fn list_databases(&self) -> Result<Vec<String>, JobError> {
+        let c = self.with_database("postgres").connect().await?;
+        let rows = c
+            .query("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1", &[])
+            .await
+            .map_err(|e| JobError::sql("postgres", "list the databases", e))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// A client tool (pg_dump, psql) set up for this URL; the password goes
+    /// through the environment, never the command line.
+    pub fn command(&self, tool: &str) -> Result<tokio::process::Command, JobError> {
+        let mut cmd = tokio::process::Command::new(pg_tool(tool)?);
+        cmd.env_remove("PGPASSWORD");
+        if let Some(p) = self.password() {
+            cmd.env("PGPASSWORD", p);
+        }
+        cmd.arg(format!("--dbname={}", self.without_password()));
+        cmd.kill_on_drop(true);
+        Ok(cmd)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// A PostgreSQL client tool: from FIREDRILL_PG_BIN, else the newest installed
+/// server version's bin directory (pg_dump must be at least the server's
+/// version), else PATH.
+pub fn pg_tool(tool: &str) -> Result<PathBuf, JobError> {
+    if let Some(dir) = std::env::var_os("FIREDRILL_PG_BIN") {
+        return Ok(PathBuf::from(dir).join(tool));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse().ok()?;
+            let p = e.path().join("bin").join(tool);
+            p.exists().then_some((v, p))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, p)) = found.pop() {
+        return Ok(p);
+    }
+    Ok(PathBuf::from(tool))
+}
+
+/// Quotes an identifier for SQL.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_passwords_out_of_sight() {
+        let u = PgUrl::parse("postgres://app:p%40ss@db:5433/my%20db?sslmode=disable").unwrap();
+        assert_eq!(u.database(), "my db");
+        assert_eq!(u.password().as_deref(), Some("p@ss"));
+        assert!(!u.without_password().contains("p%40ss") && !u.redacted().contains("p%40ss"));
+        assert!(u.redacted().contains("***"));
+        assert_eq!(u.with_database("other").database(), "other");
+        assert!(u.with_database("other").secret_url().contains("sslmode=disable"));
+        assert_eq!(u.server(), "db-5433");
+        assert!(PgUrl::parse("mysql://x/y").is_err());
+        assert_eq!(format!("{u:?}"), u.redacted());
+    }
+}

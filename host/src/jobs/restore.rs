@@ -1,0 +1,229 @@
+//! Restores one database of a backup: create the target database, apply
+//! pre-data with psql, load every chunk with parallel `COPY ... FROM STDIN`,
+//! then post-data (indexes and constraints after the data).
+//!
+//! Invariants: every object is checked against the manifest while it is read
+//! (a chunk is committed only after its checksum and row count check out); a
+//! failure names the object and drops the database this restore created; an
+//! existing database that holds anything is never touched without `force`.
+
+use super::pg::{ident, PgUrl};
+use super::JobError;
+use crate::archive::manifest::{DatabaseEntry, Manifest, TableEntry, TableMode};
+use crate::archive::{ArchiveError, ObjectReader, ObjectRef, Store};
+use futures::SinkExt;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone)]
+pub struct RestoreOptions {
+    /// The database to restore into (created when missing).
+    pub target: PgUrl,
+    pub jobs: usize,
+    /// Replace an existing database that is not empty.
+    pub force: bool,
+    /// Which database of the backup (needed when it holds several).
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreSummary {
+    pub id: String,
+    pub source: String,
+    pub database: String,
+    pub target: String,
+    pub tables: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+pub async fn run(store: &Store, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreSummary, JobError> {
+    let clock = Instant::now();
+    let entry = pick_database(manifest, opts.database.as_deref())?;
+    let target_db = opts.target.database();
+    let created = prepare_target(&opts.target, opts.force).await?;
+    let dir = crate::archive::backup_dir(&manifest.source, &manifest.id);
+    let result = load(store, &dir, entry, opts).await;
+    if let Err(e) = &result {
+        if created {
+            tracing::warn!(database = %target_db, "restore failed, dropping the database it created: {e}");
+            let _ = drop_database(&opts.target).await;
+        }
+    }
+    let (rows, bytes) = result?;
+    Ok(RestoreSummary {
+        id: manifest.id.clone(),
+        source: manifest.source.clone(),
+        database: entry.name.clone(),
+        target: opts.target.redacted(),
+        tables: entry.tables.len(),
+        rows,
+        bytes,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
+pub fn pick_database<'m>(m: &'m Manifest, name: Option<&str>) -> Result<&'m DatabaseEntry, JobError> {
+    let names = || m.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
+    match name {
+        Some(n) => m.databases.iter().find(|d| d.name == n).ok_or_else(|| JobError::Config(format!("backup {} has no database {n:?}; it has: {}", m.id, names()))),
+        None if m.databases.len() == 1 => Ok(&m.databases[0]),
+        None => Err(JobError::Config(format!("backup {} holds several databases ({}); name one with --database", m.id, names()))),
+    }
+}
+
+/// Creates the target database, or checks that the existing one may be used.
+/// Returns whether it was created here.
+async fn prepare_target(target: &PgUrl, force: bool) -> Result<bool, JobError> {
+    let db = target.database();
+    let admin = target.with_database("postgres").connect().await?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+        .await
+        .map_err(|e| JobError::sql("postgres", "look for the target database", e))?
+        .is_some();
+    if exists {
+        let objects: i64 = target
+            .connect()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' AND c.relkind IN ('r','p','v','m','S','f')",
+                &[],
+            )
+            .await
+            .map_err(|e| JobError::sql(&db, "check whether the target is empty", e))?
+            .get(0);
+        if objects == 0 {
+            return Ok(false);
+        }
+        if !force {
+            return Err(JobError::TargetNotEmpty { database: db, objects });
+        }
+        tracing::warn!(database = %db, objects, "--force: replacing the existing database");
+        admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&db)))
+            .await
+            .map_err(|e| JobError::sql("postgres", "drop the database being replaced", e))?;
+    }
+    admin
+        .batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", ident(&db)))
+        .await
+        .map_err(|e| JobError::sql("postgres", "create the target database", e))?;
+    Ok(true)
+}
+
+pub async fn drop_database(target: &PgUrl) -> Result<(), JobError> {
+    let admin = target.with_database("postgres").connect().await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&target.database())))
+        .await
+        .map_err(|e| JobError::sql("postgres", "drop a database", e))
+}
+
+async fn load(store: &Store, dir: &str, entry: &DatabaseEntry, opts: &RestoreOptions) -> Result<(u64, u64), JobError> {
+    apply_sql(store, dir, &entry.pre_data, &opts.target).await?;
+    let queue: VecDeque<(TableEntry, usize)> = entry
+        .tables
+        .iter()
+        .filter(|t| t.mode == TableMode::Full)
+        .flat_map(|t| (0..t.chunks.len()).map(move |i| (t.clone(), i)))
+        .collect();
+    let queue = Arc::new(Mutex::new(queue));
+    let workers = (0..opts.jobs.max(1)).map(|_| load_worker(store, dir, &opts.target, queue.clone()));
+    let counts = futures::future::try_join_all(workers).await?;
+    set_sequences(entry, &opts.target).await?;
+    apply_sql(store, dir, &entry.post_data, &opts.target).await?;
+    Ok(counts.into_iter().fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)))
+}
+
+async fn set_sequences(entry: &DatabaseEntry, target: &PgUrl) -> Result<(), JobError> {
+    if entry.sequences.is_empty() {
+        return Ok(());
+    }
+    let db = target.database();
+    let client = target.connect().await?;
+    for s in &entry.sequences {
+        let name = format!("{}.{}", ident(&s.schema), ident(&s.name));
+        client
+            .execute("SELECT pg_catalog.setval($1::text::regclass, $2, $3)", &[&name, &s.last_value, &s.is_called])
+            .await
+            .map_err(|e| JobError::sql(&db, &format!("set sequence {}.{}", s.schema, s.name), e))?;
+    }
+    Ok(())
+}
+
+/// Runs a schema script through psql, which also understands the
+/// meta-commands pg_dump may write (`\restrict` / `\unrestrict`).
+async fn apply_sql(store: &Store, dir: &str, object: &ObjectRef, target: &PgUrl) -> Result<(), JobError> {
+    let mut reader = ObjectReader::open(store, &format!("{dir}{}", object.path), object).await?;
+    let mut cmd = target.command("psql")?;
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| JobError::Tool { tool: "psql".into(), message: format!("cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)") })?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    // The whole script is checked before psql sees its end: a corrupt object
+    // stops here and psql gets a truncated script, which ON_ERROR_STOP or the
+    // kill below makes harmless.
+    let fed: Result<(), JobError> = async {
+        while let Some(piece) = reader.next().await? {
+            if stdin.write_all(&piece).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = fed {
+        let _ = child.kill().await;
+        return Err(e);
+    }
+    drop(stdin);
+    let status = child.wait().await.map_err(|e| JobError::Tool { tool: "psql".into(), message: e.to_string() })?;
+    let said = errors.await.unwrap_or_default();
+    if !status.success() {
+        return Err(JobError::Tool { tool: "psql".into(), message: format!("applying {}: {}", object.path, said.trim()) });
+    }
+    Ok(())
+}
+
+async fn load_worker(store: &Store, dir: &str, target: &PgUrl, queue: Arc<Mutex<VecDeque<(TableEntry, usize)>>>) -> Result<(u64, u64), JobError> {
+    let db = target.database();
+    let mut client = target.connect().await?;
+    let (mut rows, mut bytes) = (0, 0);
+    loop {
+        let Some((table, i)) = queue.lock().unwrap().pop_front() else { break };
+        let chunk = &table.chunks[i];
+        let tx = client.transaction().await.map_err(|e| JobError::sql(&db, "begin", e))?;
+        let sink = tx
+            .copy_in(&format!("COPY {}.{} FROM STDIN", ident(&table.schema), ident(&table.name)))
+            .await
+            .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
+        futures::pin_mut!(sink);
+        let mut reader = ObjectReader::open(store, &format!("{dir}{}", chunk.object.path), &chunk.object).await?;
+        // Nothing is committed until the object has checked out whole.
+        while let Some(piece) = reader.next().await? {
+            sink.send(bytes::Bytes::from(piece)).await.map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
+        }
+        if reader.rows != chunk.rows {
+            return Err(ArchiveError::Corrupt { object: chunk.object.path.clone(), reason: format!("{} rows, the manifest records {}", reader.rows, chunk.rows) }.into());
+        }
+        sink.as_mut().finish().await.map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
+        tx.commit().await.map_err(|e| JobError::sql(&db, "commit", e))?;
+        rows += chunk.rows;
+        bytes += chunk.object.size;
+    }
+    Ok((rows, bytes))
+}
