@@ -53,7 +53,11 @@ pub fn fingerprint(db: &str) -> Vec<String> {
             t.replace('"', "\"\"")
         );
         let r = c.query_one(&q, &[]).unwrap();
-        out.push(format!("table {s}.{t}: {} rows, {}", r.get::<_, i64>(0), r.get::<_, String>(1)));
+        out.push(format!(
+            "table {s}.{t}: {} rows, {}",
+            r.get::<_, i64>(0),
+            r.get::<_, String>(1)
+        ));
     }
     for r in c
         .query(
@@ -73,9 +77,15 @@ pub fn fingerprint(db: &str) -> Vec<String> {
     {
         out.push(format!("constraint {}", r.get::<_, String>(0)));
     }
-    let seq: i64 = c.query_one("SELECT last_value FROM users_id_seq", &[]).unwrap().get(0);
+    let seq: i64 = c
+        .query_one("SELECT last_value FROM users_id_seq", &[])
+        .unwrap()
+        .get(0);
     out.push(format!("sequence users_id_seq {seq}"));
-    let view: String = c.query_one("SELECT pg_get_viewdef('big_spenders')", &[]).unwrap().get(0);
+    let view: String = c
+        .query_one("SELECT pg_get_viewdef('big_spenders')", &[])
+        .unwrap()
+        .get(0);
     out.push(format!("view {view}"));
     out
 }
@@ -91,7 +101,8 @@ pub fn backup(args: &[&str], env: &[(&str, String)]) -> serde_json::Value {
     all.extend_from_slice(args);
     let o = firedrill(&all, env);
     assert!(o.status.success(), "backup failed: {}", output_text(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output_text(&o)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", output_text(&o)))
 }
 
 pub fn restore(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
@@ -101,7 +112,10 @@ pub fn restore(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
 }
 
 fn manifest(store_dir: &Path, source: &str, id: &str) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(store_dir.join(source).join(id).join("manifest.json")).unwrap()).unwrap()
+    serde_json::from_slice(
+        &std::fs::read(store_dir.join(source).join(id).join("manifest.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -110,18 +124,75 @@ fn a_file_store_round_trip_restores_everything() {
     let db = pg.fresh_database("src");
     seed(&db);
     let (store, dir) = file_store();
-    let b = backup(&["--database-url", &pg.url(&db), "--store", &store, "--source", "app", "-j", "3", "--chunk-size", "256KiB"], &[]);
+    let b = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "app",
+            "-j",
+            "3",
+            "--chunk-size",
+            "256KiB",
+        ],
+        &[],
+    );
     let id = b["id"].as_str().unwrap();
     assert_eq!(b["tables"], 5, "{b}");
-    assert!(b["bytes"].as_u64().unwrap() > 0 && b["seconds"].as_f64().is_some(), "{b}");
+    assert!(
+        b["bytes"].as_u64().unwrap() > 0 && b["seconds"].as_f64().is_some(),
+        "{b}"
+    );
     let m = manifest(&dir, "app", id);
-    let events = m["databases"][0]["tables"].as_array().unwrap().iter().find(|t| t["name"] == "events").unwrap().clone();
+    let events = m["databases"][0]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "events")
+        .unwrap()
+        .clone();
     assert_eq!(events["rows"], 20000);
-    assert!(events["chunks"].as_array().unwrap().len() > 3, "a big table is chunked: {events}");
-    assert!(m["server_version"].as_str().unwrap().starts_with(|c: char| c.is_ascii_digit()), "{}", m["server_version"]);
+    assert!(
+        events["chunks"].as_array().unwrap().len() > 3,
+        "a big table is chunked: {events}"
+    );
+    // ... and read by several connections at once, in page ranges.
+    let ranges: std::collections::BTreeSet<&str> = events["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["path"].as_str()?.split('/').last()?.get(..5))
+        .collect();
+    assert_eq!(
+        ranges.into_iter().collect::<Vec<_>>(),
+        ["r000-", "r001-", "r002-"],
+        "{events}"
+    );
+    assert!(
+        m["server_version"]
+            .as_str()
+            .unwrap()
+            .starts_with(|c: char| c.is_ascii_digit()),
+        "{}",
+        m["server_version"]
+    );
     assert_eq!(m["format"], "firedrill-archive/1");
     let target = format!("{db}_restored");
-    let o = restore(&["--store", &store, id, "--target-url", &pg.url(&target), "-j", "3", "--json"], &[]);
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            id,
+            "--target-url",
+            &pg.url(&target),
+            "-j",
+            "3",
+            "--json",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(fingerprint(&db), fingerprint(&target));
 }
@@ -138,7 +209,13 @@ fn an_s3_round_trip_through_the_template_environment() {
     env.push(("DATABASE_URL", pg.url(&db)));
     let b = backup(&["--source", "s3app", "--chunk-size", "1MiB"], &env);
     let id = b["id"].as_str().unwrap().to_string();
-    assert!(s3.root.join(&bucket).join("nightly/pg/s3app").join(&id).join("manifest.json").exists());
+    assert!(s3
+        .root
+        .join(&bucket)
+        .join("nightly/pg/s3app")
+        .join(&id)
+        .join("manifest.json")
+        .exists());
     let o = firedrill(&["list", "--json"], &env);
     assert!(o.status.success(), "{}", output_text(&o));
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -174,9 +251,21 @@ fn a_backup_is_one_snapshot_even_under_concurrent_writes() {
                 let (a, b) = ((n * 7 % 100 + 1) as i32, (n * 13 % 100 + 1) as i32);
                 // Money moves between two tables' rows in one transaction.
                 let mut tx = c.transaction().unwrap();
-                tx.execute("UPDATE accounts SET balance = balance - 5 WHERE id = $1", &[&a]).unwrap();
-                tx.execute("UPDATE accounts SET balance = balance + 5 WHERE id = $1", &[&b]).unwrap();
-                tx.execute("INSERT INTO ledger (account, delta) VALUES ($1, -5), ($2, 5)", &[&a, &b]).unwrap();
+                tx.execute(
+                    "UPDATE accounts SET balance = balance - 5 WHERE id = $1",
+                    &[&a],
+                )
+                .unwrap();
+                tx.execute(
+                    "UPDATE accounts SET balance = balance + 5 WHERE id = $1",
+                    &[&b],
+                )
+                .unwrap();
+                tx.execute(
+                    "INSERT INTO ledger (account, delta) VALUES ($1, -5), ($2, 5)",
+                    &[&a, &b],
+                )
+                .unwrap();
                 tx.commit().unwrap();
                 n += 1;
             }
@@ -185,15 +274,39 @@ fn a_backup_is_one_snapshot_even_under_concurrent_writes() {
     };
     std::thread::sleep(std::time::Duration::from_millis(200));
     let (store, _) = file_store();
-    let b = backup(&["--database-url", &pg.url(&db), "--store", &store, "-j", "2", "--chunk-size", "4KiB"], &[]);
+    let b = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "-j",
+            "2",
+            "--chunk-size",
+            "4KiB",
+        ],
+        &[],
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let moved = writer.join().unwrap();
     assert!(moved > 0);
     let target = format!("{db}_restored");
-    let o = restore(&["--store", &store, b["id"].as_str().unwrap(), "--target-url", &pg.url(&target)], &[]);
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            b["id"].as_str().unwrap(),
+            "--target-url",
+            &pg.url(&target),
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
     let mut c = pg.client(&target);
-    let total: i64 = c.query_one("SELECT sum(balance)::bigint FROM accounts", &[]).unwrap().get(0);
+    let total: i64 = c
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(total, 100_000, "every transfer is whole");
     // Both tables were read at the same instant: the ledger explains every balance.
     let mismatched: i64 = c
@@ -208,18 +321,52 @@ fn several_databases_in_one_run() {
     let pg = harness::postgres();
     let (a, b) = (pg.fresh_database("multi_a"), pg.fresh_database("multi_b"));
     seed(&a);
-    pg.client(&b).batch_execute("CREATE TABLE only_b (x int); INSERT INTO only_b VALUES (1), (2)").unwrap();
+    pg.client(&b)
+        .batch_execute("CREATE TABLE only_b (x int); INSERT INTO only_b VALUES (1), (2)")
+        .unwrap();
     let (store, _) = file_store();
-    let out = backup(&["--database-url", &format!("{},{}", pg.url(&a), pg.url(&b)), "--store", &store, "--source", "multi"], &[]);
+    let out = backup(
+        &[
+            "--database-url",
+            &format!("{},{}", pg.url(&a), pg.url(&b)),
+            "--store",
+            &store,
+            "--source",
+            "multi",
+        ],
+        &[],
+    );
     assert_eq!(out["databases"], serde_json::json!([a, b]));
     let id = out["id"].as_str().unwrap();
     let target = format!("{b}_restored");
-    let o = restore(&["--store", &store, id, "--target-url", &pg.url(&target)], &[]);
+    let o = restore(
+        &["--store", &store, id, "--target-url", &pg.url(&target)],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(output_text(&o).contains("--database"), "{}", output_text(&o));
-    let o = restore(&["--store", &store, id, "--database", &b, "--target-url", &pg.url(&target)], &[]);
+    assert!(
+        output_text(&o).contains("--database"),
+        "{}",
+        output_text(&o)
+    );
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            id,
+            "--database",
+            &b,
+            "--target-url",
+            &pg.url(&target),
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
-    let n: i64 = pg.client(&target).query_one("SELECT count(*) FROM only_b", &[]).unwrap().get(0);
+    let n: i64 = pg
+        .client(&target)
+        .query_one("SELECT count(*) FROM only_b", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
 }
 
@@ -229,15 +376,41 @@ fn a_non_empty_target_is_refused_unless_forced() {
     let db = pg.fresh_database("force");
     seed(&db);
     let (store, _) = file_store();
-    let id = backup(&["--database-url", &pg.url(&db), "--store", &store], &[])["id"].as_str().unwrap().to_string();
+    let id = backup(&["--database-url", &pg.url(&db), "--store", &store], &[])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let target = pg.fresh_database("occupied");
-    pg.client(&target).batch_execute("CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)").unwrap();
-    let o = restore(&["--store", &store, &id, "--target-url", &pg.url(&target)], &[]);
+    pg.client(&target)
+        .batch_execute("CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+        .unwrap();
+    let o = restore(
+        &["--store", &store, &id, "--target-url", &pg.url(&target)],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(output_text(&o).contains("is not empty") && output_text(&o).contains("--force"), "{}", output_text(&o));
-    let kept: i32 = pg.client(&target).query_one("SELECT x FROM precious", &[]).unwrap().get(0);
+    assert!(
+        output_text(&o).contains("is not empty") && output_text(&o).contains("--force"),
+        "{}",
+        output_text(&o)
+    );
+    let kept: i32 = pg
+        .client(&target)
+        .query_one("SELECT x FROM precious", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(kept, 42, "refused means untouched");
-    let o = restore(&["--store", &store, &id, "--target-url", &pg.url(&target), "--force"], &[]);
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            &id,
+            "--target-url",
+            &pg.url(&target),
+            "--force",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(fingerprint(&db), fingerprint(&target));
 }
@@ -248,24 +421,59 @@ fn corruption_is_found_and_named_and_nothing_is_left_behind() {
     let db = pg.fresh_database("corrupt");
     seed(&db);
     let (store, dir) = file_store();
-    let id = backup(&["--database-url", &pg.url(&db), "--store", &store, "--source", "c", "--chunk-size", "64KiB"], &[])["id"]
+    let id = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "c",
+            "--chunk-size",
+            "64KiB",
+        ],
+        &[],
+    )["id"]
         .as_str()
         .unwrap()
         .to_string();
     let m = manifest(&dir, "c", &id);
-    let events = m["databases"][0]["tables"].as_array().unwrap().iter().find(|t| t["name"] == "events").unwrap().clone();
+    let events = m["databases"][0]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "events")
+        .unwrap()
+        .clone();
     let chunk = events["chunks"][1]["path"].as_str().unwrap().to_string();
-    let pre = m["databases"][0]["pre_data"]["path"].as_str().unwrap().to_string();
+    let pre = m["databases"][0]["pre_data"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let path = |rel: &str| dir.join("c").join(&id).join(rel);
     let original = std::fs::read(path(&chunk)).unwrap();
     let mut n = 0;
     let mut check = |what: &str, needle: &str| {
         n += 1;
         let target = format!("{db}_bad{n}");
-        let o = restore(&["--store", &store, &id, "--target-url", &pg.url(&target)], &[]);
+        let o = restore(
+            &["--store", &store, &id, "--target-url", &pg.url(&target)],
+            &[],
+        );
         assert_eq!(o.status.code(), Some(1), "{what}: {}", output_text(&o));
-        assert!(output_text(&o).contains(needle), "{what}: expected {needle:?} in {}", output_text(&o));
-        let left: i64 = pg.client("postgres").query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&target]).unwrap().get(0);
+        assert!(
+            output_text(&o).contains(needle),
+            "{what}: expected {needle:?} in {}",
+            output_text(&o)
+        );
+        let left: i64 = pg
+            .client("postgres")
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                &[&target],
+            )
+            .unwrap()
+            .get(0);
         assert_eq!(left, 0, "{what}: the half-restored database was dropped");
     };
     // A flipped byte.
@@ -290,11 +498,28 @@ fn corruption_is_found_and_named_and_nothing_is_left_behind() {
     // A manifest that does not match what is stored.
     let mpath = path("manifest.json");
     let good = std::fs::read_to_string(&mpath).unwrap();
-    std::fs::write(&mpath, good.replacen(&format!("\"id\": \"{id}\""), "\"id\": \"20000101T000000Z-aaaaaa\"", 1)).unwrap();
+    std::fs::write(
+        &mpath,
+        good.replacen(
+            &format!("\"id\": \"{id}\""),
+            "\"id\": \"20000101T000000Z-aaaaaa\"",
+            1,
+        ),
+    )
+    .unwrap();
     check("manifest", "manifest.json: not a firedrill manifest");
     std::fs::write(&mpath, &good).unwrap();
     // Repaired, it restores.
-    let o = restore(&["--store", &store, &id, "--target-url", &pg.url(&format!("{db}_fine"))], &[]);
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            &id,
+            "--target-url",
+            &pg.url(&format!("{db}_fine")),
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
 }
 
@@ -304,22 +529,83 @@ fn a_backup_without_its_manifest_is_incomplete_and_never_restored() {
     let db = pg.fresh_database("partial");
     seed(&db);
     let (store, dir) = file_store();
-    let first = backup(&["--database-url", &pg.url(&db), "--store", &store, "--source", "p"], &[])["id"].as_str().unwrap().to_string();
-    pg.client(&db).batch_execute("INSERT INTO empty_table VALUES (1)").unwrap();
+    let first = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "p",
+        ],
+        &[],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pg.client(&db)
+        .batch_execute("INSERT INTO empty_table VALUES (1)")
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let second = backup(&["--database-url", &pg.url(&db), "--store", &store, "--source", "p"], &[])["id"].as_str().unwrap().to_string();
+    let second = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "p",
+        ],
+        &[],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // As a crash before the commit would leave it.
     std::fs::remove_file(dir.join("p").join(&second).join("manifest.json")).unwrap();
     let o = firedrill(&["list", "--store", &store, "--json"], &[]);
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let state: Vec<(String, bool)> = listed.as_array().unwrap().iter().map(|l| (l["id"].as_str().unwrap().into(), l["complete"].as_bool().unwrap())).collect();
+    let state: Vec<(String, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().into(),
+                l["complete"].as_bool().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(state, vec![(first.clone(), true), (second.clone(), false)]);
-    let o = restore(&["--store", &store, &second, "--target-url", &pg.url(&format!("{db}_r1"))], &[]);
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            &second,
+            "--target-url",
+            &pg.url(&format!("{db}_r1")),
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
-    let o = restore(&["--store", &store, "--latest", "--target-url", &pg.url(&format!("{db}_r2")), "--json"], &[]);
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            "--latest",
+            "--target-url",
+            &pg.url(&format!("{db}_r2")),
+            "--json",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r["id"], first.as_str(), "--latest means the latest complete backup");
+    assert_eq!(
+        r["id"],
+        first.as_str(),
+        "--latest means the latest complete backup"
+    );
 }
 
 #[test]
@@ -335,18 +621,55 @@ fn the_dump_planner_decides_what_is_dumped() {
         )],
     );
     let (store, dir) = file_store();
-    let b = backup(&["--database-url", &pg.url(&db), "--store", &store, "--source", "pl", "--policies", policies.to_str().unwrap()], &[]);
+    let b = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "pl",
+            "--policies",
+            policies.to_str().unwrap(),
+        ],
+        &[],
+    );
     let m = manifest(&dir, "pl", b["id"].as_str().unwrap());
-    assert!(m["plugins"][0].as_str().unwrap().starts_with("planner@"), "{}", m["plugins"]);
+    assert!(
+        m["plugins"][0].as_str().unwrap().starts_with("planner@"),
+        "{}",
+        m["plugins"]
+    );
     let target = format!("{db}_restored");
-    let o = restore(&["--store", &store, b["id"].as_str().unwrap(), "--target-url", &pg.url(&target)], &[]);
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            b["id"].as_str().unwrap(),
+            "--target-url",
+            &pg.url(&target),
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
     let mut c = pg.client(&target);
-    let events: i64 = c.query_one("SELECT count(*) FROM events", &[]).unwrap().get(0);
+    let events: i64 = c
+        .query_one("SELECT count(*) FROM events", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(events, 0, "schema-only: the table exists, empty");
-    let odd: i64 = c.query_one("SELECT count(*) FROM pg_namespace WHERE nspname = 'Odd Schema'", &[]).unwrap().get(0);
+    let odd: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'Odd Schema'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(odd, 0, "the excluded schema is not restored");
-    let users: i64 = c.query_one("SELECT count(*) FROM users", &[]).unwrap().get(0);
+    let users: i64 = c
+        .query_one("SELECT count(*) FROM users", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(users, 300);
 }
 
@@ -356,21 +679,49 @@ fn passwords_stay_out_of_output_and_errors() {
     let db = pg.fresh_database("secret");
     seed(&db);
     // Trust authentication ignores the password, so the URL still works.
-    let url = format!("postgres://postgres:hunter2-very-secret@127.0.0.1:{}/{db}", pg.port);
+    let url = format!(
+        "postgres://postgres:hunter2-very-secret@127.0.0.1:{}/{db}",
+        pg.port
+    );
     let (store, dir) = file_store();
-    let o = firedrill(&["backup", "--database-url", &url, "--store", &store, "--json"], &[]);
+    let o = firedrill(
+        &[
+            "backup",
+            "--database-url",
+            &url,
+            "--store",
+            &store,
+            "--json",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
-    let dead = format!("postgres://postgres:hunter2-very-secret@127.0.0.1:{}/{db}", harness::free_port());
+    let dead = format!(
+        "postgres://postgres:hunter2-very-secret@127.0.0.1:{}/{db}",
+        harness::free_port()
+    );
     let failed = firedrill(&["backup", "--database-url", &dead, "--store", &store], &[]);
     assert_eq!(failed.status.code(), Some(1));
-    assert!(output_text(&failed).contains("***"), "{}", output_text(&failed));
+    assert!(
+        output_text(&failed).contains("***"),
+        "{}",
+        output_text(&failed)
+    );
     for out in [output_text(&o), output_text(&failed)] {
         assert!(!out.contains("hunter2"), "{out}");
     }
     for (path, _) in walk(&dir) {
         let bytes = std::fs::read(&path).unwrap();
-        let text = if path.extension().is_some_and(|x| x == "zst") { zstd::decode_all(&bytes[..]).unwrap() } else { bytes };
-        assert!(!String::from_utf8_lossy(&text).contains("hunter2"), "{} holds the password", path.display());
+        let text = if path.extension().is_some_and(|x| x == "zst") {
+            zstd::decode_all(&bytes[..]).unwrap()
+        } else {
+            bytes
+        };
+        assert!(
+            !String::from_utf8_lossy(&text).contains("hunter2"),
+            "{} holds the password",
+            path.display()
+        );
     }
 }
 
@@ -385,4 +736,203 @@ fn walk(dir: &Path) -> Vec<(PathBuf, u64)> {
         }
     }
     out
+}
+
+#[test]
+fn roles_are_kept_without_passwords_unless_asked() {
+    let pg = harness::postgres();
+    let db = pg.fresh_database("globals");
+    let role = format!("fd_role_{db}");
+    pg.client("postgres")
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'rolepw-secret'"
+        ))
+        .unwrap();
+    let (store, dir) = file_store();
+    let read_globals = |id: &str| {
+        let bytes = std::fs::read(dir.join("g").join(id).join("globals.sql.zst")).unwrap();
+        String::from_utf8(zstd::decode_all(&bytes[..]).unwrap()).unwrap()
+    };
+    let id = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "g",
+        ],
+        &[],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let globals = read_globals(&id);
+    assert!(
+        globals.contains(&format!("CREATE ROLE {role}")),
+        "{globals}"
+    );
+    assert!(
+        !globals.contains("SCRAM-SHA-256") && !globals.contains("md5"),
+        "no password hashes by default"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let id = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "g",
+            "--role-passwords",
+        ],
+        &[],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        read_globals(&id).contains("SCRAM-SHA-256"),
+        "asked for, the hashes are kept"
+    );
+    pg.client("postgres")
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .unwrap();
+}
+
+#[test]
+fn psql_meta_commands_in_the_schema_are_handled() {
+    // Recent pg_dump minor releases wrap their scripts in \restrict/\unrestrict;
+    // restoring through psql must accept them (the round trips above prove it
+    // whenever the installed pg_dump writes them; this shows which case ran).
+    let pg = harness::postgres();
+    let db = pg.fresh_database("meta");
+    seed(&db);
+    let (store, dir) = file_store();
+    let id = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "m",
+        ],
+        &[],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = manifest(&dir, "m", &id);
+    let pre = std::fs::read(
+        dir.join("m")
+            .join(&id)
+            .join(m["databases"][0]["pre_data"]["path"].as_str().unwrap()),
+    )
+    .unwrap();
+    let script = String::from_utf8(zstd::decode_all(&pre[..]).unwrap()).unwrap();
+    eprintln!(
+        "pre-data uses \\restrict: {}",
+        script.contains("\\restrict")
+    );
+    let o = restore(
+        &[
+            "--store",
+            &store,
+            &id,
+            "--target-url",
+            &pg.url(&format!("{db}_r")),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+}
+
+#[test]
+fn memory_stays_bounded_whatever_the_table_size() {
+    let pg = harness::postgres();
+    let db = pg.fresh_database("large");
+    // About 190 MB of COPY text: more than the bound below.
+    pg.client(&db)
+        .batch_execute("CREATE TABLE big (id bigint, body text); INSERT INTO big SELECT g, repeat(md5(g::text), 7) FROM generate_series(1, 800000) g;")
+        .unwrap();
+    let (store, _) = file_store();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"))
+        .args([
+            "backup",
+            "--json",
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "-j",
+            "2",
+            "--no-globals",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, max_rss_kib) = wait_with_rusage(child.id());
+    assert!(status == 0, "backup exited with {status}");
+    let raw_mib = 800_000u64 * 240 / (1 << 20);
+    eprintln!(
+        "backup of ~{raw_mib} MiB: peak RSS {} MiB",
+        max_rss_kib / 1024
+    );
+    assert!(
+        max_rss_kib < 128 * 1024,
+        "peak RSS {} MiB for ~{raw_mib} MiB of data",
+        max_rss_kib / 1024
+    );
+}
+
+/// Waits for a child and returns its exit code and peak RSS (KiB).
+fn wait_with_rusage(pid: u32) -> (i32, i64) {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid as i32);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn a_person_with_zstd_and_psql_can_restore_by_hand() {
+    let pg = harness::postgres();
+    let db = pg.fresh_database("byhand");
+    seed(&db);
+    let (store, dir) = file_store();
+    let id = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "h",
+            "--chunk-size",
+            "256KiB",
+        ],
+        &[],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = pg.fresh_database("byhand_target");
+    let o = std::process::Command::new(harness::root().join("scripts/restore-by-hand"))
+        .arg(dir.join("h").join(&id))
+        .arg(&db)
+        .arg(pg.url(&target))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                pg.bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(fingerprint(&db), fingerprint(&target));
 }

@@ -483,7 +483,8 @@ pub fn load(
 /// Runs the `firedrill` binary.
 pub fn firedrill(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_firedrill"));
-    cmd.args(args).env("FIREDRILL_CACHE_DIR", scratch().join("cli-cache"));
+    cmd.args(args)
+        .env("FIREDRILL_CACHE_DIR", scratch().join("cli-cache"));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -497,5 +498,9 @@ pub fn firedrill(args: &[&str], env: &[(&str, String)]) -> std::process::Output 
 
 /// stdout and stderr of a run, for assertions and messages.
 pub fn output_text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }

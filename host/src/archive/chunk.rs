@@ -12,11 +12,18 @@ use std::io::Write;
 
 /// Compressed bytes are handed to the store in pieces of about this size.
 const FLUSH_AT: usize = 1 << 20;
+/// Input is gathered into batches this big before compression: COPY hands
+/// over one row at a time, and a zstd call per row costs more than the row.
+const BATCH: usize = 128 << 10;
+/// Decompressed output comes in pieces of at most this size, whatever the
+/// compression ratio, so a reader's memory stays bounded.
+const OUT_PIECE: usize = 256 << 10;
 
 pub struct ObjectWriter {
     path: String,
     writer: opendal::Writer,
     encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    batch: Vec<u8>,
     hasher: Sha256,
     stored: u64,
     /// Bytes before compression.
@@ -27,17 +34,34 @@ pub struct ObjectWriter {
 
 impl ObjectWriter {
     /// `path` is relative to the store's root.
-    pub async fn create(store: &Store, path: &str, level: i32) -> Result<ObjectWriter, ArchiveError> {
+    pub async fn create(
+        store: &Store,
+        path: &str,
+        level: i32,
+    ) -> Result<ObjectWriter, ArchiveError> {
         let writer = store.writer(path).await?;
         let encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(FLUSH_AT * 2), level)
             .map_err(|e| ArchiveError::Compression(e.to_string()))?;
-        Ok(ObjectWriter { path: path.to_string(), writer, encoder, hasher: Sha256::new(), stored: 0, raw: 0, rows: 0 })
+        Ok(ObjectWriter {
+            path: path.to_string(),
+            writer,
+            encoder,
+            batch: Vec::with_capacity(BATCH),
+            hasher: Sha256::new(),
+            stored: 0,
+            raw: 0,
+            rows: 0,
+        })
     }
 
     pub async fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
         self.raw += data.len() as u64;
         self.rows += memchr::memchr_iter(b'\n', data).count() as u64;
-        self.encoder.write_all(data).map_err(|e| ArchiveError::Compression(e.to_string()))?;
+        self.batch.extend_from_slice(data);
+        if self.batch.len() < BATCH {
+            return Ok(());
+        }
+        self.compress_batch()?;
         if self.encoder.get_ref().len() >= FLUSH_AT {
             let out = std::mem::take(self.encoder.get_mut());
             self.send(out).await?;
@@ -45,30 +69,49 @@ impl ObjectWriter {
         Ok(())
     }
 
+    fn compress_batch(&mut self) -> Result<(), ArchiveError> {
+        self.encoder
+            .write_all(&self.batch)
+            .map_err(|e| ArchiveError::Compression(e.to_string()))?;
+        self.batch.clear();
+        Ok(())
+    }
+
     async fn send(&mut self, out: Vec<u8>) -> Result<(), ArchiveError> {
         self.hasher.update(&out);
         self.stored += out.len() as u64;
-        self.writer.write(out).await.map_err(|e| ArchiveError::Store {
-            store: String::new(),
-            object: self.path.clone(),
-            message: e.to_string(),
-        })
+        self.writer
+            .write(out)
+            .await
+            .map_err(|e| ArchiveError::Store {
+                store: String::new(),
+                object: self.path.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// Completes the upload; `rel` is how the manifest names the object.
     pub async fn finish(mut self, rel: &str) -> Result<ObjectRef, ArchiveError> {
+        self.compress_batch()?;
         let encoder = std::mem::replace(
             &mut self.encoder,
-            zstd::stream::write::Encoder::new(Vec::new(), 1).map_err(|e| ArchiveError::Compression(e.to_string()))?,
+            zstd::stream::write::Encoder::new(Vec::new(), 1)
+                .map_err(|e| ArchiveError::Compression(e.to_string()))?,
         );
-        let out = encoder.finish().map_err(|e| ArchiveError::Compression(e.to_string()))?;
+        let out = encoder
+            .finish()
+            .map_err(|e| ArchiveError::Compression(e.to_string()))?;
         self.send(out).await?;
         self.writer.close().await.map_err(|e| ArchiveError::Store {
             store: String::new(),
             object: self.path.clone(),
             message: e.to_string(),
         })?;
-        Ok(ObjectRef { path: rel.to_string(), size: self.stored, sha256: hex::encode(self.hasher.finalize()) })
+        Ok(ObjectRef {
+            path: rel.to_string(),
+            size: self.stored,
+            sha256: hex::encode(self.hasher.finalize()),
+        })
     }
 
     /// Gives up on the upload (a multipart upload is aborted, not completed).
@@ -81,71 +124,132 @@ impl ObjectWriter {
 pub struct ObjectReader {
     object: ObjectRef,
     stream: opendal::FuturesBytesStream,
-    decoder: zstd::stream::write::Decoder<'static, Vec<u8>>,
+    decoder: zstd::stream::raw::Decoder<'static>,
     hasher: Sha256,
     stored: u64,
-    done: bool,
+    /// The compressed piece being decoded, and how far.
+    pending: bytes::Bytes,
+    offset: usize,
+    /// All input read and checked.
+    input_done: bool,
+    /// The decoder may hold output it could not hand over yet.
+    more_output: bool,
+    /// The last decoder call ended a zstd frame.
+    frame_done: bool,
     /// Newlines seen in the decompressed bytes.
     pub rows: u64,
 }
 
 impl ObjectReader {
     /// `path` is the object's full path in the store; `object` its manifest entry.
-    pub async fn open(store: &Store, path: &str, object: &ObjectRef) -> Result<ObjectReader, ArchiveError> {
+    pub async fn open(
+        store: &Store,
+        path: &str,
+        object: &ObjectRef,
+    ) -> Result<ObjectReader, ArchiveError> {
         let reader = store.reader(path).await?;
-        let stream = reader.into_bytes_stream(..).await.map_err(|e| store_err(path, e))?;
-        let decoder = zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| ArchiveError::Compression(e.to_string()))?;
-        Ok(ObjectReader { object: object.clone(), stream, decoder, hasher: Sha256::new(), stored: 0, done: false, rows: 0 })
+        let stream = reader
+            .into_bytes_stream(..)
+            .await
+            .map_err(|e| store_err(path, e))?;
+        let decoder = zstd::stream::raw::Decoder::new()
+            .map_err(|e| ArchiveError::Compression(e.to_string()))?;
+        Ok(ObjectReader {
+            object: object.clone(),
+            stream,
+            decoder,
+            hasher: Sha256::new(),
+            stored: 0,
+            pending: bytes::Bytes::new(),
+            offset: 0,
+            input_done: false,
+            more_output: false,
+            frame_done: false,
+            rows: 0,
+        })
     }
 
     fn corrupt(&self, reason: String) -> ArchiveError {
-        ArchiveError::Corrupt { object: self.object.path.clone(), reason }
+        ArchiveError::Corrupt {
+            object: self.object.path.clone(),
+            reason,
+        }
     }
 
     /// The next piece of decompressed data; `None` once the object ended and
-    /// checked out. A mismatch is an error naming the object.
+    /// checked out. Data is handed over before the checksum is known: callers
+    /// commit nothing until `None`. A mismatch is an error naming the object.
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>, ArchiveError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
         loop {
-            if self.done {
-                return Ok(None);
+            if self.offset < self.pending.len() || self.more_output || self.input_done {
+                let mut out = vec![0u8; OUT_PIECE];
+                let mut input = InBuffer::around(&self.pending[self.offset..]);
+                let mut output = OutBuffer::around(&mut out[..]);
+                let hint = self
+                    .decoder
+                    .run(&mut input, &mut output)
+                    .map_err(|e| self.corrupt(format!("not a valid zstd stream: {e}")))?;
+                let (consumed, produced) = (input.pos(), output.pos());
+                self.offset += consumed;
+                // The hint is 0 exactly when a call ends a frame; an idle call
+                // after that reports the next frame's header size instead.
+                if consumed > 0 || produced > 0 {
+                    self.frame_done = hint == 0;
+                }
+                self.more_output = produced == OUT_PIECE;
+                if produced > 0 {
+                    out.truncate(produced);
+                    self.rows += memchr::memchr_iter(b'\n', &out).count() as u64;
+                    return Ok(Some(out));
+                }
+                if self.input_done {
+                    if !self.frame_done {
+                        return Err(self.corrupt("the zstd stream ends early".into()));
+                    }
+                    return Ok(None);
+                }
+                if self.offset < self.pending.len() {
+                    continue;
+                }
             }
-            let piece = self.stream.try_next().await.map_err(|e| ArchiveError::Store {
-                store: String::new(),
-                object: self.object.path.clone(),
-                message: e.to_string(),
-            })?;
+            let piece = self
+                .stream
+                .try_next()
+                .await
+                .map_err(|e| ArchiveError::Store {
+                    store: String::new(),
+                    object: self.object.path.clone(),
+                    message: e.to_string(),
+                })?;
             match piece {
                 Some(bytes) => {
                     self.stored += bytes.len() as u64;
                     if self.stored > self.object.size {
-                        return Err(self.corrupt(format!("longer than the {} bytes the manifest records", self.object.size)));
+                        return Err(self.corrupt(format!(
+                            "longer than the {} bytes the manifest records",
+                            self.object.size
+                        )));
                     }
                     self.hasher.update(&bytes);
-                    self.decoder
-                        .write_all(&bytes)
-                        .map_err(|e| self.corrupt(format!("not a valid zstd stream: {e}")))?;
-                    let out = std::mem::take(self.decoder.get_mut());
-                    if !out.is_empty() {
-                        self.rows += memchr::memchr_iter(b'\n', &out).count() as u64;
-                        return Ok(Some(out));
-                    }
+                    self.pending = bytes;
+                    self.offset = 0;
                 }
                 None => {
-                    self.done = true;
                     if self.stored != self.object.size {
-                        return Err(self.corrupt(format!("{} bytes stored, the manifest records {}", self.stored, self.object.size)));
+                        return Err(self.corrupt(format!(
+                            "{} bytes stored, the manifest records {}",
+                            self.stored, self.object.size
+                        )));
                     }
                     let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
                     if sha != self.object.sha256 {
-                        return Err(self.corrupt(format!("sha256 {sha}, the manifest records {}", self.object.sha256)));
+                        return Err(self.corrupt(format!(
+                            "sha256 {sha}, the manifest records {}",
+                            self.object.sha256
+                        )));
                     }
-                    self.decoder.flush().map_err(|e| self.corrupt(format!("zstd stream ends early: {e}")))?;
-                    let out = std::mem::take(self.decoder.get_mut());
-                    if !out.is_empty() {
-                        self.rows += memchr::memchr_iter(b'\n', &out).count() as u64;
-                        return Ok(Some(out));
-                    }
-                    return Ok(None);
+                    self.input_done = true;
                 }
             }
         }
@@ -163,8 +267,14 @@ impl ObjectReader {
 
 fn store_err(path: &str, e: opendal::Error) -> ArchiveError {
     if e.kind() == opendal::ErrorKind::NotFound {
-        ArchiveError::Missing { object: path.to_string() }
+        ArchiveError::Missing {
+            object: path.to_string(),
+        }
     } else {
-        ArchiveError::Store { store: String::new(), object: path.to_string(), message: e.to_string() }
+        ArchiveError::Store {
+            store: String::new(),
+            object: path.to_string(),
+            message: e.to_string(),
+        }
     }
 }

@@ -114,11 +114,15 @@ pub struct Compression {
 impl Manifest {
     /// Every object the manifest vouches for.
     pub fn objects(&self) -> impl Iterator<Item = &ObjectRef> {
-        self.globals.iter().chain(self.databases.iter().flat_map(|d| {
-            [&d.pre_data, &d.post_data]
-                .into_iter()
-                .chain(d.tables.iter().flat_map(|t| t.chunks.iter().map(|c| &c.object)))
-        }))
+        self.globals
+            .iter()
+            .chain(self.databases.iter().flat_map(|d| {
+                [&d.pre_data, &d.post_data].into_iter().chain(
+                    d.tables
+                        .iter()
+                        .flat_map(|t| t.chunks.iter().map(|c| &c.object)),
+                )
+            }))
     }
 
     pub fn size(&self) -> u64 {
@@ -133,7 +137,9 @@ impl Manifest {
 /// `20261122T210000Z-k3x9qa`: sorts by time, unique by its random tail.
 pub fn new_backup_id(now: SystemTime) -> String {
     use rand::Rng;
-    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(['-', ':'], "");
+    let stamp = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .replace(['-', ':'], "");
     let mut rng = rand::rng();
     let tail: String = (0..6)
         .map(|_| {
@@ -153,7 +159,9 @@ pub fn is_backup_id(id: &str) -> bool {
         && b[9..15].iter().all(u8::is_ascii_digit)
         && b[15] == b'Z'
         && b[16] == b'-'
-        && b[17..].iter().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        && b[17..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
 }
 
 /// Seconds since the epoch of a backup id's timestamp.
@@ -188,7 +196,10 @@ pub fn path_segment(s: &str) -> String {
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

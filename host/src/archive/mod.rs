@@ -29,7 +29,11 @@ pub enum ArchiveError {
     #[error("store: {0}")]
     StoreUrl(String),
     #[error("store {store}: {object}: {message}")]
-    Store { store: String, object: String, message: String },
+    Store {
+        store: String,
+        object: String,
+        message: String,
+    },
     #[error("{object} is missing from the store")]
     Missing { object: String },
     #[error("{object} is corrupt: {reason}")]
@@ -50,18 +54,30 @@ pub fn backup_dir(source: &str, id: &str) -> String {
 }
 
 /// Reads and checks a backup's manifest.
-pub async fn read_manifest(store: &Store, source: &str, id: &str) -> Result<Manifest, ArchiveError> {
+pub async fn read_manifest(
+    store: &Store,
+    source: &str,
+    id: &str,
+) -> Result<Manifest, ArchiveError> {
     let path = format!("{}{}", backup_dir(source, id), manifest::MANIFEST);
     let bytes = store.get(&path).await?;
-    let m: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| ArchiveError::BadManifest { object: path.clone(), reason: e.to_string() })?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| ArchiveError::BadManifest {
+        object: path.clone(),
+        reason: e.to_string(),
+    })?;
     if m.format != manifest::FORMAT {
-        return Err(ArchiveError::BadManifest { object: path, reason: format!("format {:?}, expected {:?}", m.format, manifest::FORMAT) });
+        return Err(ArchiveError::BadManifest {
+            object: path,
+            reason: format!("format {:?}, expected {:?}", m.format, manifest::FORMAT),
+        });
     }
     if m.id != id || m.source != source {
         return Err(ArchiveError::BadManifest {
             object: path,
-            reason: format!("it describes {}/{}, not the backup it is stored with", m.source, m.id),
+            reason: format!(
+                "it describes {}/{}, not the backup it is stored with",
+                m.source, m.id
+            ),
         });
     }
     Ok(m)
@@ -87,9 +103,13 @@ pub struct Listing {
 pub async fn list_backups(store: &Store) -> Result<Vec<Listing>, ArchiveError> {
     let mut out = Vec::new();
     for source in store.list("").await? {
-        let Some(source) = source.strip_suffix('/') else { continue };
+        let Some(source) = source.strip_suffix('/') else {
+            continue;
+        };
         for id in store.list(&format!("{source}/")).await? {
-            let Some(id) = id.strip_suffix('/') else { continue };
+            let Some(id) = id.strip_suffix('/') else {
+                continue;
+            };
             if !manifest::is_backup_id(id) {
                 continue;
             }
@@ -128,10 +148,16 @@ pub async fn list_backups(store: &Store) -> Result<Vec<Listing>, ArchiveError> {
 }
 
 /// Finds a complete backup by id, or the newest complete one (of `source`, if given).
-pub async fn find_backup(store: &Store, id: Option<&str>, source: Option<&str>) -> Result<(String, String), ArchiveError> {
+pub async fn find_backup(
+    store: &Store,
+    id: Option<&str>,
+    source: Option<&str>,
+) -> Result<(String, String), ArchiveError> {
     if let Some(id) = id {
         if !manifest::is_backup_id(id) {
-            return Err(ArchiveError::NoSuchBackup(format!("{id:?} (ids look like 20261122T210000Z-k3x9qa)")));
+            return Err(ArchiveError::NoSuchBackup(format!(
+                "{id:?} (ids look like 20261122T210000Z-k3x9qa)"
+            )));
         }
     }
     let all = list_backups(store).await?;
@@ -144,6 +170,10 @@ pub async fn find_backup(store: &Store, id: Option<&str>, source: Option<&str>) 
     match (found, id) {
         (Some(l), _) => Ok((l.source.clone(), l.id.clone())),
         (None, Some(id)) => Err(ArchiveError::NoSuchBackup(id.to_string())),
-        (None, None) => Err(ArchiveError::NoBackups(source.map(|s| format!(" of source {s}")).unwrap_or_default())),
+        (None, None) => Err(ArchiveError::NoBackups(
+            source
+                .map(|s| format!(" of source {s}"))
+                .unwrap_or_default(),
+        )),
     }
 }

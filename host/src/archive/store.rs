@@ -28,16 +28,24 @@ impl Store {
     pub fn open(url: &str, s3: &S3Options) -> Result<Store, ArchiveError> {
         // HTTP-based services need a transport; installing twice is a no-op.
         opendal::install_default();
-        let bad = |m: &str| ArchiveError::StoreUrl(format!("{m} (expected file:///absolute/path or s3://bucket/prefix)"));
+        let bad = |m: &str| {
+            ArchiveError::StoreUrl(format!(
+                "{m} (expected file:///absolute/path or s3://bucket/prefix)"
+            ))
+        };
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(bad("a file store needs an absolute path"));
             }
-            std::fs::create_dir_all(path)
-                .map_err(|e| ArchiveError::StoreUrl(format!("cannot create the store directory {path}: {e}")))?;
+            std::fs::create_dir_all(path).map_err(|e| {
+                ArchiveError::StoreUrl(format!("cannot create the store directory {path}: {e}"))
+            })?;
             let op = Operator::new(opendal::services::Fs::default().root(path))
                 .map_err(|e| ArchiveError::StoreUrl(e.to_string()))?;
-            return Ok(Store { op, display: url.to_string() });
+            return Ok(Store {
+                op,
+                display: url.to_string(),
+            });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -61,10 +69,20 @@ impl Store {
             }
             let op = Operator::new(b)
                 .map_err(|e| ArchiveError::StoreUrl(e.to_string()))?
-                .layer(opendal::layers::RetryLayer::new().with_max_times(4).with_jitter());
-            return Ok(Store { op, display: format!("s3://{bucket}/{}", prefix.trim_matches('/')) });
+                .layer(
+                    opendal::layers::RetryLayer::new()
+                        .with_max_times(4)
+                        .with_jitter(),
+                );
+            return Ok(Store {
+                op,
+                display: format!("s3://{bucket}/{}", prefix.trim_matches('/')),
+            });
         }
-        Err(bad(&format!("unsupported store {:?}", url.split("://").next().unwrap_or(url))))
+        Err(bad(&format!(
+            "unsupported store {:?}",
+            url.split("://").next().unwrap_or(url)
+        )))
     }
 
     pub fn display(&self) -> &str {
@@ -77,18 +95,32 @@ impl Store {
 
     fn err(&self, path: &str, e: opendal::Error) -> ArchiveError {
         if e.kind() == opendal::ErrorKind::NotFound {
-            ArchiveError::Missing { object: path.to_string() }
+            ArchiveError::Missing {
+                object: path.to_string(),
+            }
         } else {
-            ArchiveError::Store { store: self.display.clone(), object: path.to_string(), message: e.to_string() }
+            ArchiveError::Store {
+                store: self.display.clone(),
+                object: path.to_string(),
+                message: e.to_string(),
+            }
         }
     }
 
     pub async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), ArchiveError> {
-        self.op.write(path, bytes).await.map(drop).map_err(|e| self.err(path, e))
+        self.op
+            .write(path, bytes)
+            .await
+            .map(drop)
+            .map_err(|e| self.err(path, e))
     }
 
     pub async fn get(&self, path: &str) -> Result<Vec<u8>, ArchiveError> {
-        self.op.read(path).await.map(|b| b.to_vec()).map_err(|e| self.err(path, e))
+        self.op
+            .read(path)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| self.err(path, e))
     }
 
     pub async fn exists(&self, path: &str) -> Result<bool, ArchiveError> {
@@ -97,11 +129,19 @@ impl Store {
 
     /// A multipart writer; nothing is visible at `path` until `close`.
     pub async fn writer(&self, path: &str) -> Result<opendal::Writer, ArchiveError> {
-        self.op.writer_with(path).chunk(PART_SIZE).await.map_err(|e| self.err(path, e))
+        self.op
+            .writer_with(path)
+            .chunk(PART_SIZE)
+            .await
+            .map_err(|e| self.err(path, e))
     }
 
     pub async fn reader(&self, path: &str) -> Result<opendal::Reader, ArchiveError> {
-        self.op.reader_with(path).chunk(PART_SIZE).await.map_err(|e| self.err(path, e))
+        self.op
+            .reader_with(path)
+            .chunk(PART_SIZE)
+            .await
+            .map_err(|e| self.err(path, e))
     }
 
     /// Names directly under `dir` (which ends with '/'); directories end with '/'.
@@ -117,12 +157,22 @@ impl Store {
 
     /// Every object under `dir`, recursively, with sizes.
     pub async fn list_recursive(&self, dir: &str) -> Result<Vec<(String, u64)>, ArchiveError> {
-        let entries = self.op.list_with(dir).recursive(true).await.map_err(|e| self.err(dir, e))?;
+        let entries = self
+            .op
+            .list_with(dir)
+            .recursive(true)
+            .await
+            .map_err(|e| self.err(dir, e))?;
         let mut out = Vec::new();
         for e in entries {
             if e.metadata().is_file() {
                 let size = match e.metadata().content_length() {
-                    0 => self.op.stat(e.path()).await.map(|m| m.content_length()).unwrap_or(0),
+                    0 => self
+                        .op
+                        .stat(e.path())
+                        .await
+                        .map(|m| m.content_length())
+                        .unwrap_or(0),
                     n => n,
                 };
                 out.push((e.path().to_string(), size));

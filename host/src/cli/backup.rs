@@ -11,7 +11,13 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     /// The database to back up (repeat for several databases of one server).
-    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, required = true, value_delimiter = ',')]
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        required = true,
+        value_delimiter = ','
+    )]
     database_urls: Vec<String>,
     /// Every database of the server the first URL points at (except templates).
     #[arg(long)]
@@ -45,7 +51,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut urls = args.database_urls.iter().map(|u| PgUrl::parse(u)).collect::<Result<Vec<_>, _>>()?;
+    let mut urls = args
+        .database_urls
+        .iter()
+        .map(|u| PgUrl::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
     let rt = super::runtime(args.jobs)?;
     if args.all_databases {
         let first = urls[0].clone();
@@ -60,7 +70,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let mut planners = set.of_world(World::DumpPlanner);
             let p = planners.next().cloned();
             if let Some(extra) = planners.next() {
-                bail!("{}: more than one dump-planner policy ({} and {}); keep one", dir.display(), p.unwrap().name(), extra.name());
+                bail!(
+                    "{}: more than one dump-planner policy ({} and {}); keep one",
+                    dir.display(),
+                    p.unwrap().name(),
+                    extra.name()
+                );
             }
             p
         }
@@ -70,7 +85,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(s) => s,
         None => urls[0].server(),
     };
-    if source.is_empty() || !source.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if source.is_empty()
+        || !source
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         bail!("--source {source:?}: use letters, digits, '-', '_' and '.'");
     }
     let opts = BackupOptions {
@@ -83,7 +102,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         role_passwords: args.role_passwords,
         planner,
     };
-    let summary = rt.block_on(backup::run(&store, &opts)).context("backup failed; nothing was committed")?;
+    let summary = rt
+        .block_on(backup::run(&store, &opts))
+        .context("backup failed; nothing was committed")?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

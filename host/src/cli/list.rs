@@ -19,9 +19,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&listings)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} databases", "backup", "source", "time (UTC)", "size", "tables", "state");
+    println!(
+        "{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} databases",
+        "backup", "source", "time (UTC)", "size", "tables", "state"
+    );
     for l in &listings {
-        let time = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(l.created.max(0) as u64)).to_string();
+        let time = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(l.created.max(0) as u64),
+        )
+        .to_string();
         println!(
             "{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} {}",
             l.id,

@@ -31,8 +31,13 @@ impl StoreArgs {
         let url = match &self.store {
             Some(s) => s.clone(),
             None => match std::env::var("S3_BUCKET") {
-                Ok(bucket) => format!("s3://{bucket}/{}", std::env::var("BACKUP_PREFIX").unwrap_or_default()),
-                Err(_) => anyhow::bail!("no store: pass --store file:///path or s3://bucket/prefix (or set S3_BUCKET)"),
+                Ok(bucket) => format!(
+                    "s3://{bucket}/{}",
+                    std::env::var("BACKUP_PREFIX").unwrap_or_default()
+                ),
+                Err(_) => anyhow::bail!(
+                    "no store: pass --store file:///path or s3://bucket/prefix (or set S3_BUCKET)"
+                ),
             },
         };
         let s3 = S3Options {
@@ -47,7 +52,10 @@ impl StoreArgs {
 
 /// A tokio runtime sized for `jobs` parallel streams.
 pub fn runtime(jobs: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(jobs.clamp(2, 64)).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(jobs.clamp(2, 64))
+        .enable_all()
+        .build()?)
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -58,7 +66,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Logs go to stderr (stdout is for results), as text unless

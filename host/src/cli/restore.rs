@@ -38,10 +38,16 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
-    let opts = RestoreOptions { target: PgUrl::parse(&args.target_url)?, jobs: args.jobs.max(1), force: args.force, database: args.database };
+    let opts = RestoreOptions {
+        target: PgUrl::parse(&args.target_url)?,
+        jobs: args.jobs.max(1),
+        force: args.force,
+        database: args.database,
+    };
     let rt = super::runtime(args.jobs)?;
     let summary = rt.block_on(async {
-        let (source, id) = archive::find_backup(&store, args.backup_id.as_deref(), args.source.as_deref()).await?;
+        let (source, id) =
+            archive::find_backup(&store, args.backup_id.as_deref(), args.source.as_deref()).await?;
         let manifest = archive::read_manifest(&store, &source, &id).await?;
         restore::run(&store, &manifest, &opts).await
     });
@@ -51,7 +57,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "restored {} ({} of {}) into {}: {} tables, {} rows in {:.1}s",
-            summary.id, summary.database, summary.source, summary.target, summary.tables, summary.rows, summary.seconds
+            summary.id,
+            summary.database,
+            summary.source,
+            summary.target,
+            summary.tables,
+            summary.rows,
+            summary.seconds
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -12,7 +12,10 @@
 
 use super::pg::{ident, PgUrl};
 use super::JobError;
-use crate::archive::manifest::{self, Chunk, Compression, DatabaseEntry, Manifest, SequenceEntry, TableEntry, TableMode, Timings};
+use crate::archive::manifest::{
+    self, Chunk, Compression, DatabaseEntry, Manifest, SequenceEntry, TableEntry, TableMode,
+    Timings,
+};
 use crate::archive::{ObjectRef, ObjectWriter, Store};
 use crate::caps::sql::{SqlScope, SqlTarget};
 use crate::caps::types::{self as wit, DatabaseInfo, DumpPlan};
@@ -20,7 +23,7 @@ use crate::caps::CallContext;
 use crate::runtime::Plugin;
 use futures::TryStreamExt;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 use tokio::io::AsyncReadExt;
@@ -83,25 +86,44 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
         kind: "postgres".into(),
         server_version,
         tool: format!("firedrill {}", env!("CARGO_PKG_VERSION")),
-        compression: Compression { algorithm: "zstd".into(), level: opts.compression_level },
+        compression: Compression {
+            algorithm: "zstd".into(),
+            level: opts.compression_level,
+        },
         globals,
         databases,
-        timings: Timings { started: to_unix(started), finished: manifest::unix_now(), seconds },
+        timings: Timings {
+            started: to_unix(started),
+            finished: manifest::unix_now(),
+            seconds,
+        },
         plugins: opts.planner.iter().map(|p| p.version()).collect(),
         fencing_token: None,
     };
     let body = serde_json::to_vec_pretty(&m).expect("a manifest serializes");
     // The commit: until this object exists, the backup does not.
-    store.put(&format!("{dir}{}", manifest::MANIFEST), body).await?;
+    store
+        .put(&format!("{dir}{}", manifest::MANIFEST), body)
+        .await?;
     let summary = BackupSummary {
         id,
         source: opts.source.clone(),
         store: store.display().to_string(),
         databases: m.databases.iter().map(|d| d.name.clone()).collect(),
         tables: m.table_count(),
-        rows: m.databases.iter().flat_map(|d| &d.tables).map(|t| t.rows).sum(),
+        rows: m
+            .databases
+            .iter()
+            .flat_map(|d| &d.tables)
+            .map(|t| t.rows)
+            .sum(),
         bytes: m.size(),
-        raw_bytes: m.databases.iter().flat_map(|d| &d.tables).map(|t| t.raw_bytes).sum(),
+        raw_bytes: m
+            .databases
+            .iter()
+            .flat_map(|d| &d.tables)
+            .map(|t| t.raw_bytes)
+            .sum(),
         seconds,
     };
     tracing::info!(backup = %summary.id, bytes = summary.bytes, tables = summary.tables, seconds, "backup committed");
@@ -109,7 +131,9 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
 }
 
 fn to_unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// What to copy from one table.
@@ -120,9 +144,27 @@ struct Job {
     mode: TableMode,
     size: u64,
     chunk_rows: Option<u64>,
+    /// Part of a large table: (index, first heap page, end page or open).
+    range: Option<(usize, u64, Option<u64>)>,
+    /// The columns COPY writes (generated ones excluded), for range queries.
+    columns: Vec<String>,
 }
 
-async fn dump_database(store: &Store, dir: &str, url: &PgUrl, opts: &BackupOptions) -> Result<(DatabaseEntry, String), JobError> {
+/// What the backup needs about a table beyond what the planner sees.
+struct TableExtra {
+    heap_pages: u64,
+    copy_columns: Vec<String>,
+}
+
+/// Ranges of heap pages can be scanned on their own from PostgreSQL 14 on.
+const TID_RANGE_SCANS: i32 = 140_000;
+
+async fn dump_database(
+    store: &Store,
+    dir: &str,
+    url: &PgUrl,
+    opts: &BackupOptions,
+) -> Result<(DatabaseEntry, String), JobError> {
     let db = url.database();
     let leader = url.connect().await?;
     leader
@@ -130,58 +172,141 @@ async fn dump_database(store: &Store, dir: &str, url: &PgUrl, opts: &BackupOptio
         .await
         .map_err(|e| JobError::sql(&db, "start the snapshot transaction", e))?;
     let row = leader
-        .query_one("SELECT pg_export_snapshot(), current_setting('server_version')", &[])
+        .query_one("SELECT pg_export_snapshot(), current_setting('server_version'), current_setting('server_version_num')::int", &[])
         .await
         .map_err(|e| JobError::sql(&db, "export a snapshot", e))?;
-    let (snapshot, version): (String, String) = (row.get(0), row.get(1));
-    let info = describe(&leader, &db, &opts.source, &version).await?;
+    let (snapshot, version, version_num): (String, String, i32) =
+        (row.get(0), row.get(1), row.get(2));
+    let (info, extras) = describe(&leader, &db, &opts.source, &version, version_num).await?;
     let plan = match &opts.planner {
         Some(p) => {
             let (p, info, url) = (p.clone(), info.clone(), url.clone());
             tokio::task::spawn_blocking(move || {
-                let ctx = CallContext { sql: Some(SqlTarget { scope: SqlScope::Source, url: url.secret_url().to_string() }), ..Default::default() };
+                let ctx = CallContext {
+                    sql: Some(SqlTarget {
+                        scope: SqlScope::Source,
+                        url: url.secret_url().to_string(),
+                    }),
+                    ..Default::default()
+                };
                 p.plan_dump(&ctx, &info)
             })
             .await
             .map_err(|e| JobError::Internal(e.to_string()))??
         }
-        None => DumpPlan { tables: vec![], exclude_schemas: vec![], include_globals: true, notes: vec!["everything (no dump planner)".into()] },
+        None => DumpPlan {
+            tables: vec![],
+            exclude_schemas: vec![],
+            include_globals: true,
+            notes: vec!["everything (no dump planner)".into()],
+        },
     };
-    let (jobs, excluded) = apply_plan(&info, &plan)?;
+    let (mut jobs, excluded) = apply_plan(&info, &plan)?;
+    if version_num >= TID_RANGE_SCANS && opts.jobs > 1 {
+        jobs = split_large_tables(jobs, &extras, opts.jobs, opts.chunk_bytes);
+    }
     let sequences = sequences(&leader, &db, &excluded, &plan.exclude_schemas).await?;
     let db_dir = format!("{dir}{}/", manifest::path_segment(&db));
     let queue: Arc<Mutex<VecDeque<Job>>> = Arc::new(Mutex::new(jobs.into_iter().collect()));
-    let workers = (0..opts.jobs.max(1)).map(|_| copy_worker(store, &db_dir, url, &snapshot, queue.clone(), opts));
+    let workers = (0..opts.jobs.max(1))
+        .map(|_| copy_worker(store, &db_dir, url, &snapshot, queue.clone(), opts));
     let (pre, post, tables) = tokio::try_join!(
-        dump_section(store, &db_dir, url, &snapshot, "pre-data", &excluded, &plan.exclude_schemas, opts.compression_level),
-        dump_section(store, &db_dir, url, &snapshot, "post-data", &excluded, &plan.exclude_schemas, opts.compression_level),
+        dump_section(
+            store,
+            &db_dir,
+            url,
+            &snapshot,
+            "pre-data",
+            &excluded,
+            &plan.exclude_schemas,
+            opts.compression_level
+        ),
+        dump_section(
+            store,
+            &db_dir,
+            url,
+            &snapshot,
+            "post-data",
+            &excluded,
+            &plan.exclude_schemas,
+            opts.compression_level
+        ),
         futures::future::try_join_all(workers),
     )?;
     let _ = leader.batch_execute("COMMIT").await;
-    let mut tables: Vec<TableEntry> = tables.into_iter().flatten().collect();
-    tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
-    Ok((DatabaseEntry { name: db, snapshot, pre_data: pre, post_data: post, tables, sequences, plan_notes: plan.notes }, version))
+    let tables = merge_ranges(tables.into_iter().flatten().collect());
+    Ok((
+        DatabaseEntry {
+            name: db,
+            snapshot,
+            pre_data: pre,
+            post_data: post,
+            tables,
+            sequences,
+            plan_notes: plan.notes,
+        },
+        version,
+    ))
 }
 
 /// The database as the dump planner sees it.
-async fn describe(client: &tokio_postgres::Client, db: &str, source: &str, version: &str) -> Result<DatabaseInfo, JobError> {
-    const TABLES: &str = "
+async fn describe(
+    client: &tokio_postgres::Client,
+    db: &str,
+    source: &str,
+    version: &str,
+    version_num: i32,
+) -> Result<(DatabaseInfo, HashMap<(String, String), TableExtra>), JobError> {
+    let generated = if version_num >= 120_000 {
+        "a.attgenerated <> ''"
+    } else {
+        "false"
+    };
+    let tables_sql = format!("
         SELECT n.nspname, c.relname, c.reltuples::bigint, pg_total_relation_size(c.oid)::bigint,
-               coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull) ORDER BY a.attnum)::text
-                         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')
+               coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, {generated}) ORDER BY a.attnum)::text
+                         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
+               (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-        ORDER BY 1, 2";
-    let rows = client.query(TABLES, &[]).await.map_err(|e| JobError::sql(db, "list the tables", e))?;
+        ORDER BY 1, 2");
+    let rows = client
+        .query(&tables_sql, &[])
+        .await
+        .map_err(|e| JobError::sql(db, "list the tables", e))?;
     let mut tables = Vec::new();
+    let mut extras = HashMap::new();
     for r in rows {
-        let columns: Vec<(String, String, bool)> = serde_json::from_str(r.get::<_, &str>(4)).unwrap_or_default();
+        let columns: Vec<(String, String, bool, bool)> =
+            serde_json::from_str(r.get::<_, &str>(4)).unwrap_or_default();
+        let key: (String, String) = (r.get(0), r.get(1));
+        extras.insert(
+            key.clone(),
+            TableExtra {
+                heap_pages: r.get::<_, i64>(5).max(0) as u64,
+                copy_columns: columns
+                    .iter()
+                    .filter(|c| !c.3)
+                    .map(|c| c.0.clone())
+                    .collect(),
+            },
+        );
         tables.push(wit::TableInfo {
-            table: wit::TableRef { schema: r.get(0), name: r.get(1) },
+            table: wit::TableRef {
+                schema: key.0,
+                name: key.1,
+            },
             estimated_rows: r.get(2),
             size_bytes: r.get::<_, i64>(3).max(0) as u64,
-            columns: columns.into_iter().map(|(name, type_name, nullable)| wit::ColumnInfo { name, type_name, nullable }).collect(),
+            columns: columns
+                .into_iter()
+                .map(|(name, type_name, nullable, _)| wit::ColumnInfo {
+                    name,
+                    type_name,
+                    nullable,
+                })
+                .collect(),
         });
     }
     let schemas = client
@@ -191,7 +316,75 @@ async fn describe(client: &tokio_postgres::Client, db: &str, source: &str, versi
         .into_iter()
         .map(|r| r.get(0))
         .collect();
-    Ok(DatabaseInfo { source: source.into(), database: db.into(), server_version: version.into(), schemas, tables, labels: vec![] })
+    Ok((
+        DatabaseInfo {
+            source: source.into(),
+            database: db.into(),
+            server_version: version.into(),
+            schemas,
+            tables,
+            labels: vec![],
+        },
+        extras,
+    ))
+}
+
+/// Cuts each table with more heap than two chunks into page ranges, one per
+/// job at most, so one large table is read by several connections at once
+/// (pg_dump reads a table through one).
+fn split_large_tables(
+    jobs: Vec<Job>,
+    extras: &HashMap<(String, String), TableExtra>,
+    workers: usize,
+    chunk_bytes: u64,
+) -> Vec<Job> {
+    let mut out = Vec::new();
+    for job in jobs {
+        let extra = extras.get(&(job.schema.clone(), job.name.clone()));
+        let pages = extra.map(|e| e.heap_pages).unwrap_or(0);
+        let heap = pages * 8192;
+        let parts = (heap / chunk_bytes.max(1)).min(workers as u64);
+        if job.mode != TableMode::Full
+            || parts < 2
+            || extra.is_none_or(|e| e.copy_columns.is_empty())
+        {
+            out.push(job);
+            continue;
+        }
+        for i in 0..parts {
+            let from = pages * i / parts;
+            // The last range is open: it also holds rows on pages added since the estimate.
+            let to = (i + 1 < parts).then(|| pages * (i + 1) / parts);
+            out.push(Job {
+                range: Some((i as usize, from, to)),
+                columns: extra.map(|e| e.copy_columns.clone()).unwrap_or_default(),
+                size: job.size / parts,
+                ..job.clone()
+            });
+        }
+    }
+    out.sort_by(|a, b| b.size.cmp(&a.size));
+    out
+}
+
+/// Joins the parts of tables that were read in page ranges.
+fn merge_ranges(mut parts: Vec<TableEntry>) -> Vec<TableEntry> {
+    parts.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    let mut out: Vec<TableEntry> = Vec::new();
+    for p in parts {
+        match out.last_mut() {
+            Some(last) if last.schema == p.schema && last.name == p.name => {
+                last.rows += p.rows;
+                last.raw_bytes += p.raw_bytes;
+                last.chunks.extend(p.chunks);
+            }
+            _ => out.push(p),
+        }
+    }
+    for t in &mut out {
+        t.chunks.sort_by(|a, b| a.object.path.cmp(&b.object.path));
+    }
+    out
 }
 
 /// Where each sequence stands, except those of excluded tables and schemas.
@@ -211,25 +404,47 @@ async fn sequences(
         WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
           AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
         ORDER BY 1, 2";
-    let rows = client.query(SEQUENCES, &[]).await.map_err(|e| JobError::sql(db, "list the sequences", e))?;
+    let rows = client
+        .query(SEQUENCES, &[])
+        .await
+        .map_err(|e| JobError::sql(db, "list the sequences", e))?;
     let mut out = Vec::new();
     for r in rows {
         let (schema, name): (String, String) = (r.get(0), r.get(1));
-        let owner: Option<(String, String)> = r.get::<_, Option<String>>(2).zip(r.get::<_, Option<String>>(3));
-        if exclude_schemas.contains(&schema) || owner.is_some_and(|o| excluded.contains(&o) || exclude_schemas.contains(&o.0)) {
+        let owner: Option<(String, String)> = r
+            .get::<_, Option<String>>(2)
+            .zip(r.get::<_, Option<String>>(3));
+        if exclude_schemas.contains(&schema)
+            || owner.is_some_and(|o| excluded.contains(&o) || exclude_schemas.contains(&o.0))
+        {
             continue;
         }
         let v = client
-            .query_one(&format!("SELECT last_value, is_called FROM {}.{}", ident(&schema), ident(&name)), &[])
+            .query_one(
+                &format!(
+                    "SELECT last_value, is_called FROM {}.{}",
+                    ident(&schema),
+                    ident(&name)
+                ),
+                &[],
+            )
             .await
             .map_err(|e| JobError::sql(db, &format!("read sequence {schema}.{name}"), e))?;
-        out.push(SequenceEntry { schema, name, last_value: v.get(0), is_called: v.get(1) });
+        out.push(SequenceEntry {
+            schema,
+            name,
+            last_value: v.get(0),
+            is_called: v.get(1),
+        });
     }
     Ok(out)
 }
 
 /// The tables to copy, and the (schema, table) pairs left out entirely.
-fn apply_plan(info: &DatabaseInfo, plan: &DumpPlan) -> Result<(Vec<Job>, Vec<(String, String)>), JobError> {
+fn apply_plan(
+    info: &DatabaseInfo,
+    plan: &DumpPlan,
+) -> Result<(Vec<Job>, Vec<(String, String)>), JobError> {
     if let Some(t) = plan.tables.iter().find(|t| !t.masks.is_empty()) {
         return Err(JobError::Plan(format!(
             "the dump plan masks columns of {}.{}; masking is not supported by this version of firedrill",
@@ -239,7 +454,10 @@ fn apply_plan(info: &DatabaseInfo, plan: &DumpPlan) -> Result<(Vec<Job>, Vec<(St
     let mut jobs = Vec::new();
     let mut excluded = Vec::new();
     for t in &info.tables {
-        let planned = plan.tables.iter().find(|p| p.table.schema == t.table.schema && p.table.name == t.table.name);
+        let planned = plan
+            .tables
+            .iter()
+            .find(|p| p.table.schema == t.table.schema && p.table.name == t.table.name);
         let mode = match planned.map(|p| p.mode) {
             _ if plan.exclude_schemas.contains(&t.table.schema) => None,
             Some(wit::TableMode::Exclude) => None,
@@ -254,6 +472,8 @@ fn apply_plan(info: &DatabaseInfo, plan: &DumpPlan) -> Result<(Vec<Job>, Vec<(St
                 mode,
                 size: t.size_bytes,
                 chunk_rows: planned.and_then(|p| p.chunk_rows),
+                range: None,
+                columns: vec![],
             }),
         }
     }
@@ -275,7 +495,9 @@ async fn dump_section(
 ) -> Result<ObjectRef, JobError> {
     let rel = format!("schema/{section}.sql.zst");
     let mut cmd = url.command("pg_dump")?;
-    cmd.arg(format!("--section={section}")).arg(format!("--snapshot={snapshot}")).arg("--no-password");
+    cmd.arg(format!("--section={section}"))
+        .arg(format!("--snapshot={snapshot}"))
+        .arg("--no-password");
     for (s, t) in excluded {
         cmd.arg(format!("--exclude-table={}.{}", ident(s), ident(t)));
     }
@@ -284,20 +506,40 @@ async fn dump_section(
     }
     let path = format!("{}{rel}", db_dir);
     let object = run_into_object(store, &path, cmd, level, "pg_dump").await?;
-    Ok(ObjectRef { path: path_in_backup(db_dir, &rel), ..object })
+    Ok(ObjectRef {
+        path: path_in_backup(db_dir, &rel),
+        ..object
+    })
 }
 
 /// The path of an object relative to the backup directory.
 fn path_in_backup(db_dir: &str, rel: &str) -> String {
     // db_dir is "<source>/<id>/<db>/": keep "<db>/..."
-    let db = db_dir.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    let db = db_dir
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
     format!("{db}/{rel}")
 }
 
 /// Runs a tool and streams its stdout into an object.
-async fn run_into_object(store: &Store, path: &str, mut cmd: tokio::process::Command, level: i32, tool: &str) -> Result<ObjectRef, JobError> {
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
-    let mut child = cmd.spawn().map_err(|e| JobError::Tool { tool: tool.into(), message: format!("cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)") })?;
+async fn run_into_object(
+    store: &Store,
+    path: &str,
+    mut cmd: tokio::process::Command,
+    level: i32,
+    tool: &str,
+) -> Result<ObjectRef, JobError> {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut child = cmd.spawn().map_err(|e| JobError::Tool {
+        tool: tool.into(),
+        message: format!(
+            "cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)"
+        ),
+    })?;
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let errors = tokio::spawn(async move {
@@ -313,7 +555,10 @@ async fn run_into_object(store: &Store, path: &str, mut cmd: tokio::process::Com
             Ok(n) => n,
             Err(e) => {
                 w.abort().await;
-                return Err(JobError::Tool { tool: tool.into(), message: e.to_string() });
+                return Err(JobError::Tool {
+                    tool: tool.into(),
+                    message: e.to_string(),
+                });
             }
         };
         if let Err(e) = w.write(&buf[..n]).await {
@@ -321,25 +566,49 @@ async fn run_into_object(store: &Store, path: &str, mut cmd: tokio::process::Com
             return Err(e.into());
         }
     }
-    let status = child.wait().await.map_err(|e| JobError::Tool { tool: tool.into(), message: e.to_string() })?;
+    let status = child.wait().await.map_err(|e| JobError::Tool {
+        tool: tool.into(),
+        message: e.to_string(),
+    })?;
     let said = errors.await.unwrap_or_default();
     if !status.success() {
         w.abort().await;
-        return Err(JobError::Tool { tool: tool.into(), message: format!("{status}: {}", said.trim()) });
+        return Err(JobError::Tool {
+            tool: tool.into(),
+            message: format!("{status}: {}", said.trim()),
+        });
     }
     Ok(w.finish(path).await?)
 }
 
-async fn dump_globals(store: &Store, dir: &str, url: &PgUrl, opts: &BackupOptions) -> Result<Option<ObjectRef>, JobError> {
+async fn dump_globals(
+    store: &Store,
+    dir: &str,
+    url: &PgUrl,
+    opts: &BackupOptions,
+) -> Result<Option<ObjectRef>, JobError> {
     let mut cmd = url.command("pg_dumpall")?;
     cmd.arg("--globals-only").arg("--no-password");
     if !opts.role_passwords {
         cmd.arg("--no-role-passwords");
     }
-    match run_into_object(store, &format!("{dir}globals.sql.zst"), cmd, opts.compression_level, "pg_dumpall").await {
-        Ok(o) => Ok(Some(ObjectRef { path: "globals.sql.zst".into(), ..o })),
+    match run_into_object(
+        store,
+        &format!("{dir}globals.sql.zst"),
+        cmd,
+        opts.compression_level,
+        "pg_dumpall",
+    )
+    .await
+    {
+        Ok(o) => Ok(Some(ObjectRef {
+            path: "globals.sql.zst".into(),
+            ..o
+        })),
         Err(JobError::Tool { message, .. }) => {
-            tracing::warn!("roles and tablespaces not backed up (the user cannot read them?): {message}");
+            tracing::warn!(
+                "roles and tablespaces not backed up (the user cannot read them?): {message}"
+            );
             Ok(None)
         }
         Err(e) => Err(e),
@@ -363,8 +632,17 @@ async fn copy_worker(
         .map_err(|e| JobError::sql(&db, "import the snapshot", e))?;
     let mut done = Vec::new();
     loop {
-        let Some(job) = queue.lock().unwrap().pop_front() else { break };
-        let mut entry = TableEntry { schema: job.schema.clone(), name: job.name.clone(), mode: job.mode, rows: 0, raw_bytes: 0, chunks: vec![] };
+        let Some(job) = queue.lock().unwrap().pop_front() else {
+            break;
+        };
+        let mut entry = TableEntry {
+            schema: job.schema.clone(),
+            name: job.name.clone(),
+            mode: job.mode,
+            rows: 0,
+            raw_bytes: 0,
+            chunks: vec![],
+        };
         if job.mode == TableMode::Full {
             copy_table(store, db_dir, &client, &db, &job, &mut entry, opts).await?;
         }
@@ -383,15 +661,33 @@ async fn copy_table(
     entry: &mut TableEntry,
     opts: &BackupOptions,
 ) -> Result<(), JobError> {
-    let table_dir = format!("data/{}.{}/", manifest::path_segment(&job.schema), manifest::path_segment(&job.name));
+    let table_dir = format!(
+        "data/{}.{}/",
+        manifest::path_segment(&job.schema),
+        manifest::path_segment(&job.name)
+    );
     let qualified = format!("{}.{}", ident(&job.schema), ident(&job.name));
+    let (query, prefix) = match job.range {
+        None => (format!("COPY {qualified} TO STDOUT"), String::new()),
+        Some((i, from, to)) => {
+            let columns: Vec<String> = job.columns.iter().map(|c| ident(c)).collect();
+            let upper = to
+                .map(|t| format!(" AND ctid < '({t},0)'::tid"))
+                .unwrap_or_default();
+            (
+                format!("COPY (SELECT {} FROM {qualified} WHERE ctid >= '({from},0)'::tid{upper}) TO STDOUT", columns.join(", ")),
+                format!("r{i:03}-"),
+            )
+        }
+    };
     let stream = client
-        .copy_out(&format!("COPY {qualified} TO STDOUT"))
+        .copy_out(&query)
         .await
         .map_err(|e| JobError::sql(db, &format!("copy {}", entry.qualified()), e))?;
     futures::pin_mut!(stream);
-    let chunk_path = |n: usize| format!("{table_dir}{n:05}.copy.zst");
-    let full = |w: &ObjectWriter| w.raw >= opts.chunk_bytes || job.chunk_rows.is_some_and(|r| w.rows >= r);
+    let chunk_path = |n: usize| format!("{table_dir}{prefix}{n:05}.copy.zst");
+    let full =
+        |w: &ObjectWriter| w.raw >= opts.chunk_bytes || job.chunk_rows.is_some_and(|r| w.rows >= r);
     // Opened on the first row of each chunk: an empty table has no chunks.
     let mut current: Option<ObjectWriter> = None;
     loop {
@@ -407,7 +703,14 @@ async fn copy_table(
         };
         let w = match current.as_mut() {
             Some(w) => w,
-            None => current.insert(ObjectWriter::create(store, &format!("{db_dir}{}", chunk_path(entry.chunks.len())), opts.compression_level).await?),
+            None => current.insert(
+                ObjectWriter::create(
+                    store,
+                    &format!("{db_dir}{}", chunk_path(entry.chunks.len())),
+                    opts.compression_level,
+                )
+                .await?,
+            ),
         };
         if let Err(e) = w.write(&piece).await {
             if let Some(w) = current.take() {
@@ -421,14 +724,22 @@ async fn copy_table(
             let n = entry.chunks.len();
             let (rows, raw) = (w.rows, w.raw);
             let object = w.finish(&path_in_backup(db_dir, &chunk_path(n))).await?;
-            entry.chunks.push(Chunk { object, rows, raw_bytes: raw });
+            entry.chunks.push(Chunk {
+                object,
+                rows,
+                raw_bytes: raw,
+            });
         }
     }
     if let Some(w) = current.take() {
         let n = entry.chunks.len();
         let (rows, raw) = (w.rows, w.raw);
         let object = w.finish(&path_in_backup(db_dir, &chunk_path(n))).await?;
-        entry.chunks.push(Chunk { object, rows, raw_bytes: raw });
+        entry.chunks.push(Chunk {
+            object,
+            rows,
+            raw_bytes: raw,
+        });
     }
     entry.rows = entry.chunks.iter().map(|c| c.rows).sum();
     entry.raw_bytes = entry.chunks.iter().map(|c| c.raw_bytes).sum();

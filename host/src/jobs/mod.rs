@@ -22,7 +22,11 @@ pub enum JobError {
     #[error("cannot connect to {url}: {message}")]
     Connect { url: String, message: String },
     #[error("database {database}: cannot {what}: {message}")]
-    Sql { database: String, what: String, message: String },
+    Sql {
+        database: String,
+        what: String,
+        message: String,
+    },
     #[error("{tool}: {message}")]
     Tool { tool: String, message: String },
     #[error("the target database {database} is not empty ({objects} tables, views or sequences); restore into a new database, or pass --force to replace it")]
@@ -43,6 +47,10 @@ impl JobError {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
             None => e.to_string(),
         };
-        JobError::Sql { database: database.into(), what: what.into(), message }
+        JobError::Sql {
+            database: database.into(),
+            what: what.into(),
+            message,
+        }
     }
 }

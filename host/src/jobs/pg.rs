@@ -21,9 +21,16 @@ impl std::fmt::Debug for PgUrl {
 
 impl PgUrl {
     pub fn parse(s: &str) -> Result<PgUrl, JobError> {
-        let url = Url::parse(s).map_err(|e| JobError::Config(format!("database URL: {e} (expected postgres://user[:password]@host[:port]/database)")))?;
+        let url = Url::parse(s).map_err(|e| {
+            JobError::Config(format!(
+                "database URL: {e} (expected postgres://user[:password]@host[:port]/database)"
+            ))
+        })?;
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-            return Err(JobError::Config(format!("database URL: scheme {:?}, expected postgres://", url.scheme())));
+            return Err(JobError::Config(format!(
+                "database URL: scheme {:?}, expected postgres://",
+                url.scheme()
+            )));
         }
         Ok(PgUrl { url })
     }
@@ -74,13 +81,20 @@ impl PgUrl {
 
     /// `host:port`, for naming a source.
     pub fn server(&self) -> String {
-        format!("{}-{}", self.url.host_str().unwrap_or("local"), self.url.port().unwrap_or(5432))
+        format!(
+            "{}-{}",
+            self.url.host_str().unwrap_or("local"),
+            self.url.port().unwrap_or(5432)
+        )
     }
 
     pub async fn connect(&self) -> Result<tokio_postgres::Client, JobError> {
         let (client, conn) = tokio_postgres::connect(self.secret_url(), NoTls)
             .await
-            .map_err(|e| JobError::Connect { url: self.redacted(), message: e.to_string() })?;
+            .map_err(|e| JobError::Connect {
+                url: self.redacted(),
+                message: e.to_string(),
+            })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -131,7 +145,13 @@ fn percent_decode(s: &str) -> String {
 
 fn percent_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -176,7 +196,10 @@ mod tests {
         assert!(!u.without_password().contains("p%40ss") && !u.redacted().contains("p%40ss"));
         assert!(u.redacted().contains("***"));
         assert_eq!(u.with_database("other").database(), "other");
-        assert!(u.with_database("other").secret_url().contains("sslmode=disable"));
+        assert!(u
+            .with_database("other")
+            .secret_url()
+            .contains("sslmode=disable"));
         assert_eq!(u.server(), "db-5433");
         assert!(PgUrl::parse("mysql://x/y").is_err());
         assert_eq!(format!("{u:?}"), u.redacted());

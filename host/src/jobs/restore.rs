@@ -41,7 +41,11 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-pub async fn run(store: &Store, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreSummary, JobError> {
+pub async fn run(
+    store: &Store,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary, JobError> {
     let clock = Instant::now();
     let entry = pick_database(manifest, opts.database.as_deref())?;
     let target_db = opts.target.database();
@@ -67,12 +71,31 @@ pub async fn run(store: &Store, manifest: &Manifest, opts: &RestoreOptions) -> R
     })
 }
 
-pub fn pick_database<'m>(m: &'m Manifest, name: Option<&str>) -> Result<&'m DatabaseEntry, JobError> {
-    let names = || m.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
+pub fn pick_database<'m>(
+    m: &'m Manifest,
+    name: Option<&str>,
+) -> Result<&'m DatabaseEntry, JobError> {
+    let names = || {
+        m.databases
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match name {
-        Some(n) => m.databases.iter().find(|d| d.name == n).ok_or_else(|| JobError::Config(format!("backup {} has no database {n:?}; it has: {}", m.id, names()))),
+        Some(n) => m.databases.iter().find(|d| d.name == n).ok_or_else(|| {
+            JobError::Config(format!(
+                "backup {} has no database {n:?}; it has: {}",
+                m.id,
+                names()
+            ))
+        }),
         None if m.databases.len() == 1 => Ok(&m.databases[0]),
-        None => Err(JobError::Config(format!("backup {} holds several databases ({}); name one with --database", m.id, names()))),
+        None => Err(JobError::Config(format!(
+            "backup {} holds several databases ({}); name one with --database",
+            m.id,
+            names()
+        ))),
     }
 }
 
@@ -102,7 +125,10 @@ async fn prepare_target(target: &PgUrl, force: bool) -> Result<bool, JobError> {
             return Ok(false);
         }
         if !force {
-            return Err(JobError::TargetNotEmpty { database: db, objects });
+            return Err(JobError::TargetNotEmpty {
+                database: db,
+                objects,
+            });
         }
         tracing::warn!(database = %db, objects, "--force: replacing the existing database");
         admin
@@ -111,7 +137,10 @@ async fn prepare_target(target: &PgUrl, force: bool) -> Result<bool, JobError> {
             .map_err(|e| JobError::sql("postgres", "drop the database being replaced", e))?;
     }
     admin
-        .batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", ident(&db)))
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            ident(&db)
+        ))
         .await
         .map_err(|e| JobError::sql("postgres", "create the target database", e))?;
     Ok(true)
@@ -120,12 +149,20 @@ async fn prepare_target(target: &PgUrl, force: bool) -> Result<bool, JobError> {
 pub async fn drop_database(target: &PgUrl) -> Result<(), JobError> {
     let admin = target.with_database("postgres").connect().await?;
     admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&target.database())))
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            ident(&target.database())
+        ))
         .await
         .map_err(|e| JobError::sql("postgres", "drop a database", e))
 }
 
-async fn load(store: &Store, dir: &str, entry: &DatabaseEntry, opts: &RestoreOptions) -> Result<(u64, u64), JobError> {
+async fn load(
+    store: &Store,
+    dir: &str,
+    entry: &DatabaseEntry,
+    opts: &RestoreOptions,
+) -> Result<(u64, u64), JobError> {
     apply_sql(store, dir, &entry.pre_data, &opts.target).await?;
     let queue: VecDeque<(TableEntry, usize)> = entry
         .tables
@@ -134,11 +171,14 @@ async fn load(store: &Store, dir: &str, entry: &DatabaseEntry, opts: &RestoreOpt
         .flat_map(|t| (0..t.chunks.len()).map(move |i| (t.clone(), i)))
         .collect();
     let queue = Arc::new(Mutex::new(queue));
-    let workers = (0..opts.jobs.max(1)).map(|_| load_worker(store, dir, &opts.target, queue.clone()));
+    let workers =
+        (0..opts.jobs.max(1)).map(|_| load_worker(store, dir, &opts.target, queue.clone()));
     let counts = futures::future::try_join_all(workers).await?;
     set_sequences(entry, &opts.target).await?;
     apply_sql(store, dir, &entry.post_data, &opts.target).await?;
-    Ok(counts.into_iter().fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)))
+    Ok(counts
+        .into_iter()
+        .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)))
 }
 
 async fn set_sequences(entry: &DatabaseEntry, target: &PgUrl) -> Result<(), JobError> {
@@ -150,7 +190,10 @@ async fn set_sequences(entry: &DatabaseEntry, target: &PgUrl) -> Result<(), JobE
     for s in &entry.sequences {
         let name = format!("{}.{}", ident(&s.schema), ident(&s.name));
         client
-            .execute("SELECT pg_catalog.setval($1::text::regclass, $2, $3)", &[&name, &s.last_value, &s.is_called])
+            .execute(
+                "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
+                &[&name, &s.last_value, &s.is_called],
+            )
             .await
             .map_err(|e| JobError::sql(&db, &format!("set sequence {}.{}", s.schema, s.name), e))?;
     }
@@ -159,14 +202,32 @@ async fn set_sequences(entry: &DatabaseEntry, target: &PgUrl) -> Result<(), JobE
 
 /// Runs a schema script through psql, which also understands the
 /// meta-commands pg_dump may write (`\restrict` / `\unrestrict`).
-async fn apply_sql(store: &Store, dir: &str, object: &ObjectRef, target: &PgUrl) -> Result<(), JobError> {
+async fn apply_sql(
+    store: &Store,
+    dir: &str,
+    object: &ObjectRef,
+    target: &PgUrl,
+) -> Result<(), JobError> {
     let mut reader = ObjectReader::open(store, &format!("{dir}{}", object.path), object).await?;
     let mut cmd = target.command("psql")?;
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| JobError::Tool { tool: "psql".into(), message: format!("cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)") })?;
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "--no-password",
+        "-f",
+        "-",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| JobError::Tool {
+        tool: "psql".into(),
+        message: format!(
+            "cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)"
+        ),
+    })?;
     let mut stdin = child.stdin.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let errors = tokio::spawn(async move {
@@ -191,37 +252,70 @@ async fn apply_sql(store: &Store, dir: &str, object: &ObjectRef, target: &PgUrl)
         return Err(e);
     }
     drop(stdin);
-    let status = child.wait().await.map_err(|e| JobError::Tool { tool: "psql".into(), message: e.to_string() })?;
+    let status = child.wait().await.map_err(|e| JobError::Tool {
+        tool: "psql".into(),
+        message: e.to_string(),
+    })?;
     let said = errors.await.unwrap_or_default();
     if !status.success() {
-        return Err(JobError::Tool { tool: "psql".into(), message: format!("applying {}: {}", object.path, said.trim()) });
+        return Err(JobError::Tool {
+            tool: "psql".into(),
+            message: format!("applying {}: {}", object.path, said.trim()),
+        });
     }
     Ok(())
 }
 
-async fn load_worker(store: &Store, dir: &str, target: &PgUrl, queue: Arc<Mutex<VecDeque<(TableEntry, usize)>>>) -> Result<(u64, u64), JobError> {
+async fn load_worker(
+    store: &Store,
+    dir: &str,
+    target: &PgUrl,
+    queue: Arc<Mutex<VecDeque<(TableEntry, usize)>>>,
+) -> Result<(u64, u64), JobError> {
     let db = target.database();
     let mut client = target.connect().await?;
     let (mut rows, mut bytes) = (0, 0);
     loop {
-        let Some((table, i)) = queue.lock().unwrap().pop_front() else { break };
+        let Some((table, i)) = queue.lock().unwrap().pop_front() else {
+            break;
+        };
         let chunk = &table.chunks[i];
-        let tx = client.transaction().await.map_err(|e| JobError::sql(&db, "begin", e))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| JobError::sql(&db, "begin", e))?;
         let sink = tx
-            .copy_in(&format!("COPY {}.{} FROM STDIN", ident(&table.schema), ident(&table.name)))
+            .copy_in(&format!(
+                "COPY {}.{} FROM STDIN",
+                ident(&table.schema),
+                ident(&table.name)
+            ))
             .await
             .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
         futures::pin_mut!(sink);
-        let mut reader = ObjectReader::open(store, &format!("{dir}{}", chunk.object.path), &chunk.object).await?;
+        let mut reader =
+            ObjectReader::open(store, &format!("{dir}{}", chunk.object.path), &chunk.object)
+                .await?;
         // Nothing is committed until the object has checked out whole.
         while let Some(piece) = reader.next().await? {
-            sink.send(bytes::Bytes::from(piece)).await.map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
+            sink.send(bytes::Bytes::from(piece))
+                .await
+                .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
         }
         if reader.rows != chunk.rows {
-            return Err(ArchiveError::Corrupt { object: chunk.object.path.clone(), reason: format!("{} rows, the manifest records {}", reader.rows, chunk.rows) }.into());
+            return Err(ArchiveError::Corrupt {
+                object: chunk.object.path.clone(),
+                reason: format!("{} rows, the manifest records {}", reader.rows, chunk.rows),
+            }
+            .into());
         }
-        sink.as_mut().finish().await.map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
-        tx.commit().await.map_err(|e| JobError::sql(&db, "commit", e))?;
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
+        tx.commit()
+            .await
+            .map_err(|e| JobError::sql(&db, "commit", e))?;
         rows += chunk.rows;
         bytes += chunk.object.size;
     }

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Backup and restore: firedrill against the tools operators use today, on the
+same database in the same run.
+
+A throwaway PostgreSQL cluster (from the installed server binaries, on a
+random local port) is filled by `pgbench -i -s SCALE`; then each tool backs it
+up and restores it into a fresh database, and the table prints seconds, size
+and the ratio to the template's `pg_dump | gzip` / `gunzip | psql`.
+
+    tests/bench/run backup          (FIREDRILL_BENCH_SCALE, FIREDRILL_BENCH_JOBS)
+"""
+import glob, os, shutil, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCALE = int(os.environ.get("FIREDRILL_BENCH_SCALE", "30"))
+JOBS = int(os.environ.get("FIREDRILL_BENCH_JOBS", "4"))
+BIN = os.path.join(ROOT, "target/release/firedrill")
+PGBIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))[-1]
+
+
+def as_postgres(cmd):
+    return ["runuser", "-u", "postgres", "--"] + cmd if os.geteuid() == 0 else cmd
+
+
+def run(cmd, shell=False):
+    """Wall seconds and peak RSS (MiB) of one process (for a pipeline: of the shell)."""
+    start = time.monotonic()
+    p = subprocess.Popen(cmd, shell=shell, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    took = time.monotonic() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {cmd}\n{p.stderr.read().decode()}")
+    return took, usage.ru_maxrss / 1024
+
+
+def size_of(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="firedrill-bench-")
+    os.chmod(work, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(work, "postgres")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    data = os.path.join(work, "data")
+    subprocess.run(as_postgres([f"{PGBIN}/initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"]), check=True, stdout=subprocess.DEVNULL)
+    opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {work} -c fsync=off -c synchronous_commit=off -c max_wal_size=8GB -c checkpoint_timeout=1h"
+    subprocess.run(as_postgres([f"{PGBIN}/pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(work, "pg.log"), "-w", "start"]), check=True, stdout=subprocess.DEVNULL)
+    try:
+        bench(work, port)
+    finally:
+        subprocess.run(as_postgres([f"{PGBIN}/pg_ctl", "-D", data, "-m", "immediate", "stop"]), stdout=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(work, port):
+    base = f"postgres://postgres@127.0.0.1:{port}"
+    env = f"PGHOST=127.0.0.1 PGPORT={port} PGUSER=postgres"
+    subprocess.run(f"{env} {PGBIN}/createdb bench && {env} {PGBIN}/pgbench -i -s {SCALE} -q bench", shell=True, check=True, stderr=subprocess.DEVNULL)
+    raw = int(subprocess.run(f"{env} {PGBIN}/psql -XAtc 'SELECT pg_database_size(current_database())' bench", shell=True, capture_output=True, text=True, check=True).stdout)
+    out = os.path.join(work, "out")
+    os.makedirs(out)
+    rows = []
+
+    def backup(name, cmd, path, shell=True):
+        t, rss = run(cmd, shell=shell)
+        rows.append(("backup", name, t, size_of(path), rss))
+
+    def restore(name, db, cmd, shell=True):
+        subprocess.run(f"{env} {PGBIN}/createdb {db}", shell=True, check=True)
+        t, rss = run(cmd, shell=shell)
+        n = subprocess.run(f"{env} {PGBIN}/psql -XAtc 'SELECT count(*) FROM pgbench_accounts' {db}", shell=True, capture_output=True, text=True, check=True).stdout.strip()
+        assert int(n) == SCALE * 100000, f"{name}: {n} rows restored"
+        rows.append(("restore", name, t, 0, rss))
+
+    gz, fc, fd = (os.path.join(out, n) for n in ("dump.sql.gz", "dump.custom", "dump.dir"))
+    store = os.path.join(out, "store")
+    backup("pg_dump | gzip (template)", f"{env} {PGBIN}/pg_dump bench | gzip > {gz}", gz)
+    backup("pg_dump -Fc", f"{env} {PGBIN}/pg_dump -Fc -f {fc} bench", fc)
+    backup(f"pg_dump -Fd -j {JOBS}", f"{env} {PGBIN}/pg_dump -Fd -j {JOBS} -f {fd} bench", fd)
+    backup(f"firedrill backup -j {JOBS}", [BIN, "backup", "--database-url", f"{base}/bench", "--store", f"file://{store}", "--source", "bench", "-j", str(JOBS), "--no-globals"], store, shell=False)
+    restore("gunzip | psql (template)", "r_gz", f"gunzip -c {gz} | {env} {PGBIN}/psql -Xq -v ON_ERROR_STOP=1 r_gz")
+    restore(f"pg_restore -j {JOBS}", "r_fd", f"{env} {PGBIN}/pg_restore -j {JOBS} -d r_fd {fd}")
+    restore(f"firedrill restore -j {JOBS}", "r_fr", [BIN, "restore", "--store", f"file://{store}", "--latest", "--target-url", f"{base}/r_fr", "-j", str(JOBS), "--force"], shell=False)
+
+    print(f"backup and restore, pgbench scale {SCALE} ({raw / 2**20:.0f} MiB database), {os.cpu_count()} cores, jobs {JOBS}")
+    print()
+    print("| step    | tool                          | seconds |   size MiB | peak RSS MiB | time vs template |")
+    print("|---------|-------------------------------|--------:|-----------:|-------------:|-----------------:|")
+    for step, name, t, size, rss in rows:
+        ref = next(r[2] for r in rows if r[0] == step)
+        size_s = f"{size / 2**20:10.1f}" if size else f"{'':>10}"
+        print(f"| {step:<7} | {name:<29} | {t:7.2f} | {size_s} | {rss:12.0f} | {ref / t:15.2f}x |")
+    print()
+    print("peak RSS of a pipeline is its shell's; the firedrill rows are the whole process.")
+
+
+if __name__ == "__main__":
+    main()
