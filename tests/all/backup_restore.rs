@@ -936,3 +936,27 @@ fn a_person_with_zstd_and_psql_can_restore_by_hand() {
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(fingerprint(&db), fingerprint(&target));
 }
+
+#[test]
+fn large_objects_go_to_s3_in_parts() {
+    let (pg, s3) = (harness::postgres(), harness::s3());
+    let db = pg.fresh_database("multipart");
+    // md5 text compresses about 2:1, so one chunk is well over the 8 MiB part size.
+    pg.client(&db)
+        .batch_execute("CREATE TABLE blobs (id int, a text, b text); INSERT INTO blobs SELECT g, md5(g::text), md5((-g)::text) FROM generate_series(1, 400000) g;")
+        .unwrap();
+    let bucket = s3.bucket("parts");
+    let mut env = s3.env();
+    env.push(("S3_BUCKET", bucket.clone()));
+    let b = backup(&["--database-url", &pg.url(&db), "--source", "mp", "-j", "1", "--no-globals"], &env);
+    let id = b["id"].as_str().unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s3.root.join(&bucket).join("mp").join(id).join("manifest.json")).unwrap()).unwrap();
+    let chunk = &m["databases"][0]["tables"][0]["chunks"][0];
+    assert!(chunk["size"].as_u64().unwrap() > 8 << 20, "{chunk}");
+    let target = format!("{db}_restored");
+    let o = restore(&["--latest", "--target-url", &pg.url(&target)], &env);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let sum = |d: &str| -> String { pg.client(d).query_one("SELECT md5(string_agg(a || b, '' ORDER BY id)) FROM blobs", &[]).unwrap().get(0) };
+    assert_eq!(sum(&db), sum(&target));
+}
