@@ -948,15 +948,43 @@ fn large_objects_go_to_s3_in_parts() {
     let bucket = s3.bucket("parts");
     let mut env = s3.env();
     env.push(("S3_BUCKET", bucket.clone()));
-    let b = backup(&["--database-url", &pg.url(&db), "--source", "mp", "-j", "1", "--no-globals"], &env);
+    let b = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--source",
+            "mp",
+            "-j",
+            "1",
+            "--no-globals",
+        ],
+        &env,
+    );
     let id = b["id"].as_str().unwrap();
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(s3.root.join(&bucket).join("mp").join(id).join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            s3.root
+                .join(&bucket)
+                .join("mp")
+                .join(id)
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let chunk = &m["databases"][0]["tables"][0]["chunks"][0];
     assert!(chunk["size"].as_u64().unwrap() > 8 << 20, "{chunk}");
     let target = format!("{db}_restored");
     let o = restore(&["--latest", "--target-url", &pg.url(&target)], &env);
     assert!(o.status.success(), "{}", output_text(&o));
-    let sum = |d: &str| -> String { pg.client(d).query_one("SELECT md5(string_agg(a || b, '' ORDER BY id)) FROM blobs", &[]).unwrap().get(0) };
+    let sum = |d: &str| -> String {
+        pg.client(d)
+            .query_one(
+                "SELECT md5(string_agg(a || b, '' ORDER BY id)) FROM blobs",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
     assert_eq!(sum(&db), sum(&target));
 }

@@ -211,24 +211,13 @@ impl Postgres {
 }
 
 fn pg_bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("FIREDRILL_PG_BIN") {
-        return d.into();
-    }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((v, bin))
-        })
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .map(|(_, b)| b)
-        .expect("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin: run scripts/setup")
+    // The same lookup the agent uses for its client tools.
+    let initdb = firedrill::jobs::pg::pg_tool("initdb").unwrap();
+    assert!(
+        initdb.is_absolute() && initdb.exists(),
+        "no PostgreSQL server binaries (initdb) found: run scripts/setup"
+    );
+    initdb.parent().unwrap().to_path_buf()
 }
 
 /// As root, servers run as the `postgres` user (initdb refuses root).

@@ -129,6 +129,19 @@ impl Manifest {
         self.objects().map(|o| o.size).sum()
     }
 
+    fn tables(&self) -> impl Iterator<Item = &TableEntry> {
+        self.databases.iter().flat_map(|d| &d.tables)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.tables().map(|t| t.rows).sum()
+    }
+
+    /// COPY bytes before compression.
+    pub fn raw_bytes(&self) -> u64 {
+        self.tables().map(|t| t.raw_bytes).sum()
+    }
+
     pub fn table_count(&self) -> usize {
         self.databases.iter().map(|d| d.tables.len()).sum()
     }

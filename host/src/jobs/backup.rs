@@ -10,7 +10,7 @@
 //! a failure leaves no manifest, so nothing half-written is ever listed as a
 //! backup; passwords never reach a command line or a message.
 
-use super::pg::{ident, PgUrl};
+use super::pg::{ident, PgUrl, Tool};
 use super::JobError;
 use crate::archive::manifest::{
     self, Chunk, Compression, DatabaseEntry, Manifest, SequenceEntry, TableEntry, TableMode,
@@ -111,19 +111,9 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
         store: store.display().to_string(),
         databases: m.databases.iter().map(|d| d.name.clone()).collect(),
         tables: m.table_count(),
-        rows: m
-            .databases
-            .iter()
-            .flat_map(|d| &d.tables)
-            .map(|t| t.rows)
-            .sum(),
+        rows: m.rows(),
         bytes: m.size(),
-        raw_bytes: m
-            .databases
-            .iter()
-            .flat_map(|d| &d.tables)
-            .map(|t| t.raw_bytes)
-            .sum(),
+        raw_bytes: m.raw_bytes(),
         seconds,
     };
     tracing::info!(backup = %summary.id, bytes = summary.bytes, tables = summary.tables, seconds, "backup committed");
@@ -532,21 +522,9 @@ async fn run_into_object(
     tool: &str,
 ) -> Result<ObjectRef, JobError> {
     cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
         .stdin(std::process::Stdio::null());
-    let mut child = cmd.spawn().map_err(|e| JobError::Tool {
-        tool: tool.into(),
-        message: format!(
-            "cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)"
-        ),
-    })?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let errors = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
+    let mut child = Tool::spawn(cmd, tool)?;
+    let mut stdout = child.child.stdout.take().expect("piped");
     let mut w = ObjectWriter::create(store, path, level).await?;
     let mut buf = vec![0u8; 256 << 10];
     loop {
@@ -555,10 +533,7 @@ async fn run_into_object(
             Ok(n) => n,
             Err(e) => {
                 w.abort().await;
-                return Err(JobError::Tool {
-                    tool: tool.into(),
-                    message: e.to_string(),
-                });
+                return Err(child.error(e.to_string()));
             }
         };
         if let Err(e) = w.write(&buf[..n]).await {
@@ -566,17 +541,9 @@ async fn run_into_object(
             return Err(e.into());
         }
     }
-    let status = child.wait().await.map_err(|e| JobError::Tool {
-        tool: tool.into(),
-        message: e.to_string(),
-    })?;
-    let said = errors.await.unwrap_or_default();
-    if !status.success() {
+    if let Err(e) = child.wait("").await {
         w.abort().await;
-        return Err(JobError::Tool {
-            tool: tool.into(),
-            message: format!("{status}: {}", said.trim()),
-        });
+        return Err(e);
     }
     Ok(w.finish(path).await?)
 }

@@ -125,6 +125,59 @@ impl PgUrl {
     }
 }
 
+/// A running client tool; its stderr is kept for the error message.
+pub struct Tool {
+    pub child: tokio::process::Child,
+    name: String,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Tool {
+    /// Starts `cmd` (stdin and stdout as the caller set them; stderr is taken).
+    pub fn spawn(mut cmd: tokio::process::Command, name: &str) -> Result<Tool, JobError> {
+        use tokio::io::AsyncReadExt;
+        cmd.stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| JobError::Tool {
+            tool: name.into(),
+            message: format!(
+                "cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)"
+            ),
+        })?;
+        let mut err = child.stderr.take().expect("piped");
+        let stderr = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s).await;
+            s
+        });
+        Ok(Tool {
+            child,
+            name: name.into(),
+            stderr,
+        })
+    }
+
+    pub fn error(&self, message: impl Into<String>) -> JobError {
+        JobError::Tool {
+            tool: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Waits for the tool; a failure carries what it wrote to stderr.
+    pub async fn wait(mut self, context: &str) -> Result<(), JobError> {
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|e| self.error(e.to_string()))?;
+        let said = (&mut self.stderr).await.unwrap_or_default();
+        if !status.success() {
+            return Err(self.error(format!("{context}{status}: {}", said.trim())));
+        }
+        Ok(())
+    }
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -7,7 +7,7 @@
 //! failure names the object and drops the database this restore created; an
 //! existing database that holds anything is never touched without `force`.
 
-use super::pg::{ident, PgUrl};
+use super::pg::{ident, PgUrl, Tool};
 use super::JobError;
 use crate::archive::manifest::{DatabaseEntry, Manifest, TableEntry, TableMode};
 use crate::archive::{ArchiveError, ObjectReader, ObjectRef, Store};
@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[derive(Clone)]
 pub struct RestoreOptions {
@@ -220,21 +220,9 @@ async fn apply_sql(
         "-",
     ])
     .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| JobError::Tool {
-        tool: "psql".into(),
-        message: format!(
-            "cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)"
-        ),
-    })?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let errors = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
+    .stdout(std::process::Stdio::null());
+    let mut psql = Tool::spawn(cmd, "psql")?;
+    let mut stdin = psql.child.stdin.take().expect("piped");
     // The whole script is checked before psql sees its end: a corrupt object
     // stops here and psql gets a truncated script, which ON_ERROR_STOP or the
     // kill below makes harmless.
@@ -248,22 +236,11 @@ async fn apply_sql(
     }
     .await;
     if let Err(e) = fed {
-        let _ = child.kill().await;
+        let _ = psql.child.kill().await;
         return Err(e);
     }
     drop(stdin);
-    let status = child.wait().await.map_err(|e| JobError::Tool {
-        tool: "psql".into(),
-        message: e.to_string(),
-    })?;
-    let said = errors.await.unwrap_or_default();
-    if !status.success() {
-        return Err(JobError::Tool {
-            tool: "psql".into(),
-            message: format!("applying {}: {}", object.path, said.trim()),
-        });
-    }
-    Ok(())
+    psql.wait(&format!("applying {}: ", object.path)).await
 }
 
 async fn load_worker(
