@@ -24,8 +24,10 @@ enum Command {
     Backup(cli::backup::Args),
     /// Restore one database of a backup into a new database.
     Restore(cli::restore::Args),
-    /// The backups in a store.
+    /// The backups in a store, with their last drill.
     List(cli::list::Args),
+    /// Restore a backup into a throwaway database and prove it (a fire drill).
+    Drill(cli::drill::Args),
     /// Start a throwaway Postgres, back it up, drill the backup, print a report.
     Demo,
     /// Inspect plugin components.
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Backup(a) => cli::backup::run(a),
         Command::Restore(a) => cli::restore::run(a),
         Command::List(a) => cli::list::run(a),
+        Command::Drill(a) => cli::drill::run(a),
         Command::Demo => cli::demo::run(),
         Command::Plugin {
             command: PluginCommand::Check { file, json },

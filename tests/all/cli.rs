@@ -109,10 +109,3 @@ fn policy_check_lists_a_good_directory_and_names_problems_in_a_bad_one() {
         text(&o)
     );
 }
-
-#[test]
-fn demo_says_honestly_that_it_is_not_built_yet() {
-    let o = firedrill(&["demo"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("not yet"), "{}", text(&o));
-}

@@ -15,7 +15,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -91,42 +90,12 @@ fn sweep_dead_runs(base: &Path) {
 
 // ----- process keeping ------------------------------------------------------
 
-type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
-
 static CHILDREN: Mutex<Vec<(u32, libc::c_int)>> = Mutex::new(Vec::new());
 
-/// Spawns `cmd` from the keeper thread, so that it dies with this process.
-fn spawn_kept(mut cmd: Command, stop_signal: libc::c_int) -> Child {
-    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let keeper = KEEPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("harness-keeper".into())
-            .spawn(move || {
-                // Lives as long as the process: PDEATHSIG fires when the
-                // spawning *thread* exits, so it must never exit early.
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-                loop {
-                    std::thread::park();
-                }
-            })
-            .unwrap();
-        Mutex::new(tx)
-    });
-    use std::os::unix::process::CommandExt;
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let (tx, rx) = mpsc::channel();
-    keeper.lock().unwrap().send((cmd, tx)).unwrap();
-    let child = rx
-        .recv()
-        .unwrap()
+/// Spawns `cmd` so that it dies with this process (see `local_pg::spawn_kept`)
+/// and is stopped with `stop_signal` at exit.
+fn spawn_kept(cmd: Command, stop_signal: libc::c_int) -> Child {
+    let child = firedrill::jobs::local_pg::spawn_kept(cmd)
         .unwrap_or_else(|e| panic!("cannot start a test server: {e}"));
     CHILDREN.lock().unwrap().push((child.id(), stop_signal));
     child
@@ -220,76 +189,26 @@ fn pg_bin_dir() -> PathBuf {
     initdb.parent().unwrap().to_path_buf()
 }
 
-/// As root, servers run as the `postgres` user (initdb refuses root).
-fn as_postgres_user(cmd: &mut Command, dirs: &[&Path]) {
-    use std::os::unix::process::CommandExt;
-    if unsafe { libc::geteuid() } != 0 {
-        return;
-    }
-    let name = std::ffi::CString::new("postgres").unwrap();
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "running as root needs a `postgres` user (the postgresql package creates it)"
-    );
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    for d in dirs {
-        let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe { libc::chown(c.as_ptr(), uid, gid) };
-    }
-    cmd.uid(uid).gid(gid);
-}
-
+/// The run's cluster: the agent's own throwaway-cluster code, kept for the
+/// whole run (stopped, with its data, by the exit hook).
 pub fn postgres() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();
     PG.get_or_init(|| {
-        let bin = pg_bin_dir();
-        let dir = scratch().join("postgres");
-        let data = dir.join("data");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut init = Command::new(bin.join("initdb"));
-        init.args(["-D"]).arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
-        init.stdout(Stdio::null()).stderr(Stdio::piped());
-        as_postgres_user(&mut init, &[&dir]);
-        let out = init.output().expect("cannot run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let log = dir.join("postgres.log");
-        let (o, e) = log_file(&log);
-        let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string());
-        for setting in [
-            "listen_addresses=127.0.0.1".to_string(),
-            format!("unix_socket_directories={}", dir.display()),
-            "fsync=off".into(),
-            "synchronous_commit=off".into(),
-            "full_page_writes=off".into(),
-            "max_connections=200".into(),
-            "shared_buffers=64MB".into(),
-        ] {
-            cmd.arg("-c").arg(setting);
-        }
-        cmd.stdout(o).stderr(e);
-        as_postgres_user(&mut cmd, &[&dir, &log]);
-        let mut child = spawn_kept(cmd, libc::SIGQUIT);
-        let url =
-            format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
-        wait_until("postgres", &mut child, &log, || {
-            postgres::Client::connect(&url, postgres::NoTls).is_ok()
-        });
-        Postgres { port, bin }
+        let cluster = firedrill::jobs::local_pg::LocalCluster::start(
+            scratch(),
+            &["max_connections=200", "shared_buffers=64MB"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        CHILDREN
+            .lock()
+            .unwrap()
+            .push((cluster.pid(), libc::SIGQUIT));
+        let pg = Postgres {
+            port: cluster.port(),
+            bin: pg_bin_dir(),
+        };
+        std::mem::forget(cluster);
+        pg
     })
 }
 

@@ -9,6 +9,7 @@ mod caps_keyvalue;
 mod caps_sql;
 mod cli;
 mod code_cache;
+mod drills;
 mod hostile_plugins;
 mod policies;
 mod servers;

@@ -44,6 +44,12 @@ pub struct TableEntry {
     pub rows: u64,
     pub raw_bytes: u64,
     pub chunks: Vec<Chunk>,
+    /// Index names (in the table's schema) at dump time: a drill checks them.
+    #[serde(default)]
+    pub indexes: Vec<String>,
+    /// Constraint names at dump time.
+    #[serde(default)]
+    pub constraints: Vec<String>,
 }
 
 impl TableEntry {

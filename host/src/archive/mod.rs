@@ -7,7 +7,7 @@
 //!   <database>/schema/pre-data.sql.zst
 //!   <database>/schema/post-data.sql.zst
 //!   <database>/data/<schema>.<table>/<nnnnn>.copy.zst   COPY text, chunked
-//!   drills/<timestamp>.json                one report per drill
+//!   drills/<timestamp>.json                one report per drill (written after the manifest)
 //! ```
 //!
 //! Invariants: nothing is listed as a backup unless its manifest exists; every
@@ -96,6 +96,44 @@ pub struct Listing {
     pub databases: Vec<String>,
     pub tables: usize,
     pub seconds: Option<f64>,
+    /// The newest drill of this backup, if any.
+    pub last_drill: Option<DrillSeen>,
+}
+
+/// A drill's outcome as `list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillSeen {
+    pub report: String,
+    pub passed: bool,
+}
+
+/// The newest drill report of a backup, as stored.
+pub async fn last_drill_report(store: &Store, source: &str, id: &str) -> Option<Vec<u8>> {
+    let dir = format!("{}drills/", backup_dir(source, id));
+    let mut reports: Vec<String> = store
+        .list(&dir)
+        .await
+        .ok()?
+        .into_iter()
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    reports.sort();
+    store.get(&format!("{dir}{}", reports.pop()?)).await.ok()
+}
+
+async fn last_drill(store: &Store, source: &str, id: &str) -> Option<DrillSeen> {
+    #[derive(serde::Deserialize)]
+    struct Outcome {
+        passed: bool,
+        #[serde(default)]
+        report: String,
+    }
+    let bytes = last_drill_report(store, source, id).await?;
+    let o: Outcome = serde_json::from_slice(&bytes).ok()?;
+    Some(DrillSeen {
+        report: o.report,
+        passed: o.passed,
+    })
 }
 
 /// Every backup in the store, oldest first; incomplete ones (no manifest:
@@ -124,6 +162,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<Listing>, ArchiveError> {
                     databases: m.databases.iter().map(|d| d.name.clone()).collect(),
                     tables: m.table_count(),
                     seconds: Some(m.timings.seconds),
+                    last_drill: last_drill(store, source, id).await,
                 },
                 Err(ArchiveError::Missing { .. }) => {
                     let objects = store.list_recursive(&backup_dir(source, id)).await?;
@@ -136,6 +175,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<Listing>, ArchiveError> {
                         databases: vec![],
                         tables: 0,
                         seconds: None,
+                        last_drill: None,
                     }
                 }
                 Err(e) => return Err(e),

@@ -20,8 +20,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} databases",
-        "backup", "source", "time (UTC)", "size", "tables", "state"
+        "{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} {:<8} databases",
+        "backup", "source", "time (UTC)", "size", "tables", "state", "drill"
     );
     for l in &listings {
         let time = humantime::format_rfc3339_seconds(
@@ -29,13 +29,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .to_string();
         println!(
-            "{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} {}",
+            "{:<24} {:<16} {:<20} {:>10} {:>7} {:<11} {:<8} {}",
             l.id,
             l.source,
             time.trim_end_matches('Z').replace('T', " "),
             super::human_bytes(l.size),
             l.tables,
             if l.complete { "complete" } else { "incomplete" },
+            match &l.last_drill {
+                None => "never",
+                Some(d) if d.passed => "passed",
+                Some(_) => "FAILED",
+            },
             l.databases.join(", ")
         );
     }

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod demo;
+pub mod drill;
 pub mod list;
 pub mod plugin;
 pub mod policy;

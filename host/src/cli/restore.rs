@@ -43,6 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         jobs: args.jobs.max(1),
         force: args.force,
         database: args.database,
+        comment: None,
     };
     let rt = super::runtime(args.jobs)?;
     let summary = rt.block_on(async {

@@ -138,12 +138,16 @@ struct Job {
     range: Option<(usize, u64, Option<u64>)>,
     /// The columns COPY writes (generated ones excluded), for range queries.
     columns: Vec<String>,
+    indexes: Vec<String>,
+    constraints: Vec<String>,
 }
 
 /// What the backup needs about a table beyond what the planner sees.
 struct TableExtra {
     heap_pages: u64,
     copy_columns: Vec<String>,
+    indexes: Vec<String>,
+    constraints: Vec<String>,
 }
 
 /// Ranges of heap pages can be scanned on their own from PostgreSQL 14 on.
@@ -192,6 +196,12 @@ async fn dump_database(
         },
     };
     let (mut jobs, excluded) = apply_plan(&info, &plan)?;
+    for job in &mut jobs {
+        if let Some(e) = extras.get(&(job.schema.clone(), job.name.clone())) {
+            job.indexes = e.indexes.clone();
+            job.constraints = e.constraints.clone();
+        }
+    }
     if version_num >= TID_RANGE_SCANS && opts.jobs > 1 {
         jobs = split_large_tables(jobs, &extras, opts.jobs, opts.chunk_bytes);
     }
@@ -256,7 +266,9 @@ async fn describe(
         SELECT n.nspname, c.relname, c.reltuples::bigint, pg_total_relation_size(c.oid)::bigint,
                coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, {generated}) ORDER BY a.attnum)::text
                          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
-               (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint
+               (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint,
+               ARRAY(SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid ORDER BY 1),
+               ARRAY(SELECT con.conname::text FROM pg_constraint con WHERE con.conrelid = c.oid ORDER BY 1)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
@@ -280,6 +292,8 @@ async fn describe(
                     .filter(|c| !c.3)
                     .map(|c| c.0.clone())
                     .collect(),
+                indexes: r.get(6),
+                constraints: r.get(7),
             },
         );
         tables.push(wit::TableInfo {
@@ -464,6 +478,8 @@ fn apply_plan(
                 chunk_rows: planned.and_then(|p| p.chunk_rows),
                 range: None,
                 columns: vec![],
+                indexes: vec![],
+                constraints: vec![],
             }),
         }
     }
@@ -609,6 +625,8 @@ async fn copy_worker(
             rows: 0,
             raw_bytes: 0,
             chunks: vec![],
+            indexes: job.indexes.clone(),
+            constraints: job.constraints.clone(),
         };
         if job.mode == TableMode::Full {
             copy_table(store, db_dir, &client, &db, &job, &mut entry, opts).await?;

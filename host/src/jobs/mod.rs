@@ -9,6 +9,8 @@
 //! tool) and never leaves a half-written backup listed as complete.
 
 pub mod backup;
+pub mod drill;
+pub mod local_pg;
 pub mod pg;
 pub mod restore;
 

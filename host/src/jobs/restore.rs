@@ -27,6 +27,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Which database of the backup (needed when it holds several).
     pub database: Option<String>,
+    /// Set as the created database's comment (drills mark theirs).
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +51,7 @@ pub async fn run(
     let clock = Instant::now();
     let entry = pick_database(manifest, opts.database.as_deref())?;
     let target_db = opts.target.database();
-    let created = prepare_target(&opts.target, opts.force).await?;
+    let created = prepare_target(&opts.target, opts.force, opts.comment.as_deref()).await?;
     let dir = crate::archive::backup_dir(&manifest.source, &manifest.id);
     let result = load(store, &dir, entry, opts).await;
     if let Err(e) = &result {
@@ -101,7 +103,11 @@ pub fn pick_database<'m>(
 
 /// Creates the target database, or checks that the existing one may be used.
 /// Returns whether it was created here.
-async fn prepare_target(target: &PgUrl, force: bool) -> Result<bool, JobError> {
+async fn prepare_target(
+    target: &PgUrl,
+    force: bool,
+    comment: Option<&str>,
+) -> Result<bool, JobError> {
     let db = target.database();
     let admin = target.with_database("postgres").connect().await?;
     let exists = admin
@@ -143,6 +149,16 @@ async fn prepare_target(target: &PgUrl, force: bool) -> Result<bool, JobError> {
         ))
         .await
         .map_err(|e| JobError::sql("postgres", "create the target database", e))?;
+    if let Some(c) = comment {
+        admin
+            .batch_execute(&format!(
+                "COMMENT ON DATABASE {} IS '{}'",
+                ident(&db),
+                c.replace('\'', "''")
+            ))
+            .await
+            .map_err(|e| JobError::sql("postgres", "mark the target database", e))?;
+    }
     Ok(true)
 }
 

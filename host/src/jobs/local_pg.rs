@@ -1,0 +1,268 @@
+//! A throwaway PostgreSQL cluster from the installed server binaries: for
+//! drills with `--local` (zero load on production), the demo and the tests.
+//!
+//! Invariants: the server dies with the process that started it, however that
+//! process ends (it is a child of one long-lived thread with
+//! PR_SET_PDEATHSIG); `stop` (also on drop) removes its directory; clusters
+//! left by a killed process are swept by [`LocalCluster::sweep_orphans`].
+
+use super::pg::{pg_tool, PgUrl};
+use super::JobError;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "firedrill-local-";
+const STARTUP: Duration = Duration::from_secs(60);
+
+pub struct LocalCluster {
+    dir: PathBuf,
+    port: u16,
+    pid: u32,
+    stopped: bool,
+}
+
+impl LocalCluster {
+    /// Starts a cluster in a new directory under `parent`, listening on
+    /// 127.0.0.1 at a free port, trust authentication for `postgres`.
+    /// `settings` are extra `name=value` server settings. Blocking.
+    pub fn start(parent: &Path, settings: &[&str]) -> Result<LocalCluster, JobError> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let fail = |m: String| JobError::Tool {
+            tool: "local postgres".into(),
+            message: m,
+        };
+        let initdb = pg_tool("initdb")?;
+        if !initdb.exists() {
+            return Err(fail("no PostgreSQL server binaries (initdb) found: install the postgresql package, or set FIREDRILL_PG_BIN".into()));
+        }
+        let bin = initdb.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let dir = parent.join(format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        set_mode(&dir, 0o700);
+        let data = dir.join("data");
+        let log = dir.join("postgres.log");
+        let mut init = Command::new(&initdb);
+        init.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        init.stdout(Stdio::null()).stderr(Stdio::piped());
+        as_postgres_user(&mut init, &[&dir])?;
+        let out = init
+            .output()
+            .map_err(|e| fail(format!("cannot run initdb: {e}")))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(fail(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| fail(e.to_string()))?
+            .port();
+        let logfile = std::fs::File::create(&log).map_err(|e| fail(e.to_string()))?;
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string());
+        let socket_dir = format!("unix_socket_directories={}", dir.display());
+        for s in [
+            "listen_addresses=127.0.0.1",
+            &socket_dir,
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ]
+        .iter()
+        .chain(settings)
+        {
+            cmd.arg("-c").arg(s);
+        }
+        cmd.stdout(Stdio::from(
+            logfile.try_clone().map_err(|e| fail(e.to_string()))?,
+        ))
+        .stderr(Stdio::from(logfile));
+        as_postgres_user(&mut cmd, &[&dir, &log])?;
+        let mut child = spawn_kept(cmd).map_err(|e| fail(format!("cannot start postgres: {e}")))?;
+        let mut cluster = LocalCluster {
+            dir,
+            port,
+            pid: child.id(),
+            stopped: false,
+        };
+        let conninfo =
+            format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
+        let start = Instant::now();
+        while postgres::Client::connect(&conninfo, postgres::NoTls).is_err() {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || start.elapsed() > STARTUP {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                cluster.stop();
+                return Err(fail(format!("postgres did not start: {}", said.trim())));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn url(&self, db: &str) -> PgUrl {
+        PgUrl::parse(&format!("postgres://postgres@127.0.0.1:{}/{db}", self.port))
+            .expect("a valid URL")
+    }
+
+    /// Stops the server at once (the data is throwaway) and removes its directory.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        stop_pid(self.pid);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Removes the clusters under `parent` whose starting process is gone.
+    pub fn sweep_orphans(parent: &Path) {
+        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name
+                .strip_prefix(PREFIX)
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if alive(owner) {
+                continue;
+            }
+            let postmaster =
+                std::fs::read_to_string(e.path().join("data/postmaster.pid")).unwrap_or_default();
+            if let Some(pid) = postmaster
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse::<u32>().ok())
+            {
+                stop_pid(pid);
+            }
+            tracing::info!(dir = %e.path().display(), "removing a local drill cluster left by a crashed run");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    unsafe {
+        libc::kill(pid, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+}
+
+/// SIGQUIT is postgres' immediate shutdown; waits up to 10 s for it.
+fn stop_pid(pid: u32) {
+    unsafe { libc::kill(pid as i32, libc::SIGQUIT) };
+    let until = Instant::now() + Duration::from_secs(10);
+    while alive(pid as i32) && Instant::now() < until {
+        let mut status = 0;
+        unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+}
+
+/// initdb refuses to run as root: as root, the server runs as `postgres`.
+fn as_postgres_user(cmd: &mut Command, owned: &[&Path]) -> Result<(), JobError> {
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let name = std::ffi::CString::new("postgres").expect("no NUL");
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(JobError::Tool {
+            tool: "local postgres".into(),
+            message: "running as root needs a `postgres` user (the postgresql package creates it)"
+                .into(),
+        });
+    }
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    for p in owned {
+        if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+            unsafe { libc::chown(c.as_ptr(), uid, gid) };
+        }
+    }
+    cmd.uid(uid).gid(gid);
+    Ok(())
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns from one thread that lives as long as the process: PR_SET_PDEATHSIG
+/// fires when the spawning *thread* exits, so a short-lived thread would take
+/// the server down with it.
+pub fn spawn_kept(mut cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("firedrill-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("a thread");
+        Mutex::new(tx)
+    });
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    keeper
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, tx))
+        .map_err(std::io::Error::other)?;
+    rx.recv().map_err(std::io::Error::other)?
+}
