@@ -988,3 +988,41 @@ fn large_objects_go_to_s3_in_parts() {
     };
     assert_eq!(sum(&db), sum(&target));
 }
+
+#[test]
+fn all_databases_of_a_server_in_one_backup() {
+    // A server of its own: the shared one gains and loses databases as other tests run.
+    let cluster =
+        firedrill::jobs::local_pg::LocalCluster::start(&harness::tempdir("cluster"), &[]).unwrap();
+    let mut admin =
+        postgres::Client::connect(cluster.url("postgres").secret_url(), postgres::NoTls).unwrap();
+    for db in ["alpha", "beta"] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+        postgres::Client::connect(cluster.url(db).secret_url(), postgres::NoTls)
+            .unwrap()
+            .batch_execute(&format!(
+                "CREATE TABLE t_{db} (x int); INSERT INTO t_{db} VALUES (1), (2), (3)"
+            ))
+            .unwrap();
+    }
+    let (store, _) = file_store();
+    let b = backup(
+        &[
+            "--database-url",
+            cluster.url("alpha").secret_url(),
+            "--all-databases",
+            "--store",
+            &store,
+        ],
+        &[],
+    );
+    assert_eq!(
+        b["databases"],
+        serde_json::json!(["alpha", "beta", "postgres"]),
+        "{b}"
+    );
+    assert_eq!(b["tables"], 2);
+    assert_eq!(b["rows"], 6);
+}

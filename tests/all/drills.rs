@@ -515,38 +515,21 @@ fn latest_unverified_picks_the_backup_never_drilled() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let second = backup(&args, &[])["id"].as_str().unwrap().to_string();
     let url = pg.url("postgres");
-    let (_, r) = drill(
-        &[
-            "--store",
-            &store,
-            "--latest-unverified",
-            "--drill-url",
-            &url,
-        ],
-        &[],
-    );
-    assert_eq!(r["backup_id"], second.as_str());
-    let (_, r) = drill(
-        &[
-            "--store",
-            &store,
-            "--latest-unverified",
-            "--drill-url",
-            &url,
-        ],
-        &[],
-    );
-    assert_eq!(r["backup_id"], first.as_str());
-    let (o, _) = drill(
-        &[
-            "--store",
-            &store,
-            "--latest-unverified",
-            "--drill-url",
-            &url,
-        ],
-        &[],
-    );
+    let unverified = || {
+        drill(
+            &[
+                "--store",
+                &store,
+                "--latest-unverified",
+                "--drill-url",
+                &url,
+            ],
+            &[],
+        )
+    };
+    assert_eq!(unverified().1["backup_id"], second.as_str());
+    assert_eq!(unverified().1["backup_id"], first.as_str());
+    let (o, _) = unverified();
     assert_eq!(o.status.code(), Some(1));
     assert!(
         output_text(&o).contains("drilled already"),

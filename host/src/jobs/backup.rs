@@ -706,28 +706,26 @@ async fn copy_table(
         // COPY sends whole rows per message, so a cut here is at a row boundary.
         if full(w) && piece.ends_with(b"\n") {
             let w = current.take().expect("open");
-            let n = entry.chunks.len();
-            let (rows, raw) = (w.rows, w.raw);
-            let object = w.finish(&path_in_backup(db_dir, &chunk_path(n))).await?;
-            entry.chunks.push(Chunk {
-                object,
-                rows,
-                raw_bytes: raw,
-            });
+            let rel = path_in_backup(db_dir, &chunk_path(entry.chunks.len()));
+            entry.chunks.push(close_chunk(w, &rel).await?);
         }
     }
     if let Some(w) = current.take() {
-        let n = entry.chunks.len();
-        let (rows, raw) = (w.rows, w.raw);
-        let object = w.finish(&path_in_backup(db_dir, &chunk_path(n))).await?;
-        entry.chunks.push(Chunk {
-            object,
-            rows,
-            raw_bytes: raw,
-        });
+        let rel = path_in_backup(db_dir, &chunk_path(entry.chunks.len()));
+        entry.chunks.push(close_chunk(w, &rel).await?);
     }
     entry.rows = entry.chunks.iter().map(|c| c.rows).sum();
     entry.raw_bytes = entry.chunks.iter().map(|c| c.raw_bytes).sum();
     tracing::debug!(table = %entry.qualified(), rows = entry.rows, chunks = entry.chunks.len(), "table copied");
     Ok(())
+}
+
+async fn close_chunk(w: ObjectWriter, rel: &str) -> Result<Chunk, JobError> {
+    let (rows, raw_bytes) = (w.rows, w.raw);
+    let object = w.finish(rel).await?;
+    Ok(Chunk {
+        object,
+        rows,
+        raw_bytes,
+    })
 }
