@@ -28,6 +28,8 @@ enum Command {
     List(cli::list::Args),
     /// Restore a backup into a throwaway database and prove it (a fire drill).
     Drill(cli::drill::Args),
+    /// Delete old backups as the retention policy decides, within the host's guards.
+    Prune(cli::prune::Args),
     /// Start a throwaway Postgres, back it up, drill the backup, print a report.
     Demo,
     /// Inspect plugin components.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cli::restore::run(a),
         Command::List(a) => cli::list::run(a),
         Command::Drill(a) => cli::drill::run(a),
+        Command::Prune(a) => cli::prune::run(a),
         Command::Demo => cli::demo::run(),
         Command::Plugin {
             command: PluginCommand::Check { file, json },

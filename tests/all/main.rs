@@ -12,4 +12,5 @@ mod code_cache;
 mod drills;
 mod hostile_plugins;
 mod policies;
+mod retention;
 mod servers;

@@ -184,4 +184,13 @@ impl Store {
     pub async fn delete(&self, path: &str) -> Result<(), ArchiveError> {
         self.op.delete(path).await.map_err(|e| self.err(path, e))
     }
+
+    /// Everything under `dir` (which ends with '/'), the directory included.
+    pub async fn delete_all(&self, dir: &str) -> Result<(), ArchiveError> {
+        self.op
+            .delete_with(dir)
+            .recursive(true)
+            .await
+            .map_err(|e| self.err(dir, e))
+    }
 }

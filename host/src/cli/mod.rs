@@ -6,6 +6,7 @@ pub mod drill;
 pub mod list;
 pub mod plugin;
 pub mod policy;
+pub mod prune;
 pub mod restore;
 
 use firedrill::archive::{S3Options, Store};

@@ -12,6 +12,7 @@ pub mod backup;
 pub mod drill;
 pub mod local_pg;
 pub mod pg;
+pub mod prune;
 pub mod restore;
 
 use crate::archive::ArchiveError;
