@@ -12,5 +12,6 @@ mod code_cache;
 mod drills;
 mod hostile_plugins;
 mod policies;
+mod reload;
 mod retention;
 mod servers;

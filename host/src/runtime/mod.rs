@@ -6,6 +6,7 @@
 //! - `policy`: policy files.
 //! - `plugin`: a loaded plugin and the one place that instantiates it.
 //! - `registry`: a policies directory as one all-or-nothing set.
+//! - `reload`: the set in force, swapped whole on reload; the watcher.
 //! - `worlds`: the five worlds and their typed export bindings.
 //!
 //! Invariants: a plugin never gets an import its policy does not grant (it is
@@ -17,12 +18,14 @@ mod engine;
 mod plugin;
 pub mod policy;
 mod registry;
+mod reload;
 pub mod worlds;
 
 pub use engine::{Compiled, Runtime, RuntimeOptions};
 pub use plugin::{Plugin, PluginStats};
 pub use policy::{Limits, Policy, PolicyError};
 pub use registry::{LoadErrors, PluginSet};
+pub use reload::{Policies, ReloadStats, WatchHandle};
 pub use worlds::World;
 
 use std::time::Duration;

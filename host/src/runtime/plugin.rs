@@ -235,6 +235,20 @@ impl Plugin {
         }
     }
 
+    /// Instantiates the plugin once under its limits, as a reload does before
+    /// swapping a set in: a component whose start-up traps never goes live.
+    pub fn self_test(&self) -> Result<(), CallError> {
+        self.call(&CallContext::default(), |pre, store| {
+            Some(match pre {
+                WorldPre::DumpPlanner(p) => p.instantiate(&mut *store).map(drop),
+                WorldPre::Verifier(p) => p.instantiate(&mut *store).map(drop),
+                WorldPre::Retention(p) => p.instantiate(&mut *store).map(drop),
+                WorldPre::Authorizer(p) => p.instantiate(&mut *store).map(drop),
+                WorldPre::Redactor(p) => p.instantiate(&mut *store).map(drop),
+            })
+        })
+    }
+
     pub fn plan_dump(&self, ctx: &CallContext, info: &DatabaseInfo) -> Result<DumpPlan, CallError> {
         self.call(ctx, |pre, store| match pre {
             WorldPre::DumpPlanner(p) => Some(

@@ -58,7 +58,14 @@ impl PluginSet {
         let mut errors = Vec::new();
         let mut plugins: Vec<Arc<Plugin>> = Vec::new();
         for file in files {
-            match Policy::load(&file).and_then(|p| Plugin::load(runtime, p)) {
+            let loaded = Policy::load(&file)
+                .and_then(|p| Plugin::load(runtime, p))
+                .and_then(|p| {
+                    p.self_test()
+                        .map_err(|e| PolicyError::new(&file, None, format!("self-test: {e}")))?;
+                    Ok(p)
+                });
+            match loaded {
                 Ok(p) => {
                     if let Some(other) = plugins.iter().find(|o| o.name() == p.name()) {
                         errors.push(PolicyError::new(

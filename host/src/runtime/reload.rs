@@ -1,0 +1,136 @@
+//! The policies in force, and their hot reload.
+//!
+//! Start-up and reload are one path ([`Policies::reload`]): the whole
+//! directory is loaded aside (parse, compile, link, self-test), and swapped in
+//! only when all of it is valid; otherwise the old set keeps serving and the
+//! error is logged and counted. Calls in flight hold an `Arc` of the set they
+//! started with, so they finish on the old version. A watcher (inotify,
+//! recursive, so a Kubernetes ConfigMap's `..data` symlink swap is seen)
+//! reloads after the directory has been quiet for a short debounce.
+
+use super::registry::{LoadErrors, PluginSet};
+use super::Runtime;
+use notify::{RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+pub struct Policies {
+    dir: PathBuf,
+    runtime: Runtime,
+    current: RwLock<Arc<PluginSet>>,
+    last_error: Mutex<Option<String>>,
+    pub stats: ReloadStats,
+}
+
+impl Policies {
+    /// Loads the directory for start-up: all of it valid, or an error.
+    pub fn load(runtime: &Runtime, dir: &Path) -> Result<Arc<Policies>, LoadErrors> {
+        let set = PluginSet::load_dir(runtime, dir)?;
+        let p = Policies {
+            dir: dir.to_path_buf(),
+            runtime: runtime.clone(),
+            current: RwLock::new(Arc::new(set)),
+            last_error: Mutex::new(None),
+            stats: ReloadStats::default(),
+        };
+        p.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(p))
+    }
+
+    /// The set in force; hold it for the length of a call.
+    pub fn current(&self) -> Arc<PluginSet> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The problems of the last failed reload, until a reload succeeds.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Loads the directory aside and swaps it in if all of it is valid.
+    pub fn reload(&self) -> Result<(), LoadErrors> {
+        match PluginSet::load_dir(&self.runtime, &self.dir) {
+            Ok(set) => {
+                let names: Vec<String> = set.all().iter().map(|p| p.version()).collect();
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(dir = %self.dir.display(), plugins = ?names, "policies reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                tracing::error!(dir = %self.dir.display(), "policies not reloaded, the previous ones stay in force:\n{e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Watches the directory and reloads once it has been quiet for `debounce`.
+    /// Dropping the returned handle stops watching.
+    pub fn watch(self: &Arc<Self>, debounce: Duration) -> notify::Result<WatchHandle> {
+        let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+        let mut watcher = notify::recommended_watcher(tx)?;
+        watcher.watch(&self.dir, RecursiveMode::Recursive)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (me, halt) = (Arc::downgrade(self), stop.clone());
+        std::thread::Builder::new()
+            .name("firedrill-policies".into())
+            .spawn(move || {
+                while !halt.load(Ordering::Relaxed) {
+                    // Wait for a first event, then for quiet.
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(_) => {}
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    let mut quiet_since = Instant::now();
+                    while quiet_since.elapsed() < debounce {
+                        if rx
+                            .recv_timeout(debounce.saturating_sub(quiet_since.elapsed()))
+                            .is_ok()
+                        {
+                            quiet_since = Instant::now();
+                        }
+                    }
+                    let Some(policies) = me.upgrade() else { break };
+                    let _ = policies.reload();
+                }
+            })
+            .map_err(|e| notify::Error::generic(&e.to_string()))?;
+        Ok(WatchHandle {
+            _watcher: watcher,
+            stop,
+        })
+    }
+}
+
+pub struct WatchHandle {
+    _watcher: notify::RecommendedWatcher,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
