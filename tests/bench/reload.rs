@@ -32,13 +32,9 @@ fn serving(p: &Policies) -> String {
         time: 0,
         request_id: "bench".into(),
     };
-    match set
-        .of_world(World::Authorizer)
-        .next()
-        .unwrap()
-        .authorize(&CallContext::default(), &facts)
-        .unwrap()
-    {
+    let plugin = set.of_world(World::Authorizer).next().unwrap().clone();
+    let decision = plugin.authorize(&CallContext::default(), &facts).unwrap();
+    match decision {
         Decision::Allow(g) => g.principal,
         Decision::Deny(r) => panic!("{}", r.reason),
     }

@@ -15,7 +15,7 @@ use crate::caps::{CallContext, CapState, Capability};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmtime::{Store, Trap};
 
 /// Counters since load; the agent exports them as metrics.
@@ -360,11 +360,4 @@ fn output_size<R: Serialize>(out: &R) -> u64 {
     let mut c = Count(0);
     let _ = serde_json::to_writer(&mut c, out);
     c.0
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Plugin>();
-    let _ = Duration::ZERO;
 }
