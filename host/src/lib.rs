@@ -4,7 +4,9 @@
 //! Every decision point is a WebAssembly component plugin bound by a policy
 //! file; see `docs/ARCHITECTURE.md` for the map of this crate.
 
+pub mod api;
 pub mod archive;
 pub mod caps;
+pub mod config;
 pub mod jobs;
 pub mod runtime;

@@ -20,6 +20,13 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run as a daemon: every source's backups, drills and prunes on schedule.
+    Agent(cli::agent::Args),
+    /// Check the agent's configuration without running anything.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Back up PostgreSQL databases into a store (manifest written last).
     Backup(cli::backup::Args),
     /// Restore one database of a backup into a new database.
@@ -42,6 +49,12 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file and environment); exit 1 naming the bad setting.
+    Check(cli::agent::Args),
 }
 
 #[derive(Subcommand)]
@@ -70,6 +83,10 @@ fn main() -> ExitCode {
     cli::init_logging();
     let args = Args::parse();
     let result = match args.command {
+        Command::Agent(a) => cli::agent::run(a),
+        Command::Config {
+            command: ConfigCommand::Check(a),
+        } => cli::agent::check(a),
         Command::Backup(a) => cli::backup::run(a),
         Command::Restore(a) => cli::restore::run(a),
         Command::List(a) => cli::list::run(a),

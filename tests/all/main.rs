@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod agent;
 mod backup_restore;
 mod builtin_plugins;
 mod caps_keyvalue;

@@ -4,10 +4,12 @@
 use crate::harness;
 use firedrill::runtime::{PluginSet, World};
 
-const ALL: [&str; 5] = [
+const ALL: [&str; 7] = [
     "planner-all",
     "verifier-sql",
     "retention-count",
+    "retention-age",
+    "retention-gfs",
     "authorizer-token",
     "redactor-urls",
 ];

@@ -23,14 +23,24 @@ def as_postgres(cmd):
 
 
 def run(cmd, shell=False):
-    """Wall seconds and peak RSS (MiB) of one process (for a pipeline: of the shell)."""
+    """Wall seconds and peak RSS (MiB) of one process (for a pipeline: of its shell),
+    read from the kernel's high-water mark of the process's own memory."""
     start = time.monotonic()
     p = subprocess.Popen(cmd, shell=shell, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
+    peak = 0
+    while p.poll() is None:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+        time.sleep(0.005)
     took = time.monotonic() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    if p.returncode != 0:
         sys.exit(f"failed: {cmd}\n{p.stderr.read().decode()}")
-    return took, usage.ru_maxrss / 1024
+    return took, peak / 1024
 
 
 def size_of(path):

@@ -1,5 +1,6 @@
 //! One file per command group; each returns the process exit code.
 
+pub mod agent;
 pub mod backup;
 pub mod demo;
 pub mod drill;
@@ -80,9 +81,11 @@ pub fn human_bytes(n: u64) -> String {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("FIREDRILL_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

@@ -15,6 +15,9 @@ pub struct Args {
     /// The policies directory holding the one retention policy.
     #[arg(long, env = "FIREDRILL_POLICIES")]
     policies: PathBuf,
+    /// Only this source's backups.
+    #[arg(long)]
+    source: Option<String>,
     /// Print the plan with its reasons; delete nothing.
     #[arg(long)]
     dry_run: bool,
@@ -56,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         abandon_after: args.abandon_after,
         max_deletions: args.max_deletions,
         dry_run: args.dry_run,
+        source: args.source,
     };
     let report = super::runtime(2)?
         .block_on(prune::run(&store, &opts))

@@ -14,6 +14,7 @@ pub mod local_pg;
 pub mod pg;
 pub mod prune;
 pub mod restore;
+pub mod scheduler;
 
 use crate::archive::ArchiveError;
 use crate::runtime::CallError;

@@ -26,6 +26,8 @@ pub struct PruneOptions {
     pub abandon_after: Duration,
     pub max_deletions: usize,
     pub dry_run: bool,
+    /// Only this source's backups (all sources when none).
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,7 +50,10 @@ pub struct PruneReport {
 }
 
 pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobError> {
-    let listings = arch::list_backups(store).await?;
+    let mut listings = arch::list_backups(store).await?;
+    if let Some(src) = &opts.source {
+        listings.retain(|l| &l.source == src);
+    }
     let now = manifest::unix_now();
     let infos: Vec<BackupInfo> = listings.iter().map(info).collect();
     let plugin = opts.policy.clone();

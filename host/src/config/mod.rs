@@ -1,0 +1,570 @@
+//! The agent's configuration: a TOML file, overridden by environment
+//! variables, validated whole before anything starts.
+//!
+//! ```toml
+//! [agent]
+//! listen = "127.0.0.1:9187"          # /health and /ready
+//! policies = "/etc/firedrill/policies"
+//!
+//! [store]
+//! url = "s3://backups/pg"            # or file:///var/backups/pg
+//! s3_endpoint = "https://s3.example.net"
+//! s3_access_key_id = "..."           # better: S3_ACCESS_KEY_ID in the environment
+//!
+//! [drill]
+//! target = "local"                   # or a drill server's URL
+//!
+//! [retention]
+//! min_age = "1h"
+//! max_deletions = 10
+//!
+//! [[source]]
+//! name = "app"
+//! urls = ["postgres://backup@db/app", "postgres://backup@db/auth"]
+//! backup = "1h"                      # or "cron: 0 3 * * *"
+//! drill = "6h"
+//! prune = "1d"
+//! ```
+//!
+//! The environment names of the common pg_dump-to-S3 templates work as they
+//! are: DATABASE_URL (a source named `default`, or the first source's URL),
+//! S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3_REGION,
+//! BACKUP_PREFIX, BACKUP_INTERVAL and VERIFY_INTERVAL (seconds or "1h"),
+//! BACKUP_RETENTION_DAYS (prune backups older than that, through the built-in
+//! age policy when the policies directory has no retention policy),
+//! COMPRESSION_LEVEL, VERIFY_LATEST (drill the latest rather than the latest
+//! undrilled) and VERIFY_BACKUP_FILE (drill that backup id).
+//!
+//! Invariants: an invalid setting is an error that names it, before anything
+//! starts; secret values (passwords in URLs, keys) never appear in messages
+//! or in [`Config::describe`].
+
+pub mod schedule;
+
+pub use schedule::Schedule;
+
+use crate::jobs::pg::PgUrl;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A setting that is wrong: which one, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    drill: RawDrill,
+    #[serde(default)]
+    retention: RawRetention,
+    #[serde(default, rename = "source")]
+    sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    listen: Option<String>,
+    policies: Option<PathBuf>,
+    reload_debounce: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    target: Option<String>,
+    jobs: Option<usize>,
+    pick: Option<String>,
+    assertions: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    min_age: Option<String>,
+    abandon_after: Option<String>,
+    max_deletions: Option<usize>,
+    days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: Option<String>,
+    #[serde(default)]
+    urls: Vec<String>,
+    backup: Option<String>,
+    drill: Option<String>,
+    prune: Option<String>,
+    jobs: Option<usize>,
+    compression_level: Option<i32>,
+    chunk_size: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: std::net::SocketAddr,
+    pub policies: Option<PathBuf>,
+    pub reload_debounce: Duration,
+    pub store_url: String,
+    pub s3: crate::archive::S3Options,
+    pub drill_target: DrillTargetConfig,
+    pub drill_jobs: usize,
+    pub drill_pick: crate::jobs::drill::Pick,
+    pub assertions: Option<PathBuf>,
+    pub min_age: Duration,
+    pub abandon_after: Duration,
+    pub max_deletions: usize,
+    /// Prune by age with the built-in policy (BACKUP_RETENTION_DAYS).
+    pub retention_days: Option<u32>,
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DrillTargetConfig {
+    Local,
+    Server(PgUrl),
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub urls: Vec<PgUrl>,
+    pub backup: Schedule,
+    pub drill: Option<Schedule>,
+    pub prune: Option<Schedule>,
+    pub jobs: usize,
+    pub compression_level: i32,
+    pub chunk_bytes: u64,
+}
+
+impl Config {
+    /// Reads `file` (if any) and applies the environment `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = match file {
+            None => RawConfig::default(),
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| bad(f.display().to_string(), format!("cannot read: {e}")))?;
+                toml::from_str(&text).map_err(|e| {
+                    let line = e
+                        .span()
+                        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                    bad(
+                        f.display().to_string(),
+                        format!(
+                            "{}{}",
+                            e.message().trim(),
+                            line.map(|l| format!(" (line {l})")).unwrap_or_default()
+                        ),
+                    )
+                })?
+            }
+        };
+        Config::build(raw, &env)
+    }
+
+    fn build(
+        mut raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        // The template environment, over the file.
+        if let Some(url) = var("DATABASE_URL") {
+            match raw.sources.first_mut() {
+                Some(s) => s.urls = vec![url],
+                None => raw.sources.push(RawSource {
+                    name: Some("default".into()),
+                    urls: vec![url],
+                    ..Default::default()
+                }),
+            }
+        }
+        for (k, slot) in [
+            ("S3_ENDPOINT", &mut raw.store.s3_endpoint),
+            ("S3_REGION", &mut raw.store.s3_region),
+            ("S3_ACCESS_KEY_ID", &mut raw.store.s3_access_key_id),
+            ("S3_SECRET_ACCESS_KEY", &mut raw.store.s3_secret_access_key),
+        ] {
+            if let Some(v) = var(k) {
+                *slot = Some(v);
+            }
+        }
+        if let Some(bucket) = var("S3_BUCKET") {
+            raw.store.url = Some(format!(
+                "s3://{bucket}/{}",
+                var("BACKUP_PREFIX").unwrap_or_default()
+            ));
+        }
+        for s in &mut raw.sources {
+            if let Some(v) = var("BACKUP_INTERVAL") {
+                s.backup = Some(v);
+            }
+            if let Some(v) = var("VERIFY_INTERVAL") {
+                s.drill = Some(v);
+            }
+            if let Some(v) = var("COMPRESSION_LEVEL") {
+                s.compression_level = Some(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| bad("COMPRESSION_LEVEL", format!("{v:?} is not a number")))?,
+                );
+            }
+        }
+        if let Some(v) = var("BACKUP_RETENTION_DAYS") {
+            raw.retention.days = Some(v.trim().parse().map_err(|_| {
+                bad(
+                    "BACKUP_RETENTION_DAYS",
+                    format!("{v:?} is not a number of days"),
+                )
+            })?);
+        }
+        let pick = match var("VERIFY_BACKUP_FILE") {
+            Some(id) => crate::jobs::drill::Pick::Id(id),
+            None => {
+                let latest = match var("VERIFY_LATEST").as_deref().map(str::trim) {
+                    None => None,
+                    Some("true" | "1" | "yes") => Some(true),
+                    Some("false" | "0" | "no") => Some(false),
+                    Some(v) => {
+                        return Err(bad("VERIFY_LATEST", format!("{v:?}: use true or false")))
+                    }
+                };
+                match (latest, raw.drill.pick.as_deref()) {
+                    (Some(true), _) | (None, Some("latest")) => crate::jobs::drill::Pick::Latest,
+                    (Some(false), _) | (None, None | Some("latest-unverified")) => {
+                        crate::jobs::drill::Pick::LatestUnverified
+                    }
+                    (None, Some(p)) => {
+                        return Err(bad(
+                            "drill.pick",
+                            format!("{p:?}: use \"latest\" or \"latest-unverified\""),
+                        ))
+                    }
+                }
+            }
+        };
+
+        let duration = |setting: &str,
+                        v: Option<String>,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => humantime::parse_duration(s.trim())
+                    .map_err(|_| bad(setting, format!("{s:?} is not a duration (e.g. 30m, 1h)"))),
+            }
+        };
+        let listen = raw.agent.listen.unwrap_or_else(|| "127.0.0.1:9187".into());
+        let listen = listen.parse().map_err(|_| {
+            bad(
+                "agent.listen",
+                format!("{listen:?} is not an address (e.g. 127.0.0.1:9187)"),
+            )
+        })?;
+        let store_url = raw.store.url.ok_or_else(|| {
+            bad(
+                "store.url",
+                "no store: set store.url (file:///path or s3://bucket/prefix) or S3_BUCKET",
+            )
+        })?;
+        if !store_url.starts_with("file:///") && !store_url.starts_with("s3://") {
+            return Err(bad(
+                "store.url",
+                format!(
+                    "{:?}: expected file:///absolute/path or s3://bucket/prefix",
+                    redact_url(&store_url)
+                ),
+            ));
+        }
+        let drill_target = match raw.drill.target.as_deref() {
+            None | Some("local") => DrillTargetConfig::Local,
+            Some(u) => DrillTargetConfig::Server(
+                PgUrl::parse(u).map_err(|e| bad("drill.target", format!("{e} (or \"local\")")))?,
+            ),
+        };
+        if raw.sources.is_empty() {
+            return Err(bad(
+                "source",
+                "no sources: add a [[source]] with urls, or set DATABASE_URL",
+            ));
+        }
+        let mut sources = Vec::new();
+        for (i, s) in raw.sources.into_iter().enumerate() {
+            let at = |k: &str| format!("source[{i}].{k}");
+            let name = s.name.unwrap_or_else(|| format!("source{i}"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(bad(
+                    at("name"),
+                    format!("{name:?}: use letters, digits, '-', '_' and '.'"),
+                ));
+            }
+            if sources.iter().any(|o: &SourceConfig| o.name == name) {
+                return Err(bad(at("name"), format!("{name:?} is used twice")));
+            }
+            if s.urls.is_empty() {
+                return Err(bad(at("urls"), "no database URL"));
+            }
+            let urls = s
+                .urls
+                .iter()
+                .map(|u| PgUrl::parse(u).map_err(|e| bad(at("urls"), e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let schedule = |k: &str, v: Option<String>| {
+                v.map(|v| Schedule::parse(&v).map_err(|e| bad(at(k), e)))
+                    .transpose()
+            };
+            let backup = schedule("backup", s.backup)?.ok_or_else(|| bad(at("backup"), "no backup schedule (an interval such as 1h, or \"cron: 0 3 * * *\"; or BACKUP_INTERVAL)"))?;
+            let level = s.compression_level.unwrap_or(3);
+            if !(1..=19).contains(&level) {
+                return Err(bad(
+                    at("compression_level"),
+                    format!("{level}: zstd levels are 1 to 19"),
+                ));
+            }
+            sources.push(SourceConfig {
+                name,
+                urls,
+                backup,
+                drill: schedule("drill", s.drill)?,
+                prune: schedule("prune", s.prune)?,
+                jobs: s.jobs.unwrap_or(4).max(1),
+                compression_level: level,
+                chunk_bytes: match s.chunk_size {
+                    None => 64 << 20,
+                    Some(c) => crate::runtime::policy::parse_size(&c)
+                        .map_err(|e| bad(at("chunk_size"), e))?,
+                },
+            });
+        }
+        Ok(Config {
+            listen,
+            policies: raw.agent.policies,
+            reload_debounce: duration(
+                "agent.reload_debounce",
+                raw.agent.reload_debounce,
+                Duration::from_millis(200),
+            )?,
+            store_url,
+            s3: crate::archive::S3Options {
+                endpoint: raw.store.s3_endpoint,
+                region: raw.store.s3_region,
+                access_key_id: raw.store.s3_access_key_id,
+                secret_access_key: raw.store.s3_secret_access_key,
+            },
+            drill_target,
+            drill_jobs: raw.drill.jobs.unwrap_or(4).max(1),
+            drill_pick: pick,
+            assertions: raw.drill.assertions,
+            min_age: duration(
+                "retention.min_age",
+                raw.retention.min_age,
+                Duration::from_secs(3600),
+            )?,
+            abandon_after: duration(
+                "retention.abandon_after",
+                raw.retention.abandon_after,
+                Duration::from_secs(86_400),
+            )?,
+            max_deletions: raw.retention.max_deletions.unwrap_or(10),
+            retention_days: raw.retention.days,
+            sources,
+        })
+    }
+
+    /// A summary for people: every secret left out.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "store      {}\ndrill      {}\npolicies   {}\nlisten     {}\nretention  min age {}, at most {} deletions per run{}\n",
+            redact_url(&self.store_url),
+            match &self.drill_target {
+                DrillTargetConfig::Local => "a local throwaway cluster".to_string(),
+                DrillTargetConfig::Server(u) => u.redacted(),
+            },
+            self.policies.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into()),
+            self.listen,
+            humantime::format_duration(self.min_age),
+            self.max_deletions,
+            self.retention_days.map(|d| format!(", older than {d} days")).unwrap_or_default()
+        );
+        for s in &self.sources {
+            out.push_str(&format!(
+                "source     {}: {} (backup {:?}, drill {:?}, prune {:?})\n",
+                s.name,
+                s.urls
+                    .iter()
+                    .map(|u| u.redacted())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                s.backup,
+                s.drill,
+                s.prune
+            ));
+        }
+        out
+    }
+}
+
+fn redact_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let raw: RawConfig = toml::from_str(toml).map_err(|e| bad("file", e.to_string()))?;
+        Config::build(raw, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn the_template_environment_alone_is_a_configuration() {
+        let c = load(
+            "",
+            &[
+                ("DATABASE_URL", "postgres://app:pw@db/app"),
+                ("S3_BUCKET", "backups"),
+                ("BACKUP_PREFIX", "postgres-backups"),
+                ("S3_SECRET_ACCESS_KEY", "very-secret-key"),
+                ("BACKUP_INTERVAL", "3600"),
+                ("VERIFY_INTERVAL", "86400"),
+                ("BACKUP_RETENTION_DAYS", "7"),
+                ("COMPRESSION_LEVEL", "6"),
+                ("VERIFY_LATEST", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store_url, "s3://backups/postgres-backups");
+        assert_eq!(c.sources[0].name, "default");
+        assert_eq!(
+            c.sources[0].backup,
+            Schedule::Every(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            c.sources[0].drill,
+            Some(Schedule::Every(Duration::from_secs(86400)))
+        );
+        assert_eq!(c.sources[0].compression_level, 6);
+        assert_eq!(c.retention_days, Some(7));
+        assert!(matches!(c.drill_pick, crate::jobs::drill::Pick::Latest));
+        let shown = c.describe();
+        assert!(
+            !shown.contains("very-secret-key") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn every_mistake_names_its_setting() {
+        let base = "[store]\nurl = \"file:///b\"\n[[source]]\nname = \"a\"\nurls = [\"postgres://db/a\"]\nbackup = \"1h\"\n";
+        let cases = [
+            (base.replace("1h", "sometimes"), vec![], "source[0].backup"),
+            (base.replace("file:///b", "ftp://x"), vec![], "store.url"),
+            (
+                base.replace("postgres://db/a", "mysql://db/a"),
+                vec![],
+                "source[0].urls",
+            ),
+            (
+                format!("{base}compression_level = 40\n"),
+                vec![],
+                "source[0].compression_level",
+            ),
+            (
+                format!("[agent]\nlisten = \"everywhere\"\n{base}"),
+                vec![],
+                "agent.listen",
+            ),
+            (
+                base.to_string(),
+                vec![("BACKUP_RETENTION_DAYS", "a week")],
+                "BACKUP_RETENTION_DAYS",
+            ),
+            (
+                base.to_string(),
+                vec![("VERIFY_LATEST", "maybe")],
+                "VERIFY_LATEST",
+            ),
+            (
+                "[store]\nurl = \"file:///b\"\n".to_string(),
+                vec![],
+                "source",
+            ),
+            (
+                base.replace("[store]\nurl = \"file:///b\"\n", ""),
+                vec![],
+                "store.url",
+            ),
+        ];
+        for (toml, env, setting) in cases {
+            let e = load(&toml, &env)
+                .err()
+                .unwrap_or_else(|| panic!("{setting}: accepted"));
+            assert_eq!(e.setting, setting, "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_named_with_their_line() {
+        let dir = std::env::temp_dir().join(format!("fd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("firedrill.toml");
+        std::fs::write(
+            &f,
+            "[store]\nurl = \"file:///b\"\n[[source]]\nname = \"a\"\nurl = \"postgres://db/a\"\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), |_| None).unwrap_err();
+        assert!(
+            e.message.contains("url") && e.message.contains("line 5"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,190 @@
+//! The agent: configuration checked whole before anything runs; a run with
+//! short intervals backs up, drills and prunes (GFS) with the guards holding;
+//! a broken source is retried without stopping the others; SIGTERM ends it
+//! cleanly.
+
+use crate::backup_restore::{file_store, seed};
+use crate::harness::{self, firedrill, output_text};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn http_get(port: u16, path: &str) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn config_check_names_the_bad_setting_and_hides_secrets() {
+    let dir = harness::tempdir("config");
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[store]\nurl = \"file:///tmp/x\"\n[[source]]\nname = \"app\"\nurls = [\"postgres://app:hunter2-secret@db/app\"]\nbackup = \"cron: 0 3 * * *\"\n").unwrap();
+    let o = firedrill(
+        &["config", "check", "--config", good.to_str().unwrap()],
+        &[("S3_SECRET_ACCESS_KEY", "s3-secret-value".into())],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    let out = output_text(&o);
+    assert!(
+        out.contains("configuration valid") && out.contains("source     app"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hunter2-secret") && !out.contains("s3-secret-value"),
+        "{out}"
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[store]\nurl = \"file:///tmp/x\"\n[[source]]\nname = \"app\"\nurls = [\"postgres://app:hunter2-secret@db/app\"]\nbackup = \"whenever\"\n").unwrap();
+    for cmd in [vec!["config", "check"], vec!["agent"]] {
+        let mut args = cmd.clone();
+        args.extend(["--config", bad.to_str().unwrap()]);
+        let start = Instant::now();
+        let o = firedrill(&args, &[]);
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}: {}", output_text(&o));
+        assert!(
+            output_text(&o).contains("invalid configuration: source[0].backup"),
+            "{}",
+            output_text(&o)
+        );
+        assert!(!output_text(&o).contains("hunter2"), "{}", output_text(&o));
+        assert!(start.elapsed() < Duration::from_secs(10), "exits at once");
+    }
+    // The template's environment alone, with a bad value.
+    let o = firedrill(
+        &["config", "check"],
+        &[
+            ("DATABASE_URL", "postgres://db/app".into()),
+            ("S3_BUCKET", "b".into()),
+            ("BACKUP_INTERVAL", "soon".into()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        output_text(&o).contains("source[0].backup"),
+        "{}",
+        output_text(&o)
+    );
+}
+
+#[test]
+fn an_agent_backs_up_drills_and_prunes_on_schedule_until_sigterm() {
+    let pg = harness::postgres();
+    let db = pg.fresh_database("agent");
+    seed(&db);
+    let (store, _) = file_store();
+    let policies = harness::policy_dir(
+        &["retention-gfs", "verifier-sql"],
+        &[
+            ("gfs.toml", "world = \"retention\"\nwasm = \"retention_gfs.wasm\"\n[grants]\nconfig = true\nlogging = true\n[config]\ndaily = 1\nweekly = 0\nmonthly = 0\n"),
+            ("sql.toml", "world = \"verifier\"\nwasm = \"verifier_sql.wasm\"\n[grants]\nconfig = true\nlogging = true\nsql = { database = \"drill\" }\n"),
+        ],
+    );
+    let port = harness::free_port();
+    let dead = harness::free_port();
+    let config = harness::tempdir("agent").join("firedrill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\npolicies = \"{}\"\n[store]\nurl = \"{store}\"\n[drill]\ntarget = \"{}\"\n[retention]\nmin_age = \"0s\"\n\n\
+             [[source]]\nname = \"app\"\nurls = [\"{}\"]\nbackup = \"1s\"\ndrill = \"2s\"\nprune = \"2s\"\njobs = 2\n\n\
+             [[source]]\nname = \"broken\"\nurls = [\"postgres://postgres@127.0.0.1:{dead}/nowhere\"]\nbackup = \"1s\"\n",
+            policies.display(),
+            pg.url("postgres"),
+            pg.url(&db)
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env_remove("DATABASE_URL")
+        .env_remove("S3_BUCKET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while http_get(port, "/ready") != Some(200) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
+        assert!(child.try_wait().unwrap().is_none(), "the agent exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_get(port, "/health"), Some(200));
+    assert_eq!(http_get(port, "/nope"), Some(404));
+    // Let it go through several rounds.
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        assert!(child.try_wait().unwrap().is_none(), "the agent died");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let log = output_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{log}");
+    assert!(log.contains("stopped on SIGTERM"), "{log}");
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let backups = count("backup done");
+    assert!(backups >= 3, "backups: {backups}\n{log}");
+    assert!(count("drill passed") >= 1, "{log}");
+    assert!(count("prune done") >= 1, "{log}");
+    assert!(
+        count("source=broken") >= 2 && count("job failed, retrying") >= 2,
+        "the broken source is retried: {log}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_slice(&firedrill(&["list", "--store", &store, "--json"], &[]).stdout)
+            .unwrap();
+    let ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["complete"] == true)
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.len() < backups,
+        "GFS pruned: {} kept of {backups}",
+        ids.len()
+    );
+    // The guard: the newest backup that passed a drill is still there.
+    let drilled: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("drill passed"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("backup=")))
+        .collect();
+    let newest_drilled = drilled.iter().max().unwrap();
+    assert!(
+        ids.iter().any(|i| i == newest_drilled),
+        "{newest_drilled} was pruned: {ids:?}"
+    );
+    let made: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("backup done"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("backup=")))
+        .map(|id| {
+            format!(
+                "firedrill_drill_{}",
+                id.to_ascii_lowercase().replace('-', "_")
+            )
+        })
+        .collect();
+    let left: Vec<String> = pg
+        .client("postgres")
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'firedrill\\_drill\\_%'",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .filter(|n: &String| made.contains(n))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no drill database outlives the agent: {left:?}"
+    );
+}
