@@ -3,7 +3,7 @@
 //! a broken source is retried without stopping the others; SIGTERM ends it
 //! cleanly.
 
-use crate::backup_restore::{file_store, seed};
+use crate::backup_restore::seeded;
 use crate::harness::{self, firedrill, output_text};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -73,9 +73,7 @@ fn config_check_names_the_bad_setting_and_hides_secrets() {
 #[test]
 fn an_agent_backs_up_drills_and_prunes_on_schedule_until_sigterm() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("agent");
-    seed(&db);
-    let (store, _) = file_store();
+    let (db, store, _) = seeded("agent");
     let policies = harness::policy_dir(
         &["retention-gfs", "verifier-sql"],
         &[

@@ -90,6 +90,20 @@ pub fn fingerprint(db: &str) -> Vec<String> {
     out
 }
 
+/// A new database with the [`seed`] schema and an empty file store:
+/// (database, store URL, store directory).
+pub fn seeded(prefix: &str) -> (String, String, PathBuf) {
+    let db = harness::postgres().fresh_database(prefix);
+    seed(&db);
+    let (store, dir) = file_store();
+    (db, store, dir)
+}
+
+/// Runs `firedrill backup --json` and returns the new backup's id.
+pub fn backup_id(args: &[&str], env: &[(&str, String)]) -> String {
+    backup(args, env)["id"].as_str().unwrap().to_string()
+}
+
 pub fn file_store() -> (String, PathBuf) {
     let dir = harness::tempdir("store");
     (format!("file://{}", dir.display()), dir)
@@ -121,9 +135,7 @@ fn manifest(store_dir: &Path, source: &str, id: &str) -> serde_json::Value {
 #[test]
 fn a_file_store_round_trip_restores_everything() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("src");
-    seed(&db);
-    let (store, dir) = file_store();
+    let (db, store, dir) = seeded("src");
     let b = backup(
         &[
             "--database-url",
@@ -373,13 +385,8 @@ fn several_databases_in_one_run() {
 #[test]
 fn a_non_empty_target_is_refused_unless_forced() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("force");
-    seed(&db);
-    let (store, _) = file_store();
-    let id = backup(&["--database-url", &pg.url(&db), "--store", &store], &[])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (db, store, _) = seeded("force");
+    let id = backup_id(&["--database-url", &pg.url(&db), "--store", &store], &[]);
     let target = pg.fresh_database("occupied");
     pg.client(&target)
         .batch_execute("CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
@@ -418,10 +425,8 @@ fn a_non_empty_target_is_refused_unless_forced() {
 #[test]
 fn corruption_is_found_and_named_and_nothing_is_left_behind() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("corrupt");
-    seed(&db);
-    let (store, dir) = file_store();
-    let id = backup(
+    let (db, store, dir) = seeded("corrupt");
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -433,10 +438,7 @@ fn corruption_is_found_and_named_and_nothing_is_left_behind() {
             "64KiB",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let m = manifest(&dir, "c", &id);
     let events = m["databases"][0]["tables"]
         .as_array()
@@ -526,10 +528,8 @@ fn corruption_is_found_and_named_and_nothing_is_left_behind() {
 #[test]
 fn a_backup_without_its_manifest_is_incomplete_and_never_restored() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("partial");
-    seed(&db);
-    let (store, dir) = file_store();
-    let first = backup(
+    let (db, store, dir) = seeded("partial");
+    let first = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -539,15 +539,12 @@ fn a_backup_without_its_manifest_is_incomplete_and_never_restored() {
             "p",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     pg.client(&db)
         .batch_execute("INSERT INTO empty_table VALUES (1)")
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let second = backup(
+    let second = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -557,10 +554,7 @@ fn a_backup_without_its_manifest_is_incomplete_and_never_restored() {
             "p",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     // As a crash before the commit would leave it.
     std::fs::remove_file(dir.join("p").join(&second).join("manifest.json")).unwrap();
     let o = firedrill(&["list", "--store", &store, "--json"], &[]);
@@ -753,7 +747,7 @@ fn roles_are_kept_without_passwords_unless_asked() {
         let bytes = std::fs::read(dir.join("g").join(id).join("globals.sql.zst")).unwrap();
         String::from_utf8(zstd::decode_all(&bytes[..]).unwrap()).unwrap()
     };
-    let id = backup(
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -763,10 +757,7 @@ fn roles_are_kept_without_passwords_unless_asked() {
             "g",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let globals = read_globals(&id);
     assert!(
         globals.contains(&format!("CREATE ROLE {role}")),
@@ -777,7 +768,7 @@ fn roles_are_kept_without_passwords_unless_asked() {
         "no password hashes by default"
     );
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let id = backup(
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -788,10 +779,7 @@ fn roles_are_kept_without_passwords_unless_asked() {
             "--role-passwords",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     assert!(
         read_globals(&id).contains("SCRAM-SHA-256"),
         "asked for, the hashes are kept"
@@ -807,10 +795,8 @@ fn psql_meta_commands_in_the_schema_are_handled() {
     // restoring through psql must accept them (the round trips above prove it
     // whenever the installed pg_dump writes them; this shows which case ran).
     let pg = harness::postgres();
-    let db = pg.fresh_database("meta");
-    seed(&db);
-    let (store, dir) = file_store();
-    let id = backup(
+    let (db, store, dir) = seeded("meta");
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -820,10 +806,7 @@ fn psql_meta_commands_in_the_schema_are_handled() {
             "m",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let m = manifest(&dir, "m", &id);
     let pre = std::fs::read(
         dir.join("m")
@@ -904,10 +887,8 @@ fn memory_stays_bounded_whatever_the_table_size() {
 #[test]
 fn a_person_with_zstd_and_psql_can_restore_by_hand() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("byhand");
-    seed(&db);
-    let (store, dir) = file_store();
-    let id = backup(
+    let (db, store, dir) = seeded("byhand");
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -919,10 +900,7 @@ fn a_person_with_zstd_and_psql_can_restore_by_hand() {
             "256KiB",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let target = pg.fresh_database("byhand_target");
     let o = std::process::Command::new(harness::root().join("scripts/restore-by-hand"))
         .arg(dir.join("h").join(&id))

@@ -2,7 +2,7 @@
 //! of corruption fails the drill naming what is wrong, plugins and assertions
 //! can fail it, and the drill database never outlives the drill.
 
-use crate::backup_restore::{backup, file_store, seed};
+use crate::backup_restore::{backup_id, file_store, seeded};
 use crate::harness::{self, firedrill, output_text};
 
 fn drill(args: &[&str], env: &[(&str, String)]) -> (std::process::Output, serde_json::Value) {
@@ -55,10 +55,8 @@ fn verifier_policies() -> std::path::PathBuf {
 #[test]
 fn a_drill_proves_a_good_backup_and_says_so_in_the_list() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("drilled");
-    seed(&db);
-    let (store, dir) = file_store();
-    let id = backup(
+    let (db, store, dir) = seeded("drilled");
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -70,10 +68,7 @@ fn a_drill_proves_a_good_backup_and_says_so_in_the_list() {
             "256KiB",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let assertions = harness::tempdir("assertions").join("checks.sql");
     std::fs::write(&assertions, "-- name: emails\nSELECT bool_and(email LIKE '%@example.com') FROM users;\n-- name: no-negative\nSELECT id FROM orders WHERE amount < 0;\n").unwrap();
     let policies = verifier_policies();
@@ -138,13 +133,8 @@ fn a_drill_proves_a_good_backup_and_says_so_in_the_list() {
 #[test]
 fn a_local_drill_starts_and_removes_its_own_cluster() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("local");
-    seed(&db);
-    let (store, _) = file_store();
-    let id = backup(&["--database-url", &pg.url(&db), "--store", &store], &[])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (db, store, _) = seeded("local");
+    let id = backup_id(&["--database-url", &pg.url(&db), "--store", &store], &[]);
     let tmp = harness::tempdir("localtmp");
     let (o, r) = drill(
         &["--store", &store, &id, "--local"],
@@ -163,10 +153,8 @@ fn a_local_drill_starts_and_removes_its_own_cluster() {
 #[test]
 fn every_kind_of_corruption_fails_the_drill_naming_it() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("rotten");
-    seed(&db);
-    let (store, dir) = file_store();
-    let id = backup(
+    let (db, store, dir) = seeded("rotten");
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -178,10 +166,7 @@ fn every_kind_of_corruption_fails_the_drill_naming_it() {
             "64KiB",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let bdir = dir.join("r").join(&id);
     let mpath = bdir.join("manifest.json");
     let manifest_text = std::fs::read_to_string(&mpath).unwrap();
@@ -268,7 +253,7 @@ fn plugins_and_assertions_can_fail_a_drill() {
             .unwrap();
     let policies = harness::policy_dir(&["verifier-freshness"], &[("freshness.toml", &example)]);
     let policies = policies.to_str().unwrap();
-    let first = backup(
+    let first = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -278,10 +263,7 @@ fn plugins_and_assertions_can_fail_a_drill() {
             "b",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let (o, r) = drill(
         &[
             "--store",
@@ -304,7 +286,7 @@ fn plugins_and_assertions_can_fail_a_drill() {
     // Half the orders vanish and the rest are old: both business checks fail.
     pg.client(&db).batch_execute("DELETE FROM orders WHERE id % 2 = 0; UPDATE orders SET created_at = created_at - interval '3 days'").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let second = backup(
+    let second = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -314,10 +296,7 @@ fn plugins_and_assertions_can_fail_a_drill() {
             "b",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let (o, r) = drill(
         &[
             "--store",
@@ -377,7 +356,7 @@ fn sigterm_mid_restore_drops_the_drill_database() {
         .batch_execute("CREATE TABLE big (id bigint PRIMARY KEY, body text); INSERT INTO big SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 600000) g;")
         .unwrap();
     let (store, _) = file_store();
-    let id = backup(
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -386,10 +365,7 @@ fn sigterm_mid_restore_drops_the_drill_database() {
             "--no-globals",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"))
         .args([
             "drill",
@@ -464,13 +440,8 @@ fn orphans_of_crashed_drills_are_swept_and_others_left_alone() {
         "firedrill_drill_orphan_other",
         format!("firedrill drill host=elsewhere pid=2147483000 started={now}"),
     );
-    let db = pg.fresh_database("sweeper");
-    seed(&db);
-    let (store, _) = file_store();
-    let id = backup(&["--database-url", &pg.url(&db), "--store", &store], &[])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (db, store, _) = seeded("sweeper");
+    let id = backup_id(&["--database-url", &pg.url(&db), "--store", &store], &[]);
     let (o, _) = drill(
         &["--store", &store, &id, "--drill-url", &pg.url("postgres")],
         &[],
@@ -500,9 +471,7 @@ fn orphans_of_crashed_drills_are_swept_and_others_left_alone() {
 #[test]
 fn latest_unverified_picks_the_backup_never_drilled() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("unverified");
-    seed(&db);
-    let (store, _) = file_store();
+    let (db, store, _) = seeded("unverified");
     let args = [
         "--database-url",
         &pg.url(&db),
@@ -511,9 +480,9 @@ fn latest_unverified_picks_the_backup_never_drilled() {
         "--source",
         "u",
     ];
-    let first = backup(&args, &[])["id"].as_str().unwrap().to_string();
+    let first = backup_id(&args, &[]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let second = backup(&args, &[])["id"].as_str().unwrap().to_string();
+    let second = backup_id(&args, &[]);
     let url = pg.url("postgres");
     let unverified = || {
         drill(

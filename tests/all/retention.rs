@@ -1,7 +1,7 @@
 //! Retention: the built-in plugins decide, the host guards, prune deletes
 //! manifest first.
 
-use crate::backup_restore::{backup, file_store, seed};
+use crate::backup_restore::{backup, backup_id, seeded};
 use crate::harness::{self, firedrill, output_text};
 use firedrill::caps::types::{Action, BackupInfo, BackupKind, DrillStatus};
 use firedrill::caps::CallContext;
@@ -88,9 +88,7 @@ fn policies(keep: u32) -> std::path::PathBuf {
 #[test]
 fn prune_follows_the_plugin_within_the_guards() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("pruned");
-    seed(&db);
-    let (store, dir) = file_store();
+    let (db, store, dir) = seeded("pruned");
     let mut ids = Vec::new();
     for _ in 0..4 {
         ids.push(
@@ -215,10 +213,8 @@ fn prune_follows_the_plugin_within_the_guards() {
 #[test]
 fn prune_leaves_backups_in_progress_and_clears_leftovers() {
     let pg = harness::postgres();
-    let db = pg.fresh_database("leftover");
-    seed(&db);
-    let (store, dir) = file_store();
-    let id = backup(
+    let (db, store, dir) = seeded("leftover");
+    let id = backup_id(
         &[
             "--database-url",
             &pg.url(&db),
@@ -229,10 +225,7 @@ fn prune_leaves_backups_in_progress_and_clears_leftovers() {
             "--no-globals",
         ],
         &[],
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    );
     std::fs::remove_file(dir.join("l").join(&id).join("manifest.json")).unwrap();
     let keep = policies(5);
     let run = |abandon: &str| {

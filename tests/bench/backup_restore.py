@@ -108,7 +108,7 @@ def bench(work, port):
         size_s = f"{size / 2**20:10.1f}" if size else f"{'':>10}"
         print(f"| {step:<7} | {name:<29} | {t:7.2f} | {size_s} | {rss:12.0f} | {ref / t:15.2f}x |")
     print()
-    print("peak RSS of a pipeline is its shell's; the firedrill rows are the whole process.")
+    print("peak RSS: the kernel high-water mark of the process started; the pg_dump rows run through a shell, so theirs is the shell's.")
 
 
 if __name__ == "__main__":
