@@ -186,3 +186,59 @@ fn an_agent_backs_up_drills_and_prunes_on_schedule_until_sigterm() {
         "no drill database outlives the agent: {left:?}"
     );
 }
+
+#[test]
+fn backup_retention_days_prunes_through_the_built_in_age_policy() {
+    let pg = harness::postgres();
+    let db = pg.fresh_database("agedays");
+    pg.client(&db)
+        .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let (store, _) = crate::backup_restore::file_store();
+    // The policies directory holds the built-in wasm but no retention policy.
+    let policies = harness::policy_dir(&["retention-age"], &[]);
+    let port = harness::free_port();
+    let config = harness::tempdir("agent").join("firedrill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\npolicies = \"{}\"\n[store]\nurl = \"{store}\"\n[retention]\nmin_age = \"0s\"\n[[source]]\nname = \"aged\"\nurls = [\"{}\"]\nprune = \"1s\"\n",
+            policies.display(),
+            pg.url(&db)
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("BACKUP_RETENTION_DAYS", "1")
+        .env("BACKUP_INTERVAL", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while http_get(port, "/ready") != Some(200) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
+        assert!(child.try_wait().unwrap().is_none(), "the agent exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let log = output_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("older than 1 days"),
+        "BACKUP_RETENTION_DAYS is shown: {log}"
+    );
+    assert!(
+        log.lines().filter(|l| l.contains("prune done")).count() >= 2,
+        "{log}"
+    );
+    assert!(
+        log.lines().filter(|l| l.contains("backup done")).count() >= 2,
+        "BACKUP_INTERVAL=1 means every second: {log}"
+    );
+    assert!(!log.contains("job failed"), "{log}");
+}
