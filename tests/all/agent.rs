@@ -18,6 +18,36 @@ fn http_get(port: u16, path: &str) -> Option<u16> {
     reply.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Starts `firedrill agent` (info logs, only the given template variables)
+/// and waits until it answers /ready.
+fn start_agent(config: &std::path::Path, port: u16, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"));
+    cmd.args(["agent", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info");
+    for k in [
+        "DATABASE_URL",
+        "S3_BUCKET",
+        "BACKUP_INTERVAL",
+        "BACKUP_RETENTION_DAYS",
+        "VERIFY_INTERVAL",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while http_get(port, "/ready") != Some(200) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
+        assert!(child.try_wait().unwrap().is_none(), "the agent exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 #[test]
 fn config_check_names_the_bad_setting_and_hides_secrets() {
     let dir = harness::tempdir("config");
@@ -96,21 +126,7 @@ fn an_agent_backs_up_drills_and_prunes_on_schedule_until_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .env_remove("DATABASE_URL")
-        .env_remove("S3_BUCKET")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while http_get(port, "/ready") != Some(200) {
-        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
-        assert!(child.try_wait().unwrap().is_none(), "the agent exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start_agent(&config, port, &[]);
     assert_eq!(http_get(port, "/health"), Some(200));
     assert_eq!(http_get(port, "/nope"), Some(404));
     // Let it go through several rounds.
@@ -208,21 +224,11 @@ fn backup_retention_days_prunes_through_the_built_in_age_policy() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .env("BACKUP_RETENTION_DAYS", "1")
-        .env("BACKUP_INTERVAL", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while http_get(port, "/ready") != Some(200) {
-        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
-        assert!(child.try_wait().unwrap().is_none(), "the agent exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_agent(
+        &config,
+        port,
+        &[("BACKUP_RETENTION_DAYS", "1"), ("BACKUP_INTERVAL", "1")],
+    );
     std::thread::sleep(Duration::from_secs(4));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait_with_output().unwrap();

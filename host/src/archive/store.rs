@@ -89,10 +89,6 @@ impl Store {
         &self.display
     }
 
-    pub fn operator(&self) -> &Operator {
-        &self.op
-    }
-
     fn err(&self, path: &str, e: opendal::Error) -> ArchiveError {
         if e.kind() == opendal::ErrorKind::NotFound {
             ArchiveError::Missing {
@@ -121,10 +117,6 @@ impl Store {
             .await
             .map(|b| b.to_vec())
             .map_err(|e| self.err(path, e))
-    }
-
-    pub async fn exists(&self, path: &str) -> Result<bool, ArchiveError> {
-        self.op.exists(path).await.map_err(|e| self.err(path, e))
     }
 
     /// A multipart writer; nothing is visible at `path` until `close`.

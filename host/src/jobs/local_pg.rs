@@ -127,10 +127,6 @@ impl LocalCluster {
         self.pid
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn url(&self, db: &str) -> PgUrl {
         PgUrl::parse(&format!("postgres://postgres@127.0.0.1:{}/{db}", self.port))
             .expect("a valid URL")

@@ -160,10 +160,6 @@ impl Runtime {
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.inner.engine
-    }
-
     pub fn max_memory(&self) -> u64 {
         self.inner.options.max_memory
     }

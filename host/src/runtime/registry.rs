@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct PluginSet {
-    dir: PathBuf,
     plugins: Vec<Arc<Plugin>>,
 }
 
@@ -87,14 +86,7 @@ impl PluginSet {
         if !errors.is_empty() {
             return Err(LoadErrors(errors));
         }
-        Ok(PluginSet {
-            dir: dir.to_path_buf(),
-            plugins,
-        })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        Ok(PluginSet { plugins })
     }
 
     pub fn all(&self) -> &[Arc<Plugin>] {

@@ -53,10 +53,6 @@ impl Policies {
             .clone()
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The problems of the last failed reload, until a reload succeeds.
     pub fn last_error(&self) -> Option<String> {
         self.last_error
