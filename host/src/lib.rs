@@ -8,5 +8,6 @@ pub mod api;
 pub mod archive;
 pub mod caps;
 pub mod config;
+pub mod coord;
 pub mod jobs;
 pub mod runtime;

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Signed API tokens: issue, revoke, make a key pair.
+    Token {
+        #[command(subcommand)]
+        command: cli::token::Command,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { dir, json },
         } => cli::policy::check(&dir, json),
+        Command::Token { command } => cli::token::run(command),
     };
     match result {
         Ok(code) => code,

@@ -4,49 +4,8 @@
 //! cleanly.
 
 use crate::backup_restore::seeded;
-use crate::harness::{self, firedrill, output_text};
-use std::io::{Read, Write};
+use crate::harness::{self, firedrill, http_get, output_text, start_agent};
 use std::time::{Duration, Instant};
-
-fn http_get(port: u16, path: &str) -> Option<u16> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).ok()?;
-    reply.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Starts `firedrill agent` (info logs, only the given template variables)
-/// and waits until it answers /ready.
-fn start_agent(config: &std::path::Path, port: u16, env: &[(&str, &str)]) -> std::process::Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"));
-    cmd.args(["agent", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info");
-    for k in [
-        "DATABASE_URL",
-        "S3_BUCKET",
-        "BACKUP_INTERVAL",
-        "BACKUP_RETENTION_DAYS",
-        "VERIFY_INTERVAL",
-    ] {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while http_get(port, "/ready") != Some(200) {
-        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
-        assert!(child.try_wait().unwrap().is_none(), "the agent exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
 #[test]
 fn config_check_names_the_bad_setting_and_hides_secrets() {

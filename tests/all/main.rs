@@ -4,6 +4,7 @@
 mod harness;
 
 mod agent;
+mod api;
 mod backup_restore;
 mod builtin_plugins;
 mod caps_keyvalue;
@@ -11,6 +12,7 @@ mod caps_sql;
 mod cli;
 mod code_cache;
 mod drills;
+mod fleet;
 mod hostile_plugins;
 mod policies;
 mod reload;

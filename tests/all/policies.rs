@@ -4,13 +4,14 @@
 use crate::harness;
 use firedrill::runtime::{PluginSet, World};
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "planner-all",
     "verifier-sql",
     "retention-count",
     "retention-age",
     "retention-gfs",
     "authorizer-token",
+    "authorizer-signed",
     "redactor-urls",
 ];
 
@@ -35,7 +36,10 @@ fn shipped_policies() -> std::path::PathBuf {
 
 #[test]
 fn the_shipped_policies_load_one_per_world() {
-    std::env::set_var("FIREDRILL_API_TOKEN", "shipped-test-token");
+    std::env::set_var(
+        "FIREDRILL_TOKEN_KEY",
+        "shipped-test-key-of-at-least-32-bytes",
+    );
     let set = PluginSet::load_dir(&harness::runtime(), &shipped_policies()).unwrap();
     for w in World::ALL {
         assert_eq!(set.of_world(w).count(), 1, "{w}");
@@ -60,7 +64,10 @@ fn one_bad_policy_fails_the_whole_set_naming_each_problem() {
         "world = \"retention\"\nwasm = \"nope.wasm\"\n",
     )
     .unwrap();
-    std::env::set_var("FIREDRILL_API_TOKEN", "shipped-test-token");
+    std::env::set_var(
+        "FIREDRILL_TOKEN_KEY",
+        "shipped-test-key-of-at-least-32-bytes",
+    );
     let errors = PluginSet::load_dir(&harness::runtime(), &dir)
         .err()
         .expect("must fail")

@@ -1,16 +1,37 @@
-//! The agent's HTTP surface. Today: `/health` (the process answers) and
-//! `/ready` (start-up finished and not shutting down). The authenticated `/v1`
-//! API grows here.
+//! The agent's HTTP API (hyper, HTTP/1.1).
 //!
-//! Invariant: nothing here blocks a job; a slow or hostile client costs one
-//! task, bounded by a read timeout and a request-size cap.
+//! Outside `/v1`, unauthenticated: `/health` (the process answers), `/ready`
+//! (start-up finished, not shutting down), `/metrics` (Prometheus text).
+//! Under `/v1` every request first goes through the authorizer plugin
+//! (`auth.rs`) and then through the route table (`routes.rs`), which names
+//! the role each route needs (viewer < operator < admin). Errors have one
+//! shape: `{"error": {"status", "code", "message", "request_id"}}`.
+//!
+//! Invariants: no `/v1` request reaches a handler without an authorizer's
+//! allow and a sufficient role, and every decision is audited; with no
+//! authorizer loaded, or one that fails or overruns its deadline, the answer
+//! is 503 (fail closed); nothing here blocks a job; request bodies are
+//! capped and headers must arrive within a timeout.
 
+mod auth;
+mod routes;
+mod sse;
+
+pub use auth::{Audit, AuthStats};
+
+use crate::caps::keyvalue::KvTarget;
+use crate::jobs::scheduler::Agent;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// The largest request body accepted (JSON job requests are tiny).
+const MAX_BODY: usize = 64 * 1024;
 
 /// Shared with the agent: flipped to ready after start-up, back on shutdown.
 #[derive(Debug, Default)]
@@ -25,65 +46,202 @@ impl Readiness {
     }
 }
 
+/// How `/v1` requests are authorized.
+pub enum Authorization {
+    /// The first `authorizer` plugin of the agent's policies (hot-reloaded).
+    Plugins,
+    /// No checks at all: only for benchmarks measuring the API without it.
+    Disabled,
+}
+
+/// Everything a request handler can reach.
+pub struct ApiState {
+    pub agent: Arc<Agent>,
+    pub ready: Arc<Readiness>,
+    pub authorization: Authorization,
+    /// Redis for the authorizer's keyvalue grant (revocations, rate limits).
+    pub keyvalue: Option<KvTarget>,
+    pub audit: Audit,
+    pub auth: AuthStats,
+    requests: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl ApiState {
+    pub fn new(
+        agent: Arc<Agent>,
+        ready: Arc<Readiness>,
+        authorization: Authorization,
+        keyvalue: Option<KvTarget>,
+        audit: Audit,
+    ) -> Arc<ApiState> {
+        Arc::new(ApiState {
+            agent,
+            ready,
+            authorization,
+            keyvalue,
+            audit,
+            auth: AuthStats::default(),
+            requests: AtomicU64::new(0),
+            next_id: AtomicU64::new(rand::random::<u32>() as u64),
+        })
+    }
+
+    fn request_id(&self) -> String {
+        format!("req-{:012x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// An answer that is not a success, in the API's one error shape.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 => "bad_request",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            409 => "conflict",
+            413 => "payload_too_large",
+            429 => "rate_limited",
+            503 => "unavailable",
+            _ => "error",
+        }
+    }
+
+    fn into_response(self, request_id: &str) -> Response<Body> {
+        let body = serde_json::json!({"error": {
+            "status": self.status.as_u16(),
+            "code": self.code(),
+            "message": self.message,
+            "request_id": request_id,
+        }});
+        let mut r = json(self.status, &body);
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert("retry-after", s.into());
+        }
+        r
+    }
+}
+
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let mut bytes = serde_json::to_vec(value).expect("API bodies serialize");
+    bytes.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from(bytes))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .expect("a valid response")
+}
+
 /// Binds `addr` and serves until the returned task is aborted.
 pub async fn serve(
     addr: SocketAddr,
-    ready: Arc<Readiness>,
+    state: Arc<ApiState>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                // Read the request line and headers, at most 4 KiB, for at most 5 s.
-                let read = tokio::time::timeout(Duration::from_secs(5), async {
-                    while n < buf.len() {
-                        let m = sock.read(&mut buf[n..]).await?;
-                        if m == 0 {
-                            break;
-                        }
-                        n += m;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    Ok::<_, std::io::Error>(())
-                })
-                .await;
-                if !matches!(read, Ok(Ok(()))) {
-                    return;
+            let (sock, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!("api: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let mut parts = request.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let (status, body) = match (method, path) {
-                    ("GET" | "HEAD", "/health") => ("200 OK", "{\"status\":\"ok\"}"),
-                    ("GET" | "HEAD", "/ready") if ready.get() => {
-                        ("200 OK", "{\"status\":\"ready\"}")
-                    }
-                    ("GET" | "HEAD", "/ready") => {
-                        ("503 Service Unavailable", "{\"status\":\"not ready\"}")
-                    }
-                    ("GET" | "HEAD", _) => ("404 Not Found", "{\"error\":\"not found\"}"),
-                    _ => (
-                        "405 Method Not Allowed",
-                        "{\"error\":\"method not allowed\"}",
-                    ),
-                };
-                let reply = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-                    body.len(),
-                    if method == "HEAD" { "" } else { body }
-                );
-                let _ = sock.write_all(reply.as_bytes()).await;
+            };
+            let _ = sock.set_nodelay(true);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(state, peer, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
+                let _ = conn.await;
             });
         }
     });
     Ok((local, task))
+}
+
+async fn handle(
+    state: Arc<ApiState>,
+    peer: SocketAddr,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| state.request_id());
+    let mut response = match routes::route(&state, peer, &request_id, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(&request_id),
+    };
+    if let Ok(v) = request_id.parse() {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// Reads a JSON body (at most [`MAX_BODY`]); an empty body reads as `{}`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<hyper::body::Incoming>,
+) -> Result<T, ApiError> {
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                413,
+                format!("the request body is over {MAX_BODY} bytes or broken"),
+            )
+        })?
+        .to_bytes();
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(text).map_err(|e| {
+        ApiError::new(
+            400,
+            format!("the request body is not the expected JSON: {e}"),
+        )
+    })
 }

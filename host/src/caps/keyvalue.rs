@@ -1,7 +1,9 @@
 //! `wasi:keyvalue/store` and `wasi:keyvalue/atomics` on Redis, scoped to key
 //! prefixes.
 //!
-//! Grant: `keyvalue = { prefixes = ["ratelimit:", "revoked:"] }`. The plugin
+//! Grant: `keyvalue = { prefixes = ["ratelimit:", "revoked:"], expire = "10m" }`.
+//! With `expire`, every key the plugin writes (set, increment) expires that
+//! long after it was first written, so counters cannot pile up. The plugin
 //! opens the bucket `""` (or `"default"`); every key it touches must start
 //! with a granted prefix, or the call answers `access-denied`. In Redis the
 //! key lives under the agent's namespace (`firedrill:` unless configured), so
@@ -23,7 +25,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(deny_unknown_fields)]
 pub struct KeyvalueGrant {
     pub prefixes: Vec<String>,
+    /// How long written keys live, e.g. "10m"; none keeps them.
+    #[serde(default)]
+    pub expire: Option<String>,
 }
+
+/// INCRBY, and an expiry on a key that has none (one round trip, atomic).
+const INCREMENT_EXPIRING: &str = "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return v";
 
 impl KeyvalueGrant {
     /// A problem with the grant itself, for the policy loader.
@@ -31,12 +39,24 @@ impl KeyvalueGrant {
         if self.prefixes.is_empty() {
             return Some("`prefixes` is empty: grant at least one key prefix".into());
         }
+        if let Some(e) = &self.expire {
+            if humantime::parse_duration(e).map_or(true, |d| d.as_millis() == 0) {
+                return Some(format!("`expire` {e:?} is not a duration (e.g. 10m)"));
+            }
+        }
         if self.prefixes.iter().any(|p| p.is_empty()) {
             return Some(
                 "an empty prefix would grant every key; name a prefix such as \"myplugin:\"".into(),
             );
         }
         None
+    }
+
+    fn expire_ms(&self) -> Option<u64> {
+        let e = self.expire.as_deref()?;
+        humantime::parse_duration(e)
+            .ok()
+            .map(|d| d.as_millis() as u64)
     }
 
     fn allows(&self, key: &str) -> bool {
@@ -189,8 +209,12 @@ impl store::HostBucket for KeyvalueCap {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
+        let expire = self.grant.as_ref().and_then(|g| g.expire_ms());
         Ok(self.run(&key, |c, k| {
             c.arg("SET").arg(k).arg(value);
+            if let Some(ms) = expire {
+                c.arg("PX").arg(ms);
+            }
         }))
     }
 
@@ -255,8 +279,19 @@ impl atomics::Host for KeyvalueCap {
         key: String,
         delta: u64,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        Ok(self.run(&key, |c, k| {
-            c.arg("INCRBY").arg(k).arg(delta);
+        let expire = self.grant.as_ref().and_then(|g| g.expire_ms());
+        Ok(self.run(&key, |c, k| match expire {
+            None => {
+                c.arg("INCRBY").arg(k).arg(delta);
+            }
+            Some(ms) => {
+                c.arg("EVAL")
+                    .arg(INCREMENT_EXPIRING)
+                    .arg(1)
+                    .arg(k)
+                    .arg(delta)
+                    .arg(ms);
+            }
         }))
     }
 }
@@ -279,16 +314,22 @@ mod tests {
     fn prefixes_scope_keys() {
         let g = KeyvalueGrant {
             prefixes: vec!["rl:".into(), "revoked:".into()],
+            expire: None,
         };
         assert!(g.allows("rl:alice") && g.allows("revoked:42"));
         assert!(!g.allows("r") && !g.allows("other:rl:x"));
         assert!(g.problem().is_none());
-        assert!(KeyvalueGrant { prefixes: vec![] }.problem().is_some());
-        assert!(KeyvalueGrant {
-            prefixes: vec!["".into()]
-        }
-        .problem()
-        .is_some());
+        let grant = |prefixes: Vec<&str>, expire: Option<&str>| KeyvalueGrant {
+            prefixes: prefixes.into_iter().map(String::from).collect(),
+            expire: expire.map(String::from),
+        };
+        assert!(grant(vec![], None).problem().is_some());
+        assert!(grant(vec![""], None).problem().is_some());
+        assert!(grant(vec!["a:"], Some("soon"))
+            .problem()
+            .unwrap()
+            .contains("expire"));
+        assert_eq!(grant(vec!["a:"], Some("2m")).expire_ms(), Some(120_000));
     }
 
     #[test]
@@ -301,6 +342,7 @@ mod tests {
         ));
         let grant = KeyvalueGrant {
             prefixes: vec!["ok:".into()],
+            expire: None,
         };
         // The target points nowhere: a denied key must be refused without connecting.
         let target = KvTarget::new("redis://127.0.0.1:1/", "t:").unwrap();

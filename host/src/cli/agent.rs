@@ -1,7 +1,9 @@
 //! `firedrill agent` and `firedrill config check`.
 
 use anyhow::Context;
+use firedrill::api::{ApiState, Audit, Authorization, Readiness};
 use firedrill::archive::Store;
+use firedrill::caps::keyvalue::KvTarget;
 use firedrill::config::Config;
 use firedrill::jobs::drill;
 use firedrill::jobs::scheduler::Agent;
@@ -71,10 +73,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.store_url, &config.s3)?;
     let rt = super::runtime(4)?;
     rt.block_on(async move {
-        let ready = Arc::new(firedrill::api::Readiness::default());
-        let (addr, server) = firedrill::api::serve(config.listen, ready.clone())
+        let coord = firedrill::coord::Coordinator::new(config.coordination.clone())
             .await
-            .with_context(|| format!("agent.listen: cannot listen on {}", config.listen))?;
+            .context("coordination.redis_url")?;
+        let keyvalue = match &config.coordination.redis_url {
+            Some(url) => Some(
+                KvTarget::new(url, &format!("{}plugin:", config.coordination.namespace))
+                    .context("coordination.redis_url")?,
+            ),
+            None => None,
+        };
+        let audit = Audit::open(config.audit_log.as_deref()).with_context(|| {
+            format!(
+                "api.audit_log: cannot open {:?} for appending",
+                config.audit_log
+            )
+        })?;
         let _watch = match &policies {
             Some(p) => Some(
                 p.watch(config.reload_debounce)
@@ -83,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => None,
         };
         eprint!("{}", config.describe());
-        tracing::info!(%addr, sources = config.sources.len(), "agent started");
+        let listen = config.listen;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let agent = Arc::new(Agent::new(
             config,
@@ -91,7 +105,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             policies,
             fallback_retention,
             assertions,
+            coord,
         ));
+        let ready = Arc::new(Readiness::default());
+        let state = ApiState::new(
+            agent.clone(),
+            ready.clone(),
+            Authorization::Plugins,
+            keyvalue,
+            audit,
+        );
+        let (addr, server) = firedrill::api::serve(listen, state)
+            .await
+            .with_context(|| format!("agent.listen: cannot listen on {listen}"))?;
+        tracing::info!(%addr, sources = agent.config().sources.len(), "agent started");
         let running = tokio::spawn(agent.clone().run(stop_rx));
         ready.set(true);
         use tokio::signal::unix::{signal, SignalKind};

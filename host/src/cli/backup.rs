@@ -101,6 +101,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         globals: !args.no_globals,
         role_passwords: args.role_passwords,
         planner,
+        guard: None,
+        progress: Default::default(),
     };
     let summary = rt
         .block_on(backup::run(&store, &opts))

@@ -96,6 +96,8 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
         globals: true,
         role_passwords: false,
         planner: None,
+        guard: None,
+        progress: Default::default(),
     };
     let b = rt.block_on(backup::run(&store, &opts))?;
     println!(
@@ -120,6 +122,8 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
         source: None,
         verifiers,
         assertions: vec![],
+        guard: None,
+        progress: Default::default(),
     };
     let session = DrillSession::new();
     let report = rt.block_on(drill::run(

@@ -85,6 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         source: args.source.clone(),
         verifiers,
         assertions,
+        guard: None,
+        progress: Default::default(),
     };
     let session = DrillSession::new();
     let rt = super::runtime(args.jobs)?;

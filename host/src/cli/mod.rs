@@ -9,6 +9,7 @@ pub mod plugin;
 pub mod policy;
 pub mod prune;
 pub mod restore;
+pub mod token;
 
 use firedrill::archive::{S3Options, Store};
 

@@ -44,6 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         force: args.force,
         database: args.database,
         comment: None,
+        progress: Default::default(),
     };
     let rt = super::runtime(args.jobs)?;
     let summary = rt.block_on(async {

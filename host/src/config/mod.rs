@@ -13,6 +13,15 @@
 //!
 //! [drill]
 //! target = "local"                   # or a drill server's URL
+//! quota = 2                          # drills at once across the fleet
+//!
+//! [coordination]                     # omit for a single node
+//! redis_url = "redis://:password@redis:6379/0"   # or FIREDRILL_REDIS_URL
+//! namespace = "firedrill:"
+//! lease = "30s"
+//!
+//! [api]
+//! audit_log = "/var/log/firedrill/audit.jsonl"   # default: the log, target "audit"
 //!
 //! [retention]
 //! min_age = "1h"
@@ -74,6 +83,10 @@ struct RawConfig {
     drill: RawDrill,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    coordination: RawCoordination,
+    #[serde(default)]
+    api: RawApi,
     #[serde(default, rename = "source")]
     sources: Vec<RawSource>,
 }
@@ -103,6 +116,22 @@ struct RawDrill {
     jobs: Option<usize>,
     pick: Option<String>,
     assertions: Option<PathBuf>,
+    quota: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoordination {
+    redis_url: Option<String>,
+    namespace: Option<String>,
+    lease: Option<String>,
+    stream_len: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +173,10 @@ pub struct Config {
     pub max_deletions: usize,
     /// Prune by age with the built-in policy (BACKUP_RETENTION_DAYS).
     pub retention_days: Option<u32>,
+    /// Locks, quota and events; single-node when `redis_url` is none.
+    pub coordination: crate::coord::CoordOptions,
+    /// Where each API authorization decision is appended (JSON lines).
+    pub audit_log: Option<PathBuf>,
     pub sources: Vec<SourceConfig>,
 }
 
@@ -215,6 +248,7 @@ impl Config {
             ("S3_REGION", &mut raw.store.s3_region),
             ("S3_ACCESS_KEY_ID", &mut raw.store.s3_access_key_id),
             ("S3_SECRET_ACCESS_KEY", &mut raw.store.s3_secret_access_key),
+            ("FIREDRILL_REDIS_URL", &mut raw.coordination.redis_url),
         ] {
             if let Some(v) = var(k) {
                 *slot = Some(v);
@@ -371,6 +405,51 @@ impl Config {
                 },
             });
         }
+        let mut coordination = crate::coord::CoordOptions::default();
+        if let Some(url) = raw.coordination.redis_url.filter(|u| !u.is_empty()) {
+            let parsed = url::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "redis" | "rediss"));
+            if parsed.is_none() {
+                return Err(bad(
+                    "coordination.redis_url",
+                    format!(
+                        "{:?}: expected redis://[user:password@]host:port/db",
+                        redact_url(&url)
+                    ),
+                ));
+            }
+            coordination.redis_url = Some(url);
+        }
+        if let Some(ns) = raw.coordination.namespace {
+            if ns.is_empty() || ns.contains(char::is_whitespace) {
+                return Err(bad(
+                    "coordination.namespace",
+                    format!("{ns:?}: a non-empty prefix without spaces, e.g. \"firedrill:\""),
+                ));
+            }
+            coordination.namespace = ns;
+        }
+        coordination.lease = duration(
+            "coordination.lease",
+            raw.coordination.lease,
+            coordination.lease,
+        )?;
+        if coordination.lease < Duration::from_secs(1) {
+            return Err(bad(
+                "coordination.lease",
+                "at least 1s: renewals run every third of it",
+            ));
+        }
+        if let Some(n) = raw.coordination.stream_len {
+            coordination.stream_len = n.max(1);
+        }
+        if let Some(q) = raw.drill.quota {
+            if q == 0 {
+                return Err(bad("drill.quota", "0 would never drill; at least 1"));
+            }
+            coordination.drill_quota = q;
+        }
         Ok(Config {
             listen,
             policies: raw.agent.policies,
@@ -402,6 +481,8 @@ impl Config {
             )?,
             max_deletions: raw.retention.max_deletions.unwrap_or(10),
             retention_days: raw.retention.days,
+            coordination,
+            audit_log: raw.api.audit_log,
             sources,
         })
     }
@@ -421,6 +502,17 @@ impl Config {
             self.max_deletions,
             self.retention_days.map(|d| format!(", older than {d} days")).unwrap_or_default()
         );
+        let c = &self.coordination;
+        out.push_str(&match &c.redis_url {
+            None => "coord      single node (in-process locks)\n".to_string(),
+            Some(u) => format!(
+                "coord      {} namespace {:?}, lease {}, {} drills at once\n",
+                redact_url(u),
+                c.namespace,
+                humantime::format_duration(c.lease),
+                c.drill_quota
+            ),
+        });
         for s in &self.sources {
             out.push_str(&format!(
                 "source     {}: {} (backup {:?}, drill {:?}, prune {:?})\n",
@@ -439,7 +531,7 @@ impl Config {
     }
 }
 
-fn redact_url(s: &str) -> String {
+pub fn redact_url(s: &str) -> String {
     match url::Url::parse(s) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -31,9 +31,26 @@ impl Schedule {
     }
 
     /// Seconds from `now` (unix seconds) to the next run.
+    /// The slot `now` falls in: its start. Intervals are aligned to the
+    /// epoch, so every agent of a fleet names the same slot; a cron slot is
+    /// its minute.
+    pub fn slot_of(&self, now: i64) -> i64 {
+        match self {
+            Schedule::Every(d) => {
+                let d = d.as_secs().max(1) as i64;
+                now - now.rem_euclid(d)
+            }
+            Schedule::Cron(_) => now - now.rem_euclid(60),
+        }
+    }
+
+    /// How long from `now` until the next slot starts.
     pub fn wait_from(&self, now: i64) -> Duration {
         match self {
-            Schedule::Every(d) => *d,
+            Schedule::Every(d) => {
+                let secs = d.as_secs().max(1) as i64;
+                Duration::from_secs((secs - now.rem_euclid(secs)) as u64)
+            }
             Schedule::Cron(c) => {
                 Duration::from_secs(c.next_after(now).saturating_sub(now).max(1) as u64)
             }
@@ -168,6 +185,18 @@ mod tests {
         );
         assert!(Schedule::parse("0").is_err());
         assert!(Schedule::parse("often").unwrap_err().contains("cron"));
+    }
+
+    #[test]
+    fn every_agent_of_a_fleet_names_the_same_slot() {
+        let hourly = Schedule::parse("1h").unwrap();
+        // Agents waking at different seconds of the same hour agree on its slot.
+        assert_eq!(hourly.slot_of(T + 5), T);
+        assert_eq!(hourly.slot_of(T + 3599), T);
+        assert_eq!(hourly.slot_of(T + 3600), T + 3600);
+        assert_eq!(hourly.wait_from(T + 600), Duration::from_secs(3000));
+        let cron = Schedule::parse("cron: */15 * * * *").unwrap();
+        assert_eq!(cron.slot_of(T + 59), T);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! backup; passwords never reach a command line or a message.
 
 use super::pg::{ident, PgUrl, Tool};
+use super::status::Progress;
 use super::JobError;
 use crate::archive::manifest::{
     self, Chunk, Compression, DatabaseEntry, Manifest, SequenceEntry, TableEntry, TableMode,
@@ -20,6 +21,7 @@ use crate::archive::{ObjectRef, ObjectWriter, Store};
 use crate::caps::sql::{SqlScope, SqlTarget};
 use crate::caps::types::{self as wit, DatabaseInfo, DumpPlan};
 use crate::caps::CallContext;
+use crate::coord::CommitGuard;
 use crate::runtime::Plugin;
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -44,6 +46,10 @@ pub struct BackupOptions {
     pub role_passwords: bool,
     /// The dump-planner plugin; none dumps everything.
     pub planner: Option<Arc<Plugin>>,
+    /// The lease this backup runs under: its token goes into the manifest,
+    /// and the manifest is written only while the lease is still held.
+    pub guard: Option<CommitGuard>,
+    pub progress: Arc<Progress>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,9 +104,13 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
             seconds,
         },
         plugins: opts.planner.iter().map(|p| p.version()).collect(),
-        fencing_token: None,
+        fencing_token: opts.guard.as_ref().map(|g| g.token()),
     };
     let body = serde_json::to_vec_pretty(&m).expect("a manifest serializes");
+    opts.progress.phase("committing");
+    if let Some(guard) = &opts.guard {
+        guard.check().await?;
+    }
     // The commit: until this object exists, the backup does not.
     store
         .put(&format!("{dir}{}", manifest::MANIFEST), body)
@@ -205,6 +215,8 @@ async fn dump_database(
     if version_num >= TID_RANGE_SCANS && opts.jobs > 1 {
         jobs = split_large_tables(jobs, &extras, opts.jobs, opts.chunk_bytes);
     }
+    opts.progress.phase(format!("copying the tables of {db}"));
+    opts.progress.add_total(jobs.len() as u64);
     let sequences = sequences(&leader, &db, &excluded, &plan.exclude_schemas).await?;
     let db_dir = format!("{dir}{}/", manifest::path_segment(&db));
     let queue: Arc<Mutex<VecDeque<Job>>> = Arc::new(Mutex::new(jobs.into_iter().collect()));
@@ -631,6 +643,9 @@ async fn copy_worker(
         if job.mode == TableMode::Full {
             copy_table(store, db_dir, &client, &db, &job, &mut entry, opts).await?;
         }
+        opts.progress.add_done(1);
+        opts.progress
+            .add_bytes(entry.chunks.iter().map(|c| c.object.size).sum());
         done.push(entry);
     }
     let _ = client.batch_execute("COMMIT").await;

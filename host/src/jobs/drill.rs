@@ -17,12 +17,14 @@
 use super::local_pg::LocalCluster;
 use super::pg::{ident, PgUrl};
 use super::restore::{self, RestoreOptions};
+use super::status::Progress;
 use super::JobError;
 use crate::archive::manifest::{self, DatabaseEntry, Manifest, TableMode};
 use crate::archive::{self as arch, ObjectReader, Store};
 use crate::caps::sql::{SqlScope, SqlTarget};
 use crate::caps::types::{self as wit, CheckStatus};
 use crate::caps::CallContext;
+use crate::coord::CommitGuard;
 use crate::runtime::Plugin;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -66,6 +68,9 @@ pub struct DrillOptions {
     pub source: Option<String>,
     pub verifiers: Vec<Arc<Plugin>>,
     pub assertions: Vec<Assertion>,
+    /// The lease this drill runs under: the report is written only while it is held.
+    pub guard: Option<CommitGuard>,
+    pub progress: Arc<Progress>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,6 +219,9 @@ pub async fn run(
         compact_time(report.started)
     );
     report.report = path.clone();
+    if let Some(guard) = &opts.guard {
+        guard.check().await?;
+    }
     store
         .put(
             &path,
@@ -315,6 +323,7 @@ async fn drill(
             force: false,
             database: Some(entry.name.clone()),
             comment: Some(marker()),
+            progress: opts.progress.clone(),
         };
         restore::run(store, manifest, &ropts).await?;
         let seconds = clock.elapsed().as_secs_f64();
@@ -324,6 +333,7 @@ async fn drill(
         } else {
             String::new()
         };
+        opts.progress.phase(format!("checking {drill_db}"));
         let client = target.connect().await?;
         let counts = builtin_checks(&client, &drill_db, entry, &prefix, &mut report.checks).await?;
         report.databases.push(DrilledDatabase {

@@ -3,6 +3,9 @@
 //!
 //! - `backup`: a consistent, parallel, streaming dump of a server's databases.
 //! - `restore`: one database of a backup into a new (or emptied) database.
+//! - `drill`, `prune`: prove a backup; delete the ones a retention policy lets go.
+//! - `scheduler`: the agent's loops and every job's one way to run (lease, events, status).
+//! - `status`: job records and progress for the API.
 //! - `pg`: connection URLs, client tools, quoting.
 //!
 //! Invariant: a job's failure names what failed (the object, the table, the
@@ -15,6 +18,7 @@ pub mod pg;
 pub mod prune;
 pub mod restore;
 pub mod scheduler;
+pub mod status;
 
 use crate::archive::ArchiveError;
 use crate::runtime::CallError;
@@ -41,6 +45,8 @@ pub enum JobError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Plugin(#[from] CallError),
+    #[error(transparent)]
+    Coord(#[from] crate::coord::CoordError),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -8,6 +8,7 @@
 //! existing database that holds anything is never touched without `force`.
 
 use super::pg::{ident, PgUrl, Tool};
+use super::status::Progress;
 use super::JobError;
 use crate::archive::manifest::{DatabaseEntry, Manifest, TableEntry, TableMode};
 use crate::archive::{ArchiveError, ObjectReader, ObjectRef, Store};
@@ -29,6 +30,8 @@ pub struct RestoreOptions {
     pub database: Option<String>,
     /// Set as the created database's comment (drills mark theirs).
     pub comment: Option<String>,
+    /// Moved per chunk loaded (steps are chunks).
+    pub progress: Arc<Progress>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,9 +189,12 @@ async fn load(
         .filter(|t| t.mode == TableMode::Full)
         .flat_map(|t| (0..t.chunks.len()).map(move |i| (t.clone(), i)))
         .collect();
+    opts.progress
+        .phase(format!("loading {}", opts.target.database()));
+    opts.progress.add_total(queue.len() as u64);
     let queue = Arc::new(Mutex::new(queue));
-    let workers =
-        (0..opts.jobs.max(1)).map(|_| load_worker(store, dir, &opts.target, queue.clone()));
+    let workers = (0..opts.jobs.max(1))
+        .map(|_| load_worker(store, dir, &opts.target, queue.clone(), &opts.progress));
     let counts = futures::future::try_join_all(workers).await?;
     set_sequences(entry, &opts.target).await?;
     apply_sql(store, dir, &entry.post_data, &opts.target).await?;
@@ -264,6 +270,7 @@ async fn load_worker(
     dir: &str,
     target: &PgUrl,
     queue: Arc<Mutex<VecDeque<(TableEntry, usize)>>>,
+    progress: &Progress,
 ) -> Result<(u64, u64), JobError> {
     let db = target.database();
     let mut client = target.connect().await?;
@@ -311,6 +318,8 @@ async fn load_worker(
             .map_err(|e| JobError::sql(&db, "commit", e))?;
         rows += chunk.rows;
         bytes += chunk.object.size;
+        progress.add_done(1);
+        progress.add_bytes(chunk.object.size);
     }
     Ok((rows, bytes))
 }

@@ -1,36 +1,86 @@
-//! The agent: every source's backups, drills and prunes on their schedules.
+//! The agent: every source's backups, drills and prunes on their schedules,
+//! and the jobs the API asks for; both run through [`Agent::execute`].
 //!
-//! One task per (source, job kind); the jobs of one source take turns (a
-//! per-source lock), so they never overlap. A failed job is logged and
-//! counted, and the next tick tries again: the loop never dies of one
-//! failure. On shutdown the step in progress is dropped where it stands: a
-//! backup without its manifest is not a backup, a drill's database is dropped
-//! by its session; then `run` returns.
+//! One task per (source, job kind). Each tick names its slot; the job takes
+//! the (job, source) lease for that slot (a Redis lock across the fleet, or
+//! in-process), so of several agents on the same source exactly one runs a
+//! slot, and the others skip it once it is done or take it over if the
+//! holder dies. Drills also wait for a place in the fleet's drill quota.
+//! The jobs of one source take turns on this agent (a per-source lock), so
+//! they never overlap here. A failed job is logged, counted and published,
+//! and the next tick tries again: the loop never dies of one failure. On
+//! shutdown the step in progress is dropped where it stands: a backup
+//! without its manifest is not a backup, a drill's database is dropped by
+//! its session; then `run` returns.
 
 use super::backup::{self, BackupOptions};
-use super::drill::{self, DrillOptions, DrillSession, DrillTarget};
+use super::drill::{self, DrillOptions, DrillSession, DrillTarget, Pick};
+use super::pg::PgUrl;
 use super::prune::{self, PruneOptions};
+use super::restore::{self, RestoreOptions};
+use super::status::{JobRecord, JobTable, Kind, State};
 use super::JobError;
-use crate::archive::Store;
+use crate::archive::{self as arch, Store};
 use crate::config::{Config, DrillTargetConfig, Schedule, SourceConfig};
+use crate::coord::{CommitGuard, Coordinator, Lease};
 use crate::runtime::{Plugin, Policies, World};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{watch, Mutex};
+
+/// How long a job asked for through the API waits for its lease or quota.
+const API_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Default)]
 pub struct AgentStats {
     pub backups: AtomicU64,
     pub drills: AtomicU64,
     pub prunes: AtomicU64,
+    pub restores: AtomicU64,
     pub failures: AtomicU64,
+    /// Runs skipped because another agent ran (or was running) the slot.
+    pub skipped: AtomicU64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Backup,
-    Drill,
-    Prune,
+/// One job to run.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    pub kind: Kind,
+    pub source: String,
+    /// The schedule slot (its start, Unix seconds); none for one-off runs.
+    pub slot: Option<i64>,
+    /// Drill or restore this backup rather than the configured pick.
+    pub backup: Option<String>,
+    /// Restore only: where to.
+    pub target: Option<PgUrl>,
+    /// Prune only: decide, delete nothing.
+    pub dry_run: bool,
+    /// "schedule" or "api:<principal>".
+    pub trigger: String,
+}
+
+impl JobRequest {
+    pub fn new(kind: Kind, source: &str, trigger: &str) -> JobRequest {
+        JobRequest {
+            kind,
+            source: source.into(),
+            slot: None,
+            backup: None,
+            target: None,
+            dry_run: false,
+            trigger: trigger.into(),
+        }
+    }
+}
+
+/// What a job produced, for its record and its event.
+#[derive(Default)]
+struct Outcome {
+    backup: Option<String>,
+    passed: Option<bool>,
+    detail: Option<String>,
 }
 
 pub struct Agent {
@@ -40,6 +90,9 @@ pub struct Agent {
     /// The retention policy to use when the policies directory has none (BACKUP_RETENTION_DAYS).
     fallback_retention: Option<Arc<Plugin>>,
     assertions: Vec<drill::Assertion>,
+    coord: Coordinator,
+    turns: HashMap<String, Arc<Mutex<()>>>,
+    pub jobs: JobTable,
     pub stats: AgentStats,
 }
 
@@ -50,22 +103,43 @@ impl Agent {
         policies: Option<Arc<Policies>>,
         fallback_retention: Option<Arc<Plugin>>,
         assertions: Vec<drill::Assertion>,
+        coord: Coordinator,
     ) -> Agent {
+        let turns = config
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), Arc::default()))
+            .collect();
         Agent {
             config,
             store,
             policies,
             fallback_retention,
             assertions,
+            coord,
+            turns,
+            jobs: JobTable::default(),
             stats: AgentStats::default(),
         }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn coord(&self) -> &Coordinator {
+        &self.coord
+    }
+    pub fn policies(&self) -> Option<&Arc<Policies>> {
+        self.policies.as_ref()
     }
 
     /// Runs every schedule until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let mut tasks = Vec::new();
         for source in self.config.sources.clone() {
-            let turn = Arc::new(Mutex::new(()));
             let jobs = [
                 (Kind::Backup, Some(source.backup.clone())),
                 (Kind::Drill, source.drill.clone()),
@@ -73,10 +147,9 @@ impl Agent {
             ];
             for (kind, schedule) in jobs {
                 let Some(schedule) = schedule else { continue };
-                let (me, source, turn, stop) =
-                    (self.clone(), source.clone(), turn.clone(), shutdown.clone());
+                let (me, source, stop) = (self.clone(), source.clone(), shutdown.clone());
                 tasks.push(tokio::spawn(async move {
-                    me.loop_of(kind, source, schedule, turn, stop).await
+                    me.loop_of(kind, source, schedule, stop).await
                 }));
             }
         }
@@ -90,10 +163,10 @@ impl Agent {
         kind: Kind,
         source: SourceConfig,
         schedule: Schedule,
-        turn: Arc<Mutex<()>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        // Intervals start with a run (a fresh agent backs up at once); cron waits for its minute.
+        // Intervals start with a run (a fresh agent backs up at once, unless
+        // the fleet already did this slot); cron waits for its minute.
         let mut first = matches!(schedule, Schedule::Every(_));
         loop {
             if !first {
@@ -104,22 +177,18 @@ impl Agent {
                 }
             }
             first = false;
-            let _turn = tokio::select! {
-                g = turn.lock() => g,
-                _ = stopped(&mut stop) => return,
-            };
+            let now = crate::archive::manifest::unix_now();
+            let mut req = JobRequest::new(kind, &source.name, "schedule");
+            req.slot = Some(schedule.slot_of(now));
+            // Waiting for the lease is worth it until the next tick.
+            let give_up = schedule.wait_from(now);
+            let record = self.jobs.create(kind, &source.name, "schedule");
             let session = DrillSession::new();
-            let job = self.once(kind, &source, &session);
             tokio::select! {
-                r = job => match r {
-                    Ok(()) => {}
-                    Err(e) => {
-                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(source = %source.name, job = ?kind, "job failed, retrying at the next tick: {e}");
-                    }
-                },
+                _ = self.execute(&req, &record, &session, give_up) => {}
                 _ = stopped(&mut stop) => {
-                    tracing::info!(source = %source.name, job = ?kind, "shutting down: the step in progress is abandoned");
+                    tracing::info!(source = %source.name, job = kind.as_str(), "shutting down: the step in progress is abandoned");
+                    record.finish(State::Failed, None, None, Some("abandoned at shutdown".into()));
                     session.cleanup().await;
                     return;
                 }
@@ -127,19 +196,140 @@ impl Agent {
         }
     }
 
+    /// Starts a job in the background (the API's way in).
+    pub fn spawn(self: &Arc<Self>, req: JobRequest) -> Result<Arc<JobRecord>, JobError> {
+        if !self.turns.contains_key(&req.source) {
+            return Err(JobError::Config(format!(
+                "no source named {:?} in this agent's configuration",
+                req.source
+            )));
+        }
+        let record = self.jobs.create(req.kind, &req.source, &req.trigger);
+        let (me, r) = (self.clone(), record.clone());
+        tokio::spawn(async move {
+            let session = DrillSession::new();
+            me.execute(&req, &r, &session, API_WAIT).await;
+        });
+        Ok(record)
+    }
+
+    /// The one way a job runs: its turn, its lease (and quota), the work,
+    /// then the record, the counters and the events. Never fails: the
+    /// outcome is in `record`.
+    pub async fn execute(
+        &self,
+        req: &JobRequest,
+        record: &JobRecord,
+        session: &Arc<DrillSession>,
+        give_up: Duration,
+    ) {
+        let source = &req.source;
+        let job = req.kind.as_str();
+        let _turn = match self.turns.get(source) {
+            Some(t) => t.lock().await,
+            None => {
+                record.finish(
+                    State::Failed,
+                    None,
+                    None,
+                    Some(format!("no source named {source:?}")),
+                );
+                return;
+            }
+        };
+        let lease = match Lease::wait(&self.coord, job, source, req.slot, give_up).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(source = %source, job, "another agent ran this slot (or still holds it): skipped");
+                record.finish(State::Skipped, None, None, None);
+                return;
+            }
+            Err(e) => return self.failed(req, record, e.into()).await,
+        };
+        let _permit = if req.kind == Kind::Drill {
+            match self.coord.drill_permit(give_up).await {
+                Ok(Some(p)) => Some(p),
+                Ok(None) => {
+                    let e = JobError::Config(format!(
+                        "the fleet's drill quota ({} at once) stayed full; try again later",
+                        self.coord.options().drill_quota
+                    ));
+                    let _ = lease.release(None).await;
+                    return self.failed(req, record, e).await;
+                }
+                Err(e) => {
+                    let _ = lease.release(None).await;
+                    return self.failed(req, record, e.into()).await;
+                }
+            }
+        } else {
+            None
+        };
+        record.running();
+        let mut started = self.coord.event(&format!("{job}.started"), source);
+        started.job = Some(record.id.clone());
+        self.coord.publish(&started).await;
+        let result = self.once(req, record, session, lease.guard()).await;
+        match result {
+            Ok(out) => {
+                let _ = lease.release(req.slot).await;
+                let counter = match req.kind {
+                    Kind::Backup => &self.stats.backups,
+                    Kind::Drill => &self.stats.drills,
+                    Kind::Prune => &self.stats.prunes,
+                    Kind::Restore => &self.stats.restores,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let kind = match (req.kind, out.passed) {
+                    (Kind::Drill, Some(true)) => "drill.passed".to_string(),
+                    (Kind::Drill, _) => "drill.failed".to_string(),
+                    _ => format!("{job}.finished"),
+                };
+                let mut ev = self.coord.event(&kind, source);
+                (ev.job, ev.backup, ev.detail) =
+                    (Some(record.id.clone()), out.backup.clone(), out.detail);
+                self.coord.publish(&ev).await;
+                record.finish(State::Succeeded, out.backup, out.passed, None);
+            }
+            Err(e) => {
+                let _ = lease.release(None).await;
+                self.failed(req, record, e).await
+            }
+        }
+    }
+
+    async fn failed(&self, req: &JobRequest, record: &JobRecord, e: JobError) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let job = req.kind.as_str();
+        tracing::error!(source = %req.source, job, "job failed, retrying at the next tick: {e}");
+        let mut ev = self.coord.event(&format!("{job}.failed"), &req.source);
+        (ev.job, ev.detail) = (Some(record.id.clone()), Some(e.to_string()));
+        self.coord.publish(&ev).await;
+        record.finish(State::Failed, None, None, Some(e.to_string()));
+    }
+
     async fn once(
         &self,
-        kind: Kind,
-        source: &SourceConfig,
+        req: &JobRequest,
+        record: &JobRecord,
         session: &Arc<DrillSession>,
-    ) -> Result<(), JobError> {
+        guard: CommitGuard,
+    ) -> Result<Outcome, JobError> {
+        let source = self
+            .config
+            .sources
+            .iter()
+            .find(|s| s.name == req.source)
+            .ok_or_else(|| JobError::Config(format!("no source named {:?}", req.source)))?;
         let set = self.policies.as_ref().map(|p| p.current());
         let of_world = |w: World| -> Vec<Arc<Plugin>> {
             set.as_ref()
                 .map(|s| s.of_world(w).cloned().collect())
                 .unwrap_or_default()
         };
-        match kind {
+        let progress = record.progress.clone();
+        match req.kind {
             Kind::Backup => {
                 let opts = BackupOptions {
                     source: source.name.clone(),
@@ -150,10 +340,16 @@ impl Agent {
                     globals: true,
                     role_passwords: false,
                     planner: of_world(World::DumpPlanner).into_iter().next(),
+                    guard: Some(guard),
+                    progress,
                 };
                 let s = backup::run(&self.store, &opts).await?;
-                self.stats.backups.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(source = %source.name, backup = %s.id, bytes = s.bytes, seconds = s.seconds, "backup done");
+                Ok(Outcome {
+                    detail: Some(format!("{} bytes in {:.1}s", s.bytes, s.seconds)),
+                    backup: Some(s.id),
+                    ..Default::default()
+                })
             }
             Kind::Drill => {
                 let opts = DrillOptions {
@@ -165,18 +361,32 @@ impl Agent {
                     source: Some(source.name.clone()),
                     verifiers: of_world(World::Verifier),
                     assertions: self.assertions.clone(),
+                    guard: Some(guard),
+                    progress,
                 };
-                let r = drill::run(&self.store, &self.config.drill_pick, &opts, session).await?;
-                self.stats.drills.fetch_add(1, Ordering::Relaxed);
+                let pick = match &req.backup {
+                    Some(id) => Pick::Id(id.clone()),
+                    None => self.config.drill_pick.clone(),
+                };
+                let r = drill::run(&self.store, &pick, &opts, session).await?;
+                let failed: Vec<String> = r
+                    .failed_checks()
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect();
                 if r.passed {
                     tracing::info!(source = %source.name, backup = %r.backup_id, rto = r.rto_seconds, rpo = r.rpo_seconds, "drill passed");
                 } else {
-                    let failed: Vec<String> = r
-                        .failed_checks()
-                        .map(|c| format!("{}: {}", c.name, c.detail))
-                        .collect();
                     tracing::error!(source = %source.name, backup = %r.backup_id, "drill FAILED: {}", failed.join("; "));
                 }
+                Ok(Outcome {
+                    backup: Some(r.backup_id.clone()),
+                    passed: Some(r.passed),
+                    detail: Some(if r.passed {
+                        format!("rto {:.1}s, rpo {}s", r.rto_seconds, r.rpo_seconds)
+                    } else {
+                        failed.join("; ")
+                    }),
+                })
             }
             Kind::Prune => {
                 let Some(policy) = of_world(World::Retention)
@@ -193,15 +403,45 @@ impl Agent {
                     min_age: self.config.min_age,
                     abandon_after: self.config.abandon_after,
                     max_deletions: self.config.max_deletions,
-                    dry_run: false,
+                    dry_run: req.dry_run,
                     source: Some(source.name.clone()),
                 };
+                guard.check().await?;
                 let r = prune::run(&self.store, &opts).await?;
-                self.stats.prunes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(source = %source.name, deleted = r.deleted.len(), "prune done");
+                Ok(Outcome {
+                    detail: Some(format!(
+                        "{} deleted{}",
+                        r.deleted.len(),
+                        if r.dry_run { " (dry run)" } else { "" }
+                    )),
+                    ..Default::default()
+                })
+            }
+            Kind::Restore => {
+                let target = req.target.clone().ok_or_else(|| {
+                    JobError::Config("a restore needs a target database URL".into())
+                })?;
+                let (src, id) =
+                    arch::find_backup(&self.store, req.backup.as_deref(), Some(&source.name))
+                        .await?;
+                let manifest = arch::read_manifest(&self.store, &src, &id).await?;
+                let opts = RestoreOptions {
+                    target,
+                    jobs: self.config.drill_jobs,
+                    force: false,
+                    database: None,
+                    comment: None,
+                    progress,
+                };
+                let r = restore::run(&self.store, &manifest, &opts).await?;
+                Ok(Outcome {
+                    detail: Some(format!("{} rows into {}", r.rows, r.target)),
+                    backup: Some(id),
+                    ..Default::default()
+                })
             }
         }
-        Ok(())
     }
 }
 

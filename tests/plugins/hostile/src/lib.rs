@@ -75,7 +75,13 @@ fn recurse(n: u64) -> u64 {
 
 impl Guest for Hostile {
     fn authorize(facts: RequestFacts) -> Decision {
-        let parts: Vec<&str> = facts.path.trim_start_matches('/').split('/').collect();
+        // Through the agent's API the paths arrive as /v1/<misbehaviour>.
+        let path = facts.path.trim_start_matches('/');
+        let parts: Vec<&str> = path
+            .strip_prefix("v1/")
+            .unwrap_or(path)
+            .split('/')
+            .collect();
         match parts.as_slice() {
             ["ok"] => allow("ok".into()),
             // State that would survive between calls if instances were reused.

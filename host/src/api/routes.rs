@@ -1,0 +1,317 @@
+//! The route table: each `/v1` route with the role it needs, and the
+//! handlers. A handler runs only after `auth::authorize` allowed the call.
+
+use super::auth::{self, role_name, Principal};
+use super::{json, read_json, sse, ApiError, ApiState, Body};
+use crate::archive as arch;
+use crate::caps::types::Role;
+use crate::jobs::pg::PgUrl;
+use crate::jobs::scheduler::JobRequest;
+use crate::jobs::status::Kind;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+enum Route<'a> {
+    WhoAmI,
+    ListBackups,
+    ListDrills,
+    Trigger(Kind),
+    ListJobs,
+    Job(&'a str),
+    Events,
+}
+
+/// (the route, the role it needs) for a `/v1` method and path.
+fn lookup<'a>(method: &Method, path: &'a str) -> Result<(Route<'a>, Role), ApiError> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let (route, role, allowed): (Option<Route>, Role, &str) = match segments.as_slice() {
+        ["whoami"] => (
+            method.eq(&Method::GET).then_some(Route::WhoAmI),
+            Role::Viewer,
+            "GET",
+        ),
+        ["backups"] if method == Method::GET => {
+            (Some(Route::ListBackups), Role::Viewer, "GET, POST")
+        }
+        ["backups"] => (
+            (method == Method::POST).then_some(Route::Trigger(Kind::Backup)),
+            Role::Operator,
+            "GET, POST",
+        ),
+        ["drills"] if method == Method::GET => (Some(Route::ListDrills), Role::Viewer, "GET, POST"),
+        ["drills"] => (
+            (method == Method::POST).then_some(Route::Trigger(Kind::Drill)),
+            Role::Operator,
+            "GET, POST",
+        ),
+        ["prune"] => (
+            (method == Method::POST).then_some(Route::Trigger(Kind::Prune)),
+            Role::Operator,
+            "POST",
+        ),
+        ["restore"] => (
+            (method == Method::POST).then_some(Route::Trigger(Kind::Restore)),
+            Role::Admin,
+            "POST",
+        ),
+        ["jobs"] => (
+            (method == Method::GET).then_some(Route::ListJobs),
+            Role::Viewer,
+            "GET",
+        ),
+        ["jobs", id] => (
+            (method == Method::GET).then_some(Route::Job(id)),
+            Role::Viewer,
+            "GET",
+        ),
+        ["events"] => (
+            (method == Method::GET).then_some(Route::Events),
+            Role::Viewer,
+            "GET",
+        ),
+        _ => return Err(ApiError::new(404, format!("no route /v1/{path}"))),
+    };
+    route
+        .map(|r| (r, role))
+        .ok_or_else(|| ApiError::new(405, format!("/v1/{path} answers {allowed}, not {method}")))
+}
+
+pub async fn route(
+    state: &Arc<ApiState>,
+    peer: SocketAddr,
+    request_id: &str,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    match (method.as_str(), path.as_str()) {
+        ("GET" | "HEAD", "/health") => {
+            return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+        }
+        ("GET" | "HEAD", "/ready") if state.ready.get() => {
+            return Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready"}),
+            ))
+        }
+        ("GET" | "HEAD", "/ready") => return Err(ApiError::new(503, "not ready")),
+        ("GET", "/metrics") => return Ok(metrics(state)),
+        (_, "/health" | "/ready" | "/metrics") => {
+            return Err(ApiError::new(405, format!("{path} answers GET")))
+        }
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return Err(ApiError::new(
+            404,
+            format!("no route {path}; the API lives under /v1"),
+        ));
+    };
+    // Unknown routes are authorized too (as viewer), so they cannot be probed anonymously.
+    let (found, required) = match lookup(&method, rest) {
+        Ok((r, role)) => (Ok(r), role),
+        Err(e) => (Err(e), Role::Viewer),
+    };
+    let principal = auth::authorize(
+        state,
+        peer,
+        request_id,
+        method.as_str(),
+        &path,
+        query.as_deref(),
+        req.headers(),
+        required,
+    )
+    .await?;
+    let q = |name: &str| -> Option<String> {
+        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    match found? {
+        Route::WhoAmI => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"principal": principal.name, "role": role_name(principal.role)}),
+        )),
+        Route::ListBackups => {
+            let all = arch::list_backups(state.agent.store())
+                .await
+                .map_err(store_error)?;
+            let source = q("source");
+            let shown: Vec<_> = all
+                .into_iter()
+                .filter(|l| source.as_ref().is_none_or(|s| *s == l.source))
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "backups": shown }),
+            ))
+        }
+        Route::ListDrills => {
+            let all = arch::list_backups(state.agent.store())
+                .await
+                .map_err(store_error)?;
+            let source = q("source");
+            let drills: Vec<_> = all
+                .into_iter()
+                .filter(|l| source.as_ref().is_none_or(|s| *s == l.source))
+                .filter_map(|l| {
+                    let d = l.last_drill?;
+                    Some(serde_json::json!({"source": l.source, "backup": l.id, "report": d.report, "passed": d.passed}))
+                })
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "drills": drills }),
+            ))
+        }
+        Route::ListJobs => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "jobs": state.agent.jobs.list() }),
+        )),
+        Route::Job(id) => match state.agent.jobs.get(id) {
+            Some(j) => Ok(json(StatusCode::OK, &j.view())),
+            None => Err(ApiError::new(
+                404,
+                format!("no job {id:?} (this agent keeps its last 200)"),
+            )),
+        },
+        Route::Events => sse::stream(state, req.headers(), q("after")).await,
+        Route::Trigger(kind) => trigger(state, kind, &principal, req).await,
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    source: Option<String>,
+    backup: Option<String>,
+    target: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn trigger(
+    state: &Arc<ApiState>,
+    kind: Kind,
+    principal: &Principal,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let body: TriggerBody = read_json(req).await?;
+    let sources = &state.agent.config().sources;
+    let source = match (&body.source, sources.as_slice()) {
+        (Some(s), _) => s.clone(),
+        (None, [only]) => only.name.clone(),
+        (None, _) => return Err(ApiError::new(400, "name the source: {\"source\": \"...\"}")),
+    };
+    let mut request = JobRequest::new(kind, &source, &format!("api:{}", principal.name));
+    request.backup = body.backup;
+    request.dry_run = body.dry_run;
+    if kind == Kind::Restore {
+        let target = body.target.ok_or_else(|| {
+            ApiError::new(
+                400,
+                "a restore needs \"target\": a postgres:// URL of a new database",
+            )
+        })?;
+        request.target =
+            Some(PgUrl::parse(&target).map_err(|e| ApiError::new(400, format!("target: {e}")))?);
+    }
+    let record = state
+        .agent
+        .spawn(request)
+        .map_err(|e| ApiError::new(404, e.to_string()))?;
+    let mut r = json(StatusCode::ACCEPTED, &record.view());
+    if let Ok(v) = format!("/v1/jobs/{}", record.id).parse() {
+        r.headers_mut().insert("location", v);
+    }
+    Ok(r)
+}
+
+fn store_error(e: arch::ArchiveError) -> ApiError {
+    ApiError::new(503, format!("the store cannot be listed: {e}"))
+}
+
+/// Prometheus text exposition of the agent's counters.
+fn metrics(state: &ApiState) -> Response<Body> {
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, rows: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter(
+        "firedrill_api_requests_total",
+        "HTTP requests received.",
+        &[(String::new(), load(&state.requests))],
+    );
+    let a = &state.auth;
+    counter(
+        "firedrill_api_authorizations_total",
+        "Decisions on /v1 requests.",
+        &[
+            ("{decision=\"allow\"}".into(), load(&a.allowed)),
+            ("{decision=\"deny\"}".into(), load(&a.denied)),
+            ("{decision=\"error\"}".into(), load(&a.failed)),
+        ],
+    );
+    counter(
+        "firedrill_api_authorizer_seconds_micros_total",
+        "Time spent deciding, in microseconds.",
+        &[(String::new(), load(&a.micros))],
+    );
+    let s = &state.agent.stats;
+    counter(
+        "firedrill_jobs_total",
+        "Jobs finished, by kind.",
+        &[
+            ("{kind=\"backup\"}".into(), load(&s.backups)),
+            ("{kind=\"drill\"}".into(), load(&s.drills)),
+            ("{kind=\"prune\"}".into(), load(&s.prunes)),
+            ("{kind=\"restore\"}".into(), load(&s.restores)),
+        ],
+    );
+    counter(
+        "firedrill_job_failures_total",
+        "Jobs that failed.",
+        &[(String::new(), load(&s.failures))],
+    );
+    counter(
+        "firedrill_jobs_skipped_total",
+        "Scheduled runs another agent of the fleet ran.",
+        &[(String::new(), load(&s.skipped))],
+    );
+    if let Some(p) = state.agent.policies() {
+        let set = p.current();
+        let rows = |f: fn(&crate::runtime::PluginStats) -> &std::sync::atomic::AtomicU64| -> Vec<(String, u64)> {
+            set.all()
+                .iter()
+                .map(|pl| (format!("{{plugin=\"{}\"}}", pl.name()), load(f(pl.stats()))))
+                .collect()
+        };
+        counter(
+            "firedrill_plugin_calls_total",
+            "Plugin calls.",
+            &rows(|s| &s.calls),
+        );
+        counter(
+            "firedrill_plugin_failures_total",
+            "Plugin calls that failed (traps, timeouts, out of memory).",
+            &rows(|s| &s.failures),
+        );
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(out)).map_err(|e| match e {}).boxed())
+        .expect("a valid response")
+}

@@ -1,0 +1,372 @@
+//! Leases per (job, source) with fencing tokens.
+//!
+//! Taking a lease: `SET lock NX PX lease`, then `INCR fence` gives the token
+//! (one Lua script, so both happen or neither). The lease is renewed every
+//! third of its length while the job runs; if a renewal finds the lock gone
+//! or held by someone else the lease is marked lost. Before committing (the
+//! manifest write) a job calls [`Lease::check`], which asks Redis whether the
+//! lock still carries this holder's value and the fence counter still equals
+//! this token: a holder that stalled past its lease, while another agent took
+//! over, is refused there. The token is recorded in the manifest.
+//!
+//! Slots: a schedule tick names its slot (the tick's start time); the agent
+//! that finishes a slot marks it done, so the agents that wake for the same
+//! slot later skip it, while a slot whose holder died is taken over once the
+//! lease runs out.
+
+use super::{Backend, CoordError, Coordinator};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ACQUIRE: &str = r#"
+if ARGV[3] ~= '' then
+  local d = redis.call('GET', KEYS[3])
+  if d and tonumber(d) >= tonumber(ARGV[3]) then return -2 end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local t = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[1] .. '#' .. t, 'PX', ARGV[2])
+  return t
+end
+return -1
+"#;
+
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const CHECK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+return 0
+"#;
+
+/// Releases the lock; with a slot, first marks the slot done.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// How long a done-slot marker is kept: longer than any sane schedule gap.
+const DONE_TTL_SECS: u64 = 8 * 86_400;
+
+pub enum TryLock {
+    Acquired(Lease),
+    /// Another agent holds it now.
+    Busy,
+    /// This slot was already run to the end by someone.
+    SlotDone,
+}
+
+/// A held lease. Dropping it stops the renewals; [`Lease::release`] hands it
+/// back at once (otherwise it runs out after the lease time).
+pub struct Lease {
+    guard: CommitGuard,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a job carries to its commit: the fencing token to record and the
+/// check that the lease is still held. Cheap to clone.
+#[derive(Clone)]
+pub struct CommitGuard {
+    coord: Coordinator,
+    job: String,
+    source: String,
+    token: u64,
+    /// The lock's value: `node/nonce#token`.
+    value: String,
+    lost: Arc<AtomicBool>,
+}
+
+impl Coordinator {
+    /// Tries once to take the (job, source) lease. `slot`: the schedule
+    /// slot this run is for, or none for a one-off run.
+    pub async fn try_lock(
+        &self,
+        job: &str,
+        source: &str,
+        slot: Option<i64>,
+    ) -> Result<TryLock, CoordError> {
+        let holder = format!("{}/{:08x}", self.inner.opts.node, rand::random::<u32>());
+        let lease_ms = self.inner.opts.lease.as_millis() as u64;
+        let token = match &self.inner.backend {
+            Backend::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let t: i64 = redis::Script::new(ACQUIRE)
+                    .key(self.key(&["lock", job, source]))
+                    .key(self.key(&["fence", job, source]))
+                    .key(self.key(&["done", job, source]))
+                    .arg(&holder)
+                    .arg(lease_ms)
+                    .arg(slot.map(|s| s.to_string()).unwrap_or_default())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| r.error(e))?;
+                t
+            }
+            Backend::Local(l) => {
+                let mut s = l.state.lock().unwrap();
+                let k = (job.to_string(), source.to_string());
+                if slot.is_some_and(|slot| s.done.get(&k).is_some_and(|d| *d >= slot)) {
+                    -2
+                } else if s.locks.contains_key(&k) {
+                    -1
+                } else {
+                    let f = s.fences.entry(k.clone()).or_default();
+                    *f += 1;
+                    let t = *f;
+                    s.locks.insert(k, (format!("{holder}#{t}"), t));
+                    t as i64
+                }
+            }
+        };
+        Ok(match token {
+            -2 => TryLock::SlotDone,
+            t if t < 0 => TryLock::Busy,
+            t => {
+                let token = t as u64;
+                let guard = CommitGuard {
+                    coord: self.clone(),
+                    job: job.into(),
+                    source: source.into(),
+                    token,
+                    value: format!("{holder}#{token}"),
+                    lost: Arc::default(),
+                };
+                let renewer = self.is_fleet().then(|| {
+                    tokio::spawn(renew(
+                        self.clone(),
+                        guard.lock_key(),
+                        guard.value.clone(),
+                        guard.lost.clone(),
+                    ))
+                });
+                let lease = Lease { guard, renewer };
+                TryLock::Acquired(lease)
+            }
+        })
+    }
+}
+
+/// Renews every third of the lease until aborted; marks the lease lost when
+/// the lock is no longer ours or Redis cannot confirm it before it runs out.
+async fn renew(coord: Coordinator, key: String, value: String, lost: Arc<AtomicBool>) {
+    let Backend::Redis(r) = &coord.inner.backend else {
+        return;
+    };
+    let lease = coord.inner.opts.lease;
+    let mut confirmed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let mut conn = r.conn.clone();
+        let renewed: Result<i64, _> = redis::Script::new(RENEW)
+            .key(&key)
+            .arg(&value)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        match renewed {
+            Ok(1) => confirmed = tokio::time::Instant::now(),
+            Ok(_) => {
+                tracing::warn!(lock = %key, "lease lost: the lock is gone or held by another agent");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) if confirmed.elapsed() >= lease => {
+                tracing::warn!(lock = %key, "lease lost: could not renew it in time: {e}");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => tracing::warn!(lock = %key, "lease renewal failed, retrying: {e}"),
+        }
+    }
+}
+
+impl CommitGuard {
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    fn lock_key(&self) -> String {
+        self.coord.key(&["lock", &self.job, &self.source])
+    }
+
+    fn lost_error(&self) -> CoordError {
+        CoordError::LeaseLost {
+            job: self.job.clone(),
+            name: self.source.clone(),
+            token: self.token,
+        }
+    }
+
+    /// The commit guard: succeeds only while this lease is still the current
+    /// holder of its lock (checked against Redis, not only locally).
+    pub async fn check(&self) -> Result<(), CoordError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(self.lost_error());
+        }
+        let held = match &self.coord.inner.backend {
+            Backend::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let ok: i64 = redis::Script::new(CHECK)
+                    .key(self.lock_key())
+                    .key(self.coord.key(&["fence", &self.job, &self.source]))
+                    .arg(&self.value)
+                    .arg(self.token)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| r.error(e))?;
+                ok == 1
+            }
+            Backend::Local(l) => {
+                let s = l.state.lock().unwrap();
+                s.locks
+                    .get(&(self.job.clone(), self.source.clone()))
+                    .is_some_and(|(v, _)| *v == self.value)
+            }
+        };
+        if held {
+            Ok(())
+        } else {
+            self.lost.store(true, Ordering::SeqCst);
+            Err(self.lost_error())
+        }
+    }
+}
+
+impl Lease {
+    pub fn token(&self) -> u64 {
+        self.guard.token
+    }
+
+    pub fn guard(&self) -> CommitGuard {
+        self.guard.clone()
+    }
+
+    pub async fn check(&self) -> Result<(), CoordError> {
+        self.guard.check().await
+    }
+
+    /// Stops renewing without releasing: the lease runs out on its own, as if
+    /// this holder had stalled. For tests of what the others then do.
+    pub fn stall(&mut self) {
+        if let Some(t) = self.renewer.take() {
+            t.abort();
+        }
+    }
+
+    /// Hands the lease back; with `slot`, marks that slot done first (only
+    /// if this lease still holds the lock).
+    pub async fn release(mut self, slot: Option<i64>) -> Result<(), CoordError> {
+        self.stall();
+        match &self.guard.coord.inner.backend {
+            Backend::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let _: i64 = redis::Script::new(RELEASE)
+                    .key(self.guard.lock_key())
+                    .key(
+                        self.guard
+                            .coord
+                            .key(&["done", &self.guard.job, &self.guard.source]),
+                    )
+                    .arg(&self.guard.value)
+                    .arg(slot.map(|s| s.to_string()).unwrap_or_default())
+                    .arg(DONE_TTL_SECS)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| r.error(e))?;
+            }
+            Backend::Local(_) => self.release_local(slot),
+        }
+        Ok(())
+    }
+
+    fn release_local(&self, slot: Option<i64>) {
+        if let Backend::Local(l) = &self.guard.coord.inner.backend {
+            let mut s = l.state.lock().unwrap();
+            let k = (self.guard.job.clone(), self.guard.source.clone());
+            if s.locks.get(&k).is_some_and(|(v, _)| *v == self.guard.value) {
+                s.locks.remove(&k);
+                if let Some(slot) = slot {
+                    s.done.insert(k, slot);
+                }
+            }
+        }
+    }
+
+    /// Waits for the lease, polling until it is free, the slot is done or
+    /// `give_up` passes.
+    pub async fn wait(
+        coord: &Coordinator,
+        job: &str,
+        source: &str,
+        slot: Option<i64>,
+        give_up: Duration,
+    ) -> Result<Option<Lease>, CoordError> {
+        let until = tokio::time::Instant::now() + give_up;
+        let poll =
+            (coord.inner.opts.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            match coord.try_lock(job, source, slot).await? {
+                TryLock::Acquired(l) => return Ok(Some(l)),
+                TryLock::SlotDone => return Ok(None),
+                TryLock::Busy if tokio::time::Instant::now() + poll >= until => return Ok(None),
+                TryLock::Busy => tokio::time::sleep(poll).await,
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(t) = self.renewer.take() {
+            t.abort();
+        }
+        // An in-process lock has no expiry: a dropped lease must free it.
+        self.release_local(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn single_node_locks_fence_and_remember_done_slots() {
+        let c = Coordinator::local();
+        let TryLock::Acquired(first) = c.try_lock("backup", "app", Some(60)).await.unwrap() else {
+            panic!("free at first")
+        };
+        assert!(matches!(
+            c.try_lock("backup", "app", Some(60)).await.unwrap(),
+            TryLock::Busy
+        ));
+        // Other jobs and sources have their own locks.
+        assert!(matches!(
+            c.try_lock("drill", "app", None).await.unwrap(),
+            TryLock::Acquired(_)
+        ));
+        first.check().await.unwrap();
+        let token = first.token();
+        first.release(Some(60)).await.unwrap();
+        assert!(matches!(
+            c.try_lock("backup", "app", Some(60)).await.unwrap(),
+            TryLock::SlotDone
+        ));
+        let TryLock::Acquired(next) = c.try_lock("backup", "app", Some(120)).await.unwrap() else {
+            panic!("a new slot is free")
+        };
+        assert_eq!(next.token(), token + 1, "tokens only grow");
+        let guard = next.guard();
+        drop(next);
+        assert!(matches!(
+            guard.check().await,
+            Err(CoordError::LeaseLost { .. })
+        ));
+    }
+}
