@@ -452,3 +452,102 @@ fn jobs_through_the_api_with_progress_restore_and_events() {
     );
     assert!(api.store.starts_with("file://"));
 }
+
+#[test]
+fn the_signed_authorizer_takes_ed25519_keys_ip_lists_and_address_limits() {
+    use firedrill::caps::keyvalue::KvTarget;
+    use firedrill::caps::types::{Decision, Header};
+    use firedrill::caps::CallContext;
+    let o = firedrill(&["token", "keygen"], &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (private, public) = (field("private"), field("public"));
+    let key_file = harness::tempdir("ed25519").join("private.key");
+    std::fs::write(&key_file, &private).unwrap();
+    let o = firedrill(
+        &[
+            "token",
+            "issue",
+            "--role",
+            "admin",
+            "--subject",
+            "eddie",
+            "--ed25519-key",
+            key_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+
+    let p = harness::load(
+        "authorizer-signed",
+        &format!("world = \"authorizer\"\nwasm = \"authorizer_signed.wasm\"\n[grants]\nconfig = true\nlogging = true\nkeyvalue = {{ prefixes = [\"auth:\"], expire = \"5m\" }}\n[config]\ned25519_public_key = \"{public}\"\nallow = \"127.0.0.0/8, 10.0.0.0/8\"\ndeny = \"10.6.6.0/24\"\naddress_limit = \"3/1m\"\n"),
+    )
+    .unwrap();
+    let ctx = CallContext {
+        keyvalue: Some(
+            KvTarget::new(
+                &harness::redis().url(),
+                &format!("ed-{}:plugin:", rand::random::<u32>()),
+            )
+            .unwrap(),
+        ),
+        ..Default::default()
+    };
+    let ask = |peer: &str| {
+        let mut f = crate::hostile_plugins::facts("/v1/backups");
+        f.peer = peer.into();
+        f.time = now();
+        f.headers.push(Header {
+            name: "authorization".into(),
+            value: format!("Bearer {token}"),
+        });
+        p.authorize(&ctx, &f).unwrap()
+    };
+    match ask("127.0.0.1") {
+        Decision::Allow(g) => assert_eq!(g.principal, "eddie"),
+        d => panic!("{d:?}"),
+    }
+    let refused = |d: Decision| match d {
+        Decision::Deny(r) => (r.status, r.reason, r.retry_after),
+        d => panic!("allowed: {d:?}"),
+    };
+    let (status, reason, _) = refused(ask("10.6.6.7"));
+    assert_eq!(
+        (status, reason.contains("deny list")),
+        (403, true),
+        "{reason}"
+    );
+    let (status, reason, _) = refused(ask("192.168.1.1"));
+    assert_eq!(
+        (status, reason.contains("not on the allow list")),
+        (403, true),
+        "{reason}"
+    );
+    // Three a minute per address: 10.1.1.1 gets three, 127.0.0.1 had one already.
+    for _ in 0..3 {
+        assert!(matches!(ask("10.1.1.1"), Decision::Allow(_)));
+    }
+    let (status, reason, wait) = refused(ask("10.1.1.1"));
+    assert_eq!(status, 429, "{reason}");
+    assert!(wait.is_some_and(|w| (1..=60).contains(&w)), "{wait:?}");
+    assert!(matches!(ask("127.0.0.1"), Decision::Allow(_)));
+    // An HMAC token is refused by an Ed25519-only authorizer.
+    let hmac = token_with(KEY, "mallory", "admin", now() + 600);
+    let mut f = crate::hostile_plugins::facts("/v1/backups");
+    f.time = now();
+    f.headers.push(Header {
+        name: "authorization".into(),
+        value: format!("Bearer {hmac}"),
+    });
+    let (status, reason, _) = refused(p.authorize(&ctx, &f).unwrap());
+    assert_eq!(status, 401, "{reason}");
+}

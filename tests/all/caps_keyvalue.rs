@@ -89,7 +89,7 @@ fn keys_outside_the_granted_prefixes_are_denied() {
 fn without_a_store_the_plugin_gets_an_error_not_a_crash() {
     let p = plugin();
     let e = call(&p, &CallContext::default(), "/kv/get/rl:x").unwrap_err();
-    assert!(e.contains("no key-value store"), "{e}");
+    assert!(e.contains("no-such-store"), "{e}");
     // A Redis that is down is an error of the call too.
     let down = CallContext {
         keyvalue: Some(

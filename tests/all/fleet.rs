@@ -299,3 +299,32 @@ async fn events_reach_pubsub_listeners_and_late_readers() {
         .unwrap();
     assert_eq!(rest.len(), 2);
 }
+
+#[test]
+fn an_unreachable_redis_is_named_without_its_password() {
+    let dir = harness::tempdir("redisdown");
+    let dead = harness::free_port();
+    let config = dir.join("firedrill.toml");
+    std::fs::write(
+        &config,
+        format!("[store]\nurl = \"file://{}\"\n[coordination]\nredis_url = \"redis://:hunter3-redis@127.0.0.1:{dead}/\"\n[[source]]\nname = \"app\"\nurls = [\"postgres://127.0.0.1:1/x\"]\nbackup = \"1h\"\n", dir.display()),
+    )
+    .unwrap();
+    let check = harness::firedrill(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let text = harness::output_text(&check);
+    assert!(
+        check.status.success() && text.contains(&format!("redis://:***@127.0.0.1:{dead}")),
+        "{text}"
+    );
+    let o = harness::firedrill(&["agent", "--config", config.to_str().unwrap()], &[]);
+    let text = harness::output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("coordination.redis_url") && text.contains(&format!("127.0.0.1:{dead}")),
+        "{text}"
+    );
+    assert!(!text.contains("hunter3"), "{text}");
+}

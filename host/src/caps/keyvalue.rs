@@ -188,6 +188,11 @@ impl store::Host for KeyvalueCap {
         if self.grant.is_none() {
             return Ok(Err(Error::AccessDenied));
         }
+        // An agent without Redis has no store: said at open, so a plugin can
+        // tell "nothing to check here" from a store that fails.
+        if self.target.is_none() {
+            return Ok(Err(Error::NoSuchStore));
+        }
         Ok(Ok(self.table.push(Bucket)?))
     }
 }

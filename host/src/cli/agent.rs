@@ -98,7 +98,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         eprint!("{}", config.describe());
         let listen = config.listen;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let agent = Arc::new(Agent::new(
             config,
             store,
@@ -119,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("agent.listen: cannot listen on {listen}"))?;
         tracing::info!(%addr, sources = agent.config().sources.len(), "agent started");
-        let running = tokio::spawn(agent.clone().run(stop_rx));
+        let running = tokio::spawn(agent.clone().run());
         ready.set(true);
         use tokio::signal::unix::{signal, SignalKind};
         let (mut term, mut int) = (
@@ -129,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let which = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
         tracing::info!("{which}: finishing");
         ready.set(false);
-        let _ = stop_tx.send(true);
+        agent.shutdown();
         let _ = running.await;
         server.abort();
         eprintln!("firedrill agent: stopped on {which}");

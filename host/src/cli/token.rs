@@ -28,13 +28,8 @@ pub struct IssueArgs {
     /// Who the token is for (shown in the audit log).
     #[arg(long, default_value = "operator")]
     subject: String,
-    /// The HMAC-SHA256 secret (at least 32 bytes).
-    #[arg(
-        long,
-        env = "FIREDRILL_TOKEN_KEY",
-        hide_env_values = true,
-        conflicts_with = "ed25519_key"
-    )]
+    /// The HMAC-SHA256 secret (at least 32 bytes); --ed25519-key wins over it.
+    #[arg(long, env = "FIREDRILL_TOKEN_KEY", hide_env_values = true)]
     hmac_key: Option<String>,
     /// A file holding an Ed25519 private key (base64, as `keygen` prints it).
     #[arg(long, env = "FIREDRILL_TOKEN_ED25519_KEY_FILE")]
@@ -77,15 +72,16 @@ fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
     }
     let ttl = humantime::parse_duration(&a.ttl)
         .with_context(|| format!("--ttl {:?}: not a duration (e.g. 1h)", a.ttl))?;
-    let key = match (&a.hmac_key, &a.ed25519_key) {
-        (Some(secret), _) => SigningKey::hmac(secret.as_bytes())
-            .map_err(|e| anyhow::anyhow!("FIREDRILL_TOKEN_KEY: {e}"))?,
-        (None, Some(file)) => {
+    // An Ed25519 key named on the command line wins over an HMAC secret in the environment.
+    let key = match (&a.ed25519_key, &a.hmac_key) {
+        (Some(file), _) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("--ed25519-key: cannot read {}", file.display()))?;
             SigningKey::ed25519_from_base64(&text)
                 .map_err(|e| anyhow::anyhow!("--ed25519-key {}: {e}", file.display()))?
         }
+        (None, Some(secret)) => SigningKey::hmac(secret.as_bytes())
+            .map_err(|e| anyhow::anyhow!("FIREDRILL_TOKEN_KEY: {e}"))?,
         (None, None) => bail!(
             "no signing key: set FIREDRILL_TOKEN_KEY (an HMAC secret) or pass --ed25519-key FILE"
         ),

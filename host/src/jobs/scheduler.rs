@@ -92,6 +92,10 @@ pub struct Agent {
     assertions: Vec<drill::Assertion>,
     coord: Coordinator,
     turns: HashMap<String, Arc<Mutex<()>>>,
+    /// Turned true by [`Agent::shutdown`]; every job in progress watches it.
+    stop: watch::Sender<bool>,
+    /// Jobs started through the API, awaited at shutdown.
+    spawned: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub jobs: JobTable,
     pub stats: AgentStats,
 }
@@ -118,6 +122,8 @@ impl Agent {
             assertions,
             coord,
             turns,
+            stop: watch::channel(false).0,
+            spawned: Default::default(),
             jobs: JobTable::default(),
             stats: AgentStats::default(),
         }
@@ -136,8 +142,15 @@ impl Agent {
         self.policies.as_ref()
     }
 
-    /// Runs every schedule until `shutdown` turns true.
-    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+    /// Asks every schedule and every job in progress to stop.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Runs every schedule until [`Agent::shutdown`]; then waits for the jobs
+    /// the API started to drop what they were doing.
+    pub async fn run(self: Arc<Self>) {
+        let shutdown = self.stop.subscribe();
         let mut tasks = Vec::new();
         for source in self.config.sources.clone() {
             let jobs = [
@@ -154,6 +167,10 @@ impl Agent {
             }
         }
         for t in tasks {
+            let _ = t.await;
+        }
+        let spawned = std::mem::take(&mut *self.spawned.lock().unwrap());
+        for t in spawned {
             let _ = t.await;
         }
     }
@@ -183,15 +200,25 @@ impl Agent {
             // Waiting for the lease is worth it until the next tick.
             let give_up = schedule.wait_from(now);
             let record = self.jobs.create(kind, &source.name, "schedule");
-            let session = DrillSession::new();
-            tokio::select! {
-                _ = self.execute(&req, &record, &session, give_up) => {}
-                _ = stopped(&mut stop) => {
-                    tracing::info!(source = %source.name, job = kind.as_str(), "shutting down: the step in progress is abandoned");
-                    record.finish(State::Failed, None, None, Some("abandoned at shutdown".into()));
-                    session.cleanup().await;
-                    return;
-                }
+            if !self.until_stopped(&req, &record, give_up).await {
+                return;
+            }
+        }
+    }
+
+    /// Executes `req` unless shutdown comes first, in which case the step in
+    /// progress is dropped and what its drill created is removed. False when
+    /// stopped.
+    async fn until_stopped(&self, req: &JobRequest, record: &JobRecord, give_up: Duration) -> bool {
+        let mut stop = self.stop.subscribe();
+        let session = DrillSession::new();
+        tokio::select! {
+            _ = self.execute(req, record, &session, give_up) => true,
+            _ = stopped(&mut stop) => {
+                tracing::info!(source = %req.source, job = req.kind.as_str(), "shutting down: the step in progress is abandoned");
+                record.finish(State::Failed, None, None, Some("abandoned at shutdown".into()));
+                session.cleanup().await;
+                false
             }
         }
     }
@@ -206,10 +233,12 @@ impl Agent {
         }
         let record = self.jobs.create(req.kind, &req.source, &req.trigger);
         let (me, r) = (self.clone(), record.clone());
-        tokio::spawn(async move {
-            let session = DrillSession::new();
-            me.execute(&req, &r, &session, API_WAIT).await;
+        let task = tokio::spawn(async move {
+            me.until_stopped(&req, &r, API_WAIT).await;
         });
+        let mut spawned = self.spawned.lock().unwrap();
+        spawned.retain(|t| !t.is_finished());
+        spawned.push(task);
         Ok(record)
     }
 

@@ -16,7 +16,9 @@
 //!   `firedrill token revoke ID` writes `<revoked_prefix>ID`.
 //!
 //! Order: address lists, address rate, token, revocation, subject rate. A
-//! Redis that does not answer denies (503): the authorizer fails closed.
+//! Redis that does not answer denies (503): the authorizer fails closed. An
+//! agent without Redis has no revocation list (nothing can be revoked there)
+//! and cannot keep limits, which then answer 503 naming the setting.
 
 use firedrill_plugin_sdk::authorizer::wasi::keyvalue::{atomics, store};
 use firedrill_plugin_sdk::authorizer::{
@@ -196,9 +198,15 @@ fn decide(facts: &RequestFacts) -> Result<Decision, String> {
         ));
     }
     let kv_needed = per_subject.is_some() || per_address.is_some();
+    // Without a store (an agent without Redis) there is nothing revoked to check.
     let bucket = match store::open("") {
         Ok(b) => Some(b),
-        Err(store::Error::AccessDenied) if !kv_needed => None,
+        Err(store::Error::AccessDenied | store::Error::NoSuchStore) if !kv_needed => None,
+        Err(store::Error::NoSuchStore) => {
+            return Err(
+                "subject_limit and address_limit need Redis: set coordination.redis_url".into(),
+            )
+        }
         Err(e) => return Err(format!("key-value store: {e:?}")),
     };
     let kv = |e: store::Error| format!("key-value store: {e:?}");

@@ -72,13 +72,7 @@ pub enum SigningKey {
 impl SigningKey {
     /// An Ed25519 private key: base64 of its 32-byte seed (as `keygen` prints).
     pub fn ed25519_from_base64(text: &str) -> Result<SigningKey, TokenError> {
-        let seed: [u8; 32] = STANDARD
-            .decode(text.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(TokenError::BadKey(
-                "an Ed25519 private key is base64 of 32 bytes",
-            ))?;
+        let seed = key_bytes(text, "an Ed25519 private key is base64 of 32 bytes")?;
         Ok(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(
             &seed,
         )))
@@ -106,6 +100,15 @@ impl SigningKey {
             STANDARD.encode(k.verifying_key().to_bytes()),
         )
     }
+}
+
+/// 32 key bytes from base64, or `BadKey(why)`.
+fn key_bytes(text: &str, why: &'static str) -> Result<[u8; 32], TokenError> {
+    STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(TokenError::BadKey(why))
 }
 
 /// Signs `claims` (its `alg` is set from the key).
@@ -139,13 +142,7 @@ pub struct Verifier {
 impl Verifier {
     /// An Ed25519 public key: base64 of 32 bytes.
     pub fn with_ed25519_base64(mut self, text: &str) -> Result<Verifier, TokenError> {
-        let bytes: [u8; 32] = STANDARD
-            .decode(text.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(TokenError::BadKey(
-                "an Ed25519 public key is base64 of 32 bytes",
-            ))?;
+        let bytes = key_bytes(text, "an Ed25519 public key is base64 of 32 bytes")?;
         self.ed25519 = Some(
             ed25519_dalek::VerifyingKey::from_bytes(&bytes)
                 .map_err(|_| TokenError::BadKey("not an Ed25519 public key"))?,
