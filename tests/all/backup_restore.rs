@@ -856,23 +856,7 @@ fn memory_stays_bounded_whatever_the_table_size() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The kernel's high-water mark of the child's own memory: getrusage would
-    // also count the test process, whose pages the child shared until exec.
-    let mut peak_kib = 0u64;
-    let status = loop {
-        let hwm = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            });
-        peak_kib = peak_kib.max(hwm.unwrap_or(0));
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+    let (status, peak_kib) = harness::wait_with_peak_rss(&mut child);
     assert!(status.success(), "backup exited with {status}");
     let raw_mib = 800_000u64 * 240 / (1 << 20);
     eprintln!("backup of ~{raw_mib} MiB: peak RSS {} MiB", peak_kib / 1024);

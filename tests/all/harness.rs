@@ -515,3 +515,83 @@ pub fn start_agent(config: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     }
     child
 }
+
+/// Waits for `child`; returns its exit status and the kernel's high-water
+/// mark of its own memory (KiB). getrusage would also count this test
+/// process, whose pages the child shared until exec.
+pub fn wait_with_peak_rss(child: &mut Child) -> (std::process::ExitStatus, u64) {
+    let mut peak_kib = 0u64;
+    loop {
+        let hwm = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            });
+        peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak_kib);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A redis-server of one test's own (the shared one holds other tests'
+/// keys), stopped when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    /// `extra`: more redis-server arguments, e.g. `["--requirepass", "pw"]`.
+    pub fn start(extra: &[&str]) -> OwnRedis {
+        let dir = tempdir("own-redis");
+        let port = free_port();
+        let log = dir.join("redis.log");
+        let (o, e) = log_file(&log);
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--enable-debug-command", "yes"])
+        .arg("--dir")
+        .arg(&dir)
+        // Last, so that they win (a later --dir replaces an earlier one).
+        .args(extra)
+        .stdout(o)
+        .stderr(e);
+        let mut child = spawn_kept(cmd, libc::SIGTERM);
+        wait_until("redis-server", &mut child, &log, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        OwnRedis { port, child }
+    }
+
+    /// `redis://[user:password@]127.0.0.1:port/`
+    pub fn url(&self, auth: &str) -> String {
+        format!("redis://{auth}127.0.0.1:{}/", self.port)
+    }
+
+    pub fn connection(&self, auth: &str) -> redis::Connection {
+        redis::Client::open(self.url(auth))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

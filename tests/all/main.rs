@@ -15,6 +15,7 @@ mod drills;
 mod fleet;
 mod hostile_plugins;
 mod policies;
+mod redis_backups;
 mod reload;
 mod retention;
 mod servers;

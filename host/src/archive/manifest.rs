@@ -106,9 +106,32 @@ pub struct Manifest {
     /// `name@sha256-prefix` of each plugin that decided.
     #[serde(default)]
     pub plugins: Vec<String>,
-    /// The lease's fencing token, once coordination exists.
+    /// The lease's fencing token (coordination).
     #[serde(default)]
     pub fencing_token: Option<u64>,
+    /// For `kind = "redis"`: the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisEntry>,
+}
+
+/// Keys, and keys with an expiry, in one logical database of a Redis server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCount {
+    pub keys: u64,
+    pub expires: u64,
+}
+
+/// A Redis server's snapshot: one RDB object, and its key counts per
+/// logical database from `INFO keyspace` just before and just after the
+/// snapshot was taken (equal on a quiet server).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedisEntry {
+    /// `redis/dump.rdb.zst`.
+    pub rdb: ObjectRef,
+    /// The RDB's size before compression.
+    pub raw_bytes: u64,
+    pub keys_before: std::collections::BTreeMap<String, KeyCount>,
+    pub keys_after: std::collections::BTreeMap<String, KeyCount>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +145,7 @@ impl Manifest {
     pub fn objects(&self) -> impl Iterator<Item = &ObjectRef> {
         self.globals
             .iter()
+            .chain(self.redis.iter().map(|r| &r.rdb))
             .chain(self.databases.iter().flat_map(|d| {
                 [&d.pre_data, &d.post_data].into_iter().chain(
                     d.tables
@@ -143,9 +167,17 @@ impl Manifest {
         self.tables().map(|t| t.rows).sum()
     }
 
-    /// COPY bytes before compression.
+    /// COPY bytes (and the RDB) before compression.
     pub fn raw_bytes(&self) -> u64 {
-        self.tables().map(|t| t.raw_bytes).sum()
+        self.tables().map(|t| t.raw_bytes).sum::<u64>()
+            + self.redis.as_ref().map_or(0, |r| r.raw_bytes)
+    }
+
+    /// Keys in the snapshot (Redis), as counted after it was taken.
+    pub fn keys(&self) -> u64 {
+        self.redis
+            .as_ref()
+            .map_or(0, |r| r.keys_after.values().map(|k| k.keys).sum())
     }
 
     pub fn table_count(&self) -> usize {

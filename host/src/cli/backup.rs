@@ -3,7 +3,9 @@
 use super::StoreArgs;
 use anyhow::{bail, Context};
 use firedrill::jobs::backup::{self, BackupOptions};
+use firedrill::jobs::backup_redis::{self, RedisBackupOptions};
 use firedrill::jobs::pg::PgUrl;
+use firedrill::jobs::redis::RedisUrl;
 use firedrill::runtime::{PluginSet, Runtime, RuntimeOptions, World};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,10 +17,14 @@ pub struct Args {
         long = "database-url",
         env = "DATABASE_URL",
         hide_env_values = true,
-        required = true,
+        required_unless_present = "redis_url",
         value_delimiter = ','
     )]
     database_urls: Vec<String>,
+    /// Back up a Redis server instead (its RDB snapshot, over the replication
+    /// protocol): redis://[user:password@]host:port.
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Every database of the server the first URL points at (except templates).
     #[arg(long)]
     all_databases: bool,
@@ -51,6 +57,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(url) = &args.redis_url {
+        return redis(&args, url);
+    }
     let mut urls = args
         .database_urls
         .iter()
@@ -85,13 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(s) => s,
         None => urls[0].server(),
     };
-    if source.is_empty()
-        || !source
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        bail!("--source {source:?}: use letters, digits, '-', '_' and '.'");
-    }
+    check_source_name(&source)?;
     let opts = BackupOptions {
         source,
         databases: urls,
@@ -123,4 +126,46 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn redis(args: &Args, url: &str) -> anyhow::Result<ExitCode> {
+    let url = RedisUrl::parse(url).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+    let source = args.source.clone().unwrap_or_else(|| url.server());
+    check_source_name(&source)?;
+    let store = args.store.open()?;
+    let opts = RedisBackupOptions {
+        source,
+        url,
+        compression_level: args.compression_level,
+        guard: None,
+        progress: Default::default(),
+    };
+    let summary = super::runtime(2)?
+        .block_on(backup_redis::run(&store, &opts))
+        .context("backup failed; nothing was committed")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "backup {} of {}: {} keys, {} stored ({} raw) in {:.1}s",
+            summary.id,
+            summary.source,
+            summary.keys,
+            super::human_bytes(summary.bytes),
+            super::human_bytes(summary.raw_bytes),
+            summary.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_source_name(source: &str) -> anyhow::Result<()> {
+    if source.is_empty()
+        || !source
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("--source {source:?}: use letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
 }

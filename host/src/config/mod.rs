@@ -29,7 +29,7 @@
 //!
 //! [[source]]
 //! name = "app"
-//! urls = ["postgres://backup@db/app", "postgres://backup@db/auth"]
+//! urls = ["postgres://backup@db/app", "postgres://backup@db/auth"]   # or one redis://
 //! backup = "1h"                      # or "cron: 0 3 * * *"
 //! drill = "6h"
 //! prune = "1d"
@@ -53,6 +53,7 @@ pub mod schedule;
 pub use schedule::Schedule;
 
 use crate::jobs::pg::PgUrl;
+use crate::jobs::redis::RedisUrl;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -189,7 +190,10 @@ pub enum DrillTargetConfig {
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub name: String,
+    /// PostgreSQL databases of one server (empty for a Redis source).
     pub urls: Vec<PgUrl>,
+    /// A Redis server, backed up whole.
+    pub redis: Option<RedisUrl>,
     pub backup: Schedule,
     pub drill: Option<Schedule>,
     pub prune: Option<Schedule>,
@@ -373,9 +377,21 @@ impl Config {
             if s.urls.is_empty() {
                 return Err(bad(at("urls"), "no database URL"));
             }
+            // A Redis source is one server: its snapshot holds every database.
+            let redis = match s.urls.iter().filter(|u| RedisUrl::is_redis(u)).count() {
+                0 => None,
+                1 if s.urls.len() == 1 => Some(RedisUrl::parse(&s.urls[0]).map_err(|e| bad(at("urls"), e))?),
+                _ => {
+                    return Err(bad(
+                        at("urls"),
+                        "a Redis source has exactly one redis:// URL (its snapshot holds every database); put PostgreSQL servers in sources of their own",
+                    ))
+                }
+            };
             let urls = s
                 .urls
                 .iter()
+                .filter(|_| redis.is_none())
                 .map(|u| PgUrl::parse(u).map_err(|e| bad(at("urls"), e.to_string())))
                 .collect::<Result<Vec<_>, _>>()?;
             let schedule = |k: &str, v: Option<String>| {
@@ -393,6 +409,7 @@ impl Config {
             sources.push(SourceConfig {
                 name,
                 urls,
+                redis,
                 backup,
                 drill: schedule("drill", s.drill)?,
                 prune: schedule("prune", s.prune)?,
@@ -520,6 +537,7 @@ impl Config {
                 s.urls
                     .iter()
                     .map(|u| u.redacted())
+                    .chain(s.redis.iter().map(|r| r.redacted()))
                     .collect::<Vec<_>>()
                     .join(", "),
                 s.backup,
@@ -589,6 +607,37 @@ mod tests {
         assert!(
             !shown.contains("very-secret-key") && !shown.contains(":pw@"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn redis_sources_and_coordination() {
+        let toml = "[store]\nurl = \"file:///b\"\n[coordination]\nredis_url = \"redis://:coord-pw@r:6379/\"\nlease = \"10s\"\n[drill]\nquota = 1\n[[source]]\nname = \"cache\"\nurls = [\"redis://:cache-pw@cache:6380\"]\nbackup = \"1h\"\n";
+        let c = load(toml, &[]).unwrap();
+        assert!(c.sources[0].redis.is_some() && c.sources[0].urls.is_empty());
+        assert_eq!(c.coordination.lease, Duration::from_secs(10));
+        assert_eq!(c.coordination.drill_quota, 1);
+        let shown = c.describe();
+        assert!(
+            shown.contains("redis://:***@cache:6380") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        let mixed = toml.replace(
+            "[\"redis://:cache-pw@cache:6380\"]",
+            "[\"redis://cache\", \"postgres://db/a\"]",
+        );
+        let e = load(&mixed, &[]).unwrap_err();
+        assert_eq!(e.setting, "source[0].urls");
+        let e = load(&toml.replace("10s", "0s"), &[]).unwrap_err();
+        assert_eq!(e.setting, "coordination.lease");
+        let e = load(
+            &toml.replace("redis://:coord-pw@r:6379/", "http://:coord-pw@r/"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.setting == "coordination.redis_url" && !e.message.contains("coord-pw"),
+            "{e}"
         );
     }
 

@@ -61,8 +61,10 @@ pub struct BackupSummary {
     pub tables: usize,
     pub rows: u64,
     /// Bytes stored (compressed).
+    /// Redis: keys in the snapshot.
+    pub keys: u64,
     pub bytes: u64,
-    /// COPY bytes before compression.
+    /// COPY bytes (or the RDB) before compression.
     pub raw_bytes: u64,
     pub seconds: f64,
 }
@@ -105,32 +107,45 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
         },
         plugins: opts.planner.iter().map(|p| p.version()).collect(),
         fencing_token: opts.guard.as_ref().map(|g| g.token()),
+        redis: None,
     };
-    let body = serde_json::to_vec_pretty(&m).expect("a manifest serializes");
-    opts.progress.phase("committing");
-    if let Some(guard) = &opts.guard {
+    commit(store, &m, opts.guard.as_ref(), &opts.progress).await
+}
+
+/// Writes the manifest, the commit: until it exists the backup does not.
+/// Only while the lease is still held, when there is one.
+pub(crate) async fn commit(
+    store: &Store,
+    m: &Manifest,
+    guard: Option<&CommitGuard>,
+    progress: &Progress,
+) -> Result<BackupSummary, JobError> {
+    let body = serde_json::to_vec_pretty(m).expect("a manifest serializes");
+    progress.phase("committing");
+    if let Some(guard) = guard {
         guard.check().await?;
     }
-    // The commit: until this object exists, the backup does not.
+    let dir = crate::archive::backup_dir(&m.source, &m.id);
     store
         .put(&format!("{dir}{}", manifest::MANIFEST), body)
         .await?;
     let summary = BackupSummary {
-        id,
-        source: opts.source.clone(),
+        id: m.id.clone(),
+        source: m.source.clone(),
         store: store.display().to_string(),
         databases: m.databases.iter().map(|d| d.name.clone()).collect(),
         tables: m.table_count(),
         rows: m.rows(),
+        keys: m.keys(),
         bytes: m.size(),
         raw_bytes: m.raw_bytes(),
-        seconds,
+        seconds: m.timings.seconds,
     };
-    tracing::info!(backup = %summary.id, bytes = summary.bytes, tables = summary.tables, seconds, "backup committed");
+    tracing::info!(backup = %summary.id, bytes = summary.bytes, tables = summary.tables, seconds = summary.seconds, "backup committed");
     Ok(summary)
 }
 
-fn to_unix(t: SystemTime) -> i64 {
+pub(crate) fn to_unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)

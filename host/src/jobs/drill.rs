@@ -145,6 +145,7 @@ impl DrillReport {
 pub struct DrillSession {
     databases: Mutex<Vec<PgUrl>>,
     local: Mutex<Option<LocalCluster>>,
+    pub(super) redis: Mutex<Option<super::drill_redis::LocalRedis>>,
 }
 
 impl DrillSession {
@@ -163,6 +164,10 @@ impl DrillSession {
         let local = self.local.lock().unwrap().take();
         if let Some(mut cluster) = local {
             let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        }
+        let redis = self.redis.lock().unwrap().take();
+        if let Some(r) = redis {
+            let _ = tokio::task::spawn_blocking(move || r.stop()).await;
         }
     }
 }
@@ -271,6 +276,9 @@ async fn drill(
     session: &Arc<DrillSession>,
     report: &mut DrillReport,
 ) -> Result<(), JobError> {
+    if let Some(entry) = &manifest.redis {
+        return super::drill_redis::drill(store, manifest, entry, opts, session, report).await;
+    }
     let server = match &opts.target {
         DrillTarget::Server(url) => {
             report.target = url.redacted();
@@ -352,7 +360,7 @@ async fn drill(
         for plugin in &opts.verifiers {
             report
                 .checks
-                .extend(run_verifier(plugin, &target, &ctx, &prefix).await);
+                .extend(run_verifier(plugin, drill_call(&target), &ctx, &prefix).await);
         }
         for a in opts
             .assertions
@@ -439,7 +447,7 @@ pub async fn sweep_orphans(server: &PgUrl) {
     }
 }
 
-fn pass(name: &str, detail: String) -> Check {
+pub(super) fn pass(name: &str, detail: String) -> Check {
     Check {
         name: name.into(),
         status: Status::Pass,
@@ -448,7 +456,7 @@ fn pass(name: &str, detail: String) -> Check {
     }
 }
 
-fn verdict(name: String, ok: bool, detail: String) -> Check {
+pub(super) fn verdict(name: String, ok: bool, detail: String) -> Check {
     Check {
         name,
         status: if ok { Status::Pass } else { Status::Fail },
@@ -686,24 +694,28 @@ async fn previous_drill(store: &Store, m: &Manifest) -> Option<DrillReport> {
     None
 }
 
-async fn run_verifier(
+/// What a verifier of a Postgres drill reaches: the drill database, read-only
+/// unless its grant says otherwise.
+fn drill_call(target: &PgUrl) -> CallContext {
+    CallContext {
+        sql: Some(SqlTarget {
+            scope: SqlScope::Drill,
+            url: target.secret_url().to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs one verifier with `call`: what its grants reach (the drill database
+/// or the drill instance, only).
+pub(super) async fn run_verifier(
     plugin: &Arc<Plugin>,
-    target: &PgUrl,
+    call: CallContext,
     ctx: &wit::DrillContext,
     prefix: &str,
 ) -> Vec<Check> {
-    let (p, url, ctx) = (plugin.clone(), target.secret_url().to_string(), ctx.clone());
-    let result = tokio::task::spawn_blocking(move || {
-        let call = CallContext {
-            sql: Some(SqlTarget {
-                scope: SqlScope::Drill,
-                url,
-            }),
-            ..Default::default()
-        };
-        p.verify(&call, &ctx)
-    })
-    .await;
+    let (p, ctx) = (plugin.clone(), ctx.clone());
+    let result = tokio::task::spawn_blocking(move || p.verify(&call, &ctx)).await;
     let by = plugin.name().to_string();
     match result {
         Ok(Ok(results)) if results.is_empty() => vec![Check {

@@ -2,6 +2,7 @@
 //! natively (plugins only decide), and returns a summary.
 //!
 //! - `backup`: a consistent, parallel, streaming dump of a server's databases.
+//! - `backup_redis`, `redis`: a Redis server's RDB snapshot over the replication protocol.
 //! - `restore`: one database of a backup into a new (or emptied) database.
 //! - `drill`, `prune`: prove a backup; delete the ones a retention policy lets go.
 //! - `scheduler`: the agent's loops and every job's one way to run (lease, events, status).
@@ -12,10 +13,13 @@
 //! tool) and never leaves a half-written backup listed as complete.
 
 pub mod backup;
+pub mod backup_redis;
 pub mod drill;
+pub mod drill_redis;
 pub mod local_pg;
 pub mod pg;
 pub mod prune;
+pub mod redis;
 pub mod restore;
 pub mod scheduler;
 pub mod status;

@@ -51,6 +51,12 @@ pub async fn run(
     manifest: &Manifest,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary, JobError> {
+    if manifest.redis.is_some() {
+        return Err(JobError::Config(format!(
+            "backup {} is a Redis snapshot: start redis-server on it (see docs/RESTORE-BY-HAND.md), or drill it",
+            manifest.id
+        )));
+    }
     let clock = Instant::now();
     let entry = pick_database(manifest, opts.database.as_deref())?;
     let target_db = opts.target.database();

@@ -14,6 +14,7 @@
 //! its session; then `run` returns.
 
 use super::backup::{self, BackupOptions};
+use super::backup_redis::{self, RedisBackupOptions};
 use super::drill::{self, DrillOptions, DrillSession, DrillTarget, Pick};
 use super::pg::PgUrl;
 use super::prune::{self, PruneOptions};
@@ -359,6 +360,24 @@ impl Agent {
         };
         let progress = record.progress.clone();
         match req.kind {
+            Kind::Backup if source.redis.is_some() => {
+                let opts = RedisBackupOptions {
+                    source: source.name.clone(),
+                    url: source.redis.clone().expect("a redis source"),
+                    compression_level: source.compression_level,
+                    guard: Some(guard),
+                    progress,
+                };
+                let s = backup_redis::run(&self.store, &opts).await?;
+                Ok(Outcome {
+                    detail: Some(format!(
+                        "{} keys, {} bytes in {:.1}s",
+                        s.keys, s.bytes, s.seconds
+                    )),
+                    backup: Some(s.id),
+                    ..Default::default()
+                })
+            }
             Kind::Backup => {
                 let opts = BackupOptions {
                     source: source.name.clone(),

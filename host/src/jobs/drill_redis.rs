@@ -1,0 +1,294 @@
+//! Drilling a Redis backup: the snapshot is downloaded (checksum checked),
+//! a throwaway `redis-server` on a random local port loads it, the key
+//! counts are compared with what the backup saw, and the verifier plugins
+//! run with a keyvalue grant on that instance only. The instance and its
+//! directory are removed by the drill's session, always.
+
+use super::drill::{
+    pass, run_verifier, verdict, DrillOptions, DrillReport, DrillSession, DrillTarget,
+};
+use super::redis::{keyspace, RedisUrl};
+use super::JobError;
+use crate::archive::manifest::{KeyCount, Manifest, RedisEntry};
+use crate::archive::{self as arch, ObjectReader, Store};
+use crate::caps::keyvalue::KvTarget;
+use crate::caps::types as wit;
+use crate::caps::CallContext;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// How long a snapshot may take to load before the drill gives up.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A running throwaway redis-server, stopped and removed by the session.
+pub struct LocalRedis {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl LocalRedis {
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub(super) async fn drill(
+    store: &Store,
+    manifest: &Manifest,
+    entry: &RedisEntry,
+    opts: &DrillOptions,
+    session: &Arc<DrillSession>,
+    report: &mut DrillReport,
+) -> Result<(), JobError> {
+    let parent = match &opts.target {
+        DrillTarget::Local(p) => p.clone(),
+        // A Postgres drill server cannot load an RDB: Redis drills run here.
+        DrillTarget::Server(_) => std::env::temp_dir(),
+    };
+    report.target = "local redis-server".into();
+    let clock = Instant::now();
+    let dir = parent.join(format!(
+        "firedrill-redis-drill-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| JobError::Internal(format!("{}: {e}", dir.display())))?;
+    opts.progress.phase("downloading the snapshot");
+    if let Err(e) = download(store, manifest, entry, &dir).await {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    report.checks.push(pass(
+        "redis.rdb.checksum",
+        format!("{} checks out ({} bytes)", entry.rdb.path, entry.raw_bytes),
+    ));
+    opts.progress.phase("loading the snapshot");
+    let port = free_port()?;
+    let mut cmd = std::process::Command::new(redis_server());
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .arg("--dir")
+    .arg(&dir)
+    .args(["--dbfilename", "dump.rdb", "--logfile", "redis.log"])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let child = super::local_pg::spawn_kept(cmd).map_err(|e| JobError::Tool {
+        tool: "redis-server".into(),
+        message: format!("cannot start it ({e}); install the redis-server package"),
+    })?;
+    *session.redis.lock().unwrap() = Some(LocalRedis {
+        child,
+        dir: dir.clone(),
+    });
+    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}/")).expect("a local URL");
+    let restored = wait_loaded(&url, session, &dir).await?;
+    report.rto_seconds = clock.elapsed().as_secs_f64();
+
+    for (db, check) in key_checks(&entry.keys_before, &entry.keys_after, &restored) {
+        report
+            .checks
+            .push(verdict(format!("redis.{db}.keys"), check.0, check.1));
+    }
+    let ctx = wit::DrillContext {
+        backup_id: manifest.id.clone(),
+        source: manifest.source.clone(),
+        database: format!("redis://127.0.0.1:{port}"),
+        backup_created: manifest.timings.started,
+        drill_started: report.started,
+        tables: vec![],
+        previous: None,
+        labels: vec![("kind".into(), "redis".into())],
+    };
+    opts.progress.phase("checking");
+    for plugin in &opts.verifiers {
+        let call = CallContext {
+            keyvalue: Some(
+                KvTarget::new(url.secret_url(), "")
+                    .map_err(|e| JobError::Internal(e.to_string()))?,
+            ),
+            ..Default::default()
+        };
+        report
+            .checks
+            .extend(run_verifier(plugin, call, &ctx, "").await);
+    }
+    Ok(())
+}
+
+async fn download(
+    store: &Store,
+    m: &Manifest,
+    entry: &RedisEntry,
+    dir: &Path,
+) -> Result<(), JobError> {
+    let path = format!("{}{}", arch::backup_dir(&m.source, &m.id), entry.rdb.path);
+    let mut reader = ObjectReader::open(store, &path, &entry.rdb).await?;
+    let file = dir.join("dump.rdb");
+    let mut out = tokio::fs::File::create(&file)
+        .await
+        .map_err(|e| JobError::Internal(format!("{}: {e}", file.display())))?;
+    while let Some(piece) = reader.next().await? {
+        out.write_all(&piece)
+            .await
+            .map_err(|e| JobError::Internal(format!("{}: {e}", file.display())))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| JobError::Internal(e.to_string()))?;
+    Ok(())
+}
+
+/// Waits until the server answers with the snapshot loaded; its key counts.
+async fn wait_loaded(
+    url: &RedisUrl,
+    session: &DrillSession,
+    dir: &Path,
+) -> Result<BTreeMap<String, KeyCount>, JobError> {
+    let start = Instant::now();
+    loop {
+        let exited = session
+            .redis
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|r| r.child.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            return Err(JobError::Tool {
+                tool: "redis-server".into(),
+                message: format!(
+                    "could not load the snapshot ({status}): {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                ),
+            });
+        }
+        if let Ok(mut conn) = url.connect().await {
+            if let Ok(persistence) = conn.info("persistence").await {
+                if super::redis::info_field(&persistence, "loading") == Some("0") {
+                    return Ok(keyspace(&conn.info("keyspace").await?));
+                }
+            }
+        }
+        if start.elapsed() > LOAD_TIMEOUT {
+            return Err(JobError::Tool {
+                tool: "redis-server".into(),
+                message: format!(
+                    "the snapshot did not load within {}s",
+                    LOAD_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Per database: (ok, detail). The restored count must lie between what the
+/// backup saw before and after the snapshot, less the keys that may have
+/// expired since (keys with a TTL).
+fn key_checks(
+    before: &BTreeMap<String, KeyCount>,
+    after: &BTreeMap<String, KeyCount>,
+    restored: &BTreeMap<String, KeyCount>,
+) -> Vec<(String, (bool, String))> {
+    let mut dbs: Vec<&String> = before
+        .keys()
+        .chain(after.keys())
+        .chain(restored.keys())
+        .collect();
+    dbs.sort();
+    dbs.dedup();
+    dbs.into_iter()
+        .map(|db| {
+            let (b, a, r) = (
+                before.get(db).copied().unwrap_or_default(),
+                after.get(db).copied().unwrap_or_default(),
+                restored.get(db).copied().unwrap_or_default(),
+            );
+            let low = b.keys.min(a.keys).saturating_sub(b.expires.max(a.expires));
+            let high = b.keys.max(a.keys);
+            let ok = (low..=high).contains(&r.keys);
+            let seen = if b.keys == a.keys {
+                format!("{}", b.keys)
+            } else {
+                format!("{} to {}", b.keys, a.keys)
+            };
+            (
+                db.clone(),
+                (
+                    ok,
+                    format!(
+                        "{} keys restored; the backup saw {seen} ({} with a TTL)",
+                        r.keys,
+                        b.expires.max(a.expires)
+                    ),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn free_port() -> Result<u16, JobError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| JobError::Internal(format!("no free port: {e}")))
+}
+
+/// `FIREDRILL_REDIS_SERVER`, else `redis-server` on the PATH.
+fn redis_server() -> PathBuf {
+    std::env::var_os("FIREDRILL_REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_counts_allow_for_expiry_and_writes_during_the_snapshot() {
+        let kc = |keys, expires| KeyCount { keys, expires };
+        let map = |v: KeyCount| BTreeMap::from([("db0".to_string(), v)]);
+        let check = |b, a, r| key_checks(&map(b), &map(a), &map(r))[0].1 .0;
+        assert!(check(kc(10, 0), kc(10, 0), kc(10, 0)));
+        assert!(
+            !check(kc(10, 0), kc(10, 0), kc(9, 0)),
+            "a key without a TTL went missing"
+        );
+        assert!(
+            check(kc(10, 2), kc(10, 2), kc(8, 0)),
+            "two keys may have expired"
+        );
+        assert!(
+            check(kc(10, 0), kc(12, 0), kc(11, 0)),
+            "written during the snapshot"
+        );
+        assert!(
+            !check(kc(10, 0), kc(10, 0), kc(11, 0)),
+            "more keys than the server ever had"
+        );
+        // A database only the restore has is a failure too.
+        let r = key_checks(
+            &map(kc(1, 0)),
+            &map(kc(1, 0)),
+            &BTreeMap::from([("db0".into(), kc(1, 0)), ("db5".into(), kc(3, 0))]),
+        );
+        assert!(!r[1].1 .0, "{r:?}");
+    }
+}
