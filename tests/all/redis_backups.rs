@@ -532,3 +532,61 @@ fn an_agent_backs_up_and_drills_a_redis_source_on_schedule() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn redis_backups_are_listed_and_pruned_like_any_other() {
+    let server = OwnRedis::start(&[]);
+    fill(&mut server.connection(""));
+    let (store, _) = file_store();
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct ids by the second
+            backup(
+                &[
+                    "--redis-url",
+                    &server.url(""),
+                    "--store",
+                    &store,
+                    "--source",
+                    "cache",
+                ],
+                &[],
+            )["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let (o, _) = drill(&store, &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let keep1 = crate::retention::policies(1);
+    let o = firedrill(
+        &[
+            "prune",
+            "--json",
+            "--store",
+            &store,
+            "--policies",
+            keep1.to_str().unwrap(),
+            "--min-age",
+            "0s",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    let pruned: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut deleted: Vec<String> = pruned["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, ids[..2], "{pruned:#}");
+    let o = firedrill(&["list", "--json", "--store", &store], &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = listed.as_array().expect("a list");
+    assert_eq!(rows.len(), 1, "{listed:#}");
+    assert_eq!(rows[0]["id"], ids[2].as_str());
+    assert_eq!(rows[0]["last_drill"]["passed"], true, "{listed:#}");
+}

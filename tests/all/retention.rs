@@ -78,7 +78,7 @@ fn age_keeps_what_is_younger_than_its_days() {
     assert_eq!(kept(&p, &backups), ["edge", "new"]);
 }
 
-fn policies(keep: u32) -> std::path::PathBuf {
+pub fn policies(keep: u32) -> std::path::PathBuf {
     harness::policy_dir(
         &["retention-count"],
         &[("keep.toml", &format!("world = \"retention\"\nwasm = \"retention_count.wasm\"\n[grants]\nlogging = true\nconfig = true\n[config]\nkeep = {keep}"))],
