@@ -236,34 +236,41 @@ pub fn redis() -> &'static Redis {
     R.get_or_init(|| {
         let dir = scratch().join("redis");
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let log = dir.join("redis.log");
-        let (o, e) = log_file(&log);
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(o)
-        .stderr(e);
-        let mut child = spawn_kept(cmd, libc::SIGTERM);
-        let url = format!("redis://127.0.0.1:{port}/");
-        wait_until("redis-server", &mut child, &log, || {
-            redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
+        let (_, port) = start_redis_server(&dir, &[]);
         Redis { port }
     })
+}
+
+/// A redis-server on a free port with its data in `dir`, accepting connections.
+/// `extra` comes last, so that it wins (a later `--dir` replaces `dir`).
+fn start_redis_server(dir: &Path, extra: &[&str]) -> (Child, u16) {
+    let port = free_port();
+    let log = dir.join("redis.log");
+    let (o, e) = log_file(&log);
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .args(["--enable-debug-command", "yes"])
+    // Diskless replication waits 5 s for more replicas by default.
+    .args(["--repl-diskless-sync-delay", "0"])
+    .arg("--dir")
+    .arg(dir)
+    .args(extra)
+    .stdout(o)
+    .stderr(e);
+    let mut child = spawn_kept(cmd, libc::SIGTERM);
+    wait_until("redis-server", &mut child, &log, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (child, port)
 }
 
 // ----- S3 (s3s-fs) ----------------------------------------------------------
@@ -547,32 +554,7 @@ pub struct OwnRedis {
 impl OwnRedis {
     /// `extra`: more redis-server arguments, e.g. `["--requirepass", "pw"]`.
     pub fn start(extra: &[&str]) -> OwnRedis {
-        let dir = tempdir("own-redis");
-        let port = free_port();
-        let log = dir.join("redis.log");
-        let (o, e) = log_file(&log);
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--enable-debug-command", "yes"])
-        .arg("--dir")
-        .arg(&dir)
-        // Last, so that they win (a later --dir replaces an earlier one).
-        .args(extra)
-        .stdout(o)
-        .stderr(e);
-        let mut child = spawn_kept(cmd, libc::SIGTERM);
-        wait_until("redis-server", &mut child, &log, || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let (child, port) = start_redis_server(&tempdir("own-redis"), extra);
         OwnRedis { port, child }
     }
 

@@ -148,10 +148,24 @@ fn rdb_object(store_dir: &Path, source: &str, id: &str) -> PathBuf {
     store_dir.join(source).join(id).join("redis/dump.rdb.zst")
 }
 
+/// `firedrill drill --latest --json`, with a temporary directory of its own
+/// that must be empty again afterwards: the throwaway redis-server and its
+/// copy of the snapshot are gone, pass or fail.
 fn drill(store: &str, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let tmp = harness::tempdir("drill-tmp");
     let mut args = vec!["drill", "--store", store, "--latest", "--json"];
     args.extend_from_slice(extra);
-    let o = firedrill(&args, &[]);
+    let o = firedrill(&args, &[("TMPDIR", tmp.display().to_string())]);
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the drill left {left:?}: {}",
+        output_text(&o)
+    );
     let report = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
     (o, report)
 }
@@ -522,6 +536,15 @@ fn an_agent_backs_up_and_drills_a_redis_source_on_schedule() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
+    let metrics = harness::http(port, "GET", "/metrics", &[], "").body;
+    let counted = |kind: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("firedrill_jobs_total{{kind=\"{kind}\"}} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(counted("backup") >= 1 && counted("drill") >= 1, "{metrics}");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
