@@ -11,6 +11,7 @@ mod caps_keyvalue;
 mod caps_sql;
 mod cli;
 mod code_cache;
+mod crash;
 mod drills;
 mod fleet;
 mod hostile_plugins;
