@@ -83,17 +83,17 @@ fn three_agents_on_one_source_take_one_backup_per_slot() {
     let agents: Vec<_> = (0..3)
         .map(|_| {
             let port = harness::free_port();
-            start_agent(&config(&dir, port, &store, &db, &ns, "3s", "5s"), port, &[])
+            start_agent(&config(&dir, port, &store, &db, &ns, "5s", "5s"), port, &[])
         })
         .collect();
     // Long enough for several slots.
-    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(started.elapsed()));
     let logs: Vec<String> = agents.into_iter().map(stop).collect();
     let backups = complete_backups(&store);
     let mut per_slot: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for m in &backups {
         per_slot
-            .entry(m.timings.started - m.timings.started.rem_euclid(3))
+            .entry(m.timings.started - m.timings.started.rem_euclid(5))
             .or_default()
             .push(m.id.clone());
     }

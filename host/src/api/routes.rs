@@ -264,11 +264,6 @@ fn metrics(state: &ApiState) -> Response<Body> {
             ("{decision=\"error\"}".into(), load(&a.failed)),
         ],
     );
-    counter(
-        "firedrill_api_authorizer_seconds_micros_total",
-        "Time spent deciding, in microseconds.",
-        &[(String::new(), load(&a.micros))],
-    );
     let s = &state.agent.stats;
     counter(
         "firedrill_jobs_total",
@@ -309,6 +304,12 @@ fn metrics(state: &ApiState) -> Response<Body> {
             &rows(|s| &s.failures),
         );
     }
+    // Seconds, as Prometheus wants them; counted in microseconds.
+    let _ = writeln!(
+        out,
+        "# HELP firedrill_api_authorizer_seconds_total Time spent in authorizer decisions.\n# TYPE firedrill_api_authorizer_seconds_total counter\nfiredrill_api_authorizer_seconds_total {}",
+        load(&a.micros) as f64 / 1e6
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/plain; version=0.0.4")

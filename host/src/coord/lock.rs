@@ -84,6 +84,28 @@ pub struct CommitGuard {
 }
 
 impl Coordinator {
+    /// Waits for the lease, polling until it is free, the slot is done or
+    /// `give_up` passes.
+    pub async fn wait_for_lease(
+        &self,
+        job: &str,
+        source: &str,
+        slot: Option<i64>,
+        give_up: Duration,
+    ) -> Result<Option<Lease>, CoordError> {
+        let until = tokio::time::Instant::now() + give_up;
+        let poll =
+            (self.inner.opts.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            match self.try_lock(job, source, slot).await? {
+                TryLock::Acquired(l) => return Ok(Some(l)),
+                TryLock::SlotDone => return Ok(None),
+                TryLock::Busy if tokio::time::Instant::now() + poll >= until => return Ok(None),
+                TryLock::Busy => tokio::time::sleep(poll).await,
+            }
+        }
+    }
+
     /// Tries once to take the (job, source) lease. `slot`: the schedule
     /// slot this run is for, or none for a one-off run.
     pub async fn try_lock(
@@ -295,28 +317,6 @@ impl Lease {
                 if let Some(slot) = slot {
                     s.done.insert(k, slot);
                 }
-            }
-        }
-    }
-
-    /// Waits for the lease, polling until it is free, the slot is done or
-    /// `give_up` passes.
-    pub async fn wait(
-        coord: &Coordinator,
-        job: &str,
-        source: &str,
-        slot: Option<i64>,
-        give_up: Duration,
-    ) -> Result<Option<Lease>, CoordError> {
-        let until = tokio::time::Instant::now() + give_up;
-        let poll =
-            (coord.inner.opts.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
-            match coord.try_lock(job, source, slot).await? {
-                TryLock::Acquired(l) => return Ok(Some(l)),
-                TryLock::SlotDone => return Ok(None),
-                TryLock::Busy if tokio::time::Instant::now() + poll >= until => return Ok(None),
-                TryLock::Busy => tokio::time::sleep(poll).await,
             }
         }
     }

@@ -23,7 +23,7 @@ use super::status::{JobRecord, JobTable, Kind, State};
 use super::JobError;
 use crate::archive::{self as arch, Store};
 use crate::config::{Config, DrillTargetConfig, Schedule, SourceConfig};
-use crate::coord::{CommitGuard, Coordinator, Lease};
+use crate::coord::{CommitGuard, Coordinator};
 use crate::runtime::{Plugin, Policies, World};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -267,7 +267,11 @@ impl Agent {
                 return;
             }
         };
-        let lease = match Lease::wait(&self.coord, job, source, req.slot, give_up).await {
+        let lease = match self
+            .coord
+            .wait_for_lease(job, source, req.slot, give_up)
+            .await
+        {
             Ok(Some(l)) => l,
             Ok(None) => {
                 self.stats.skipped.fetch_add(1, Ordering::Relaxed);
