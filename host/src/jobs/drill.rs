@@ -203,6 +203,9 @@ pub async fn run(
         report: String::new(),
     };
     tracing::info!(backup = %id, source = %source, "drill started");
+    report
+        .checks
+        .push(unlisted_objects(store, &manifest).await?);
     let outcome = drill(store, &manifest, opts, session, &mut report).await;
     session.cleanup().await;
     if let Err(e) = outcome {
@@ -235,6 +238,35 @@ pub async fn run(
         .await?;
     tracing::info!(backup = %id, passed = report.passed, rto = report.rto_seconds, "drill finished");
     Ok(report)
+}
+
+/// Objects in the backup's directory that its manifest does not list: not
+/// needed to restore, but not ours either (a tampered or mixed-up backup).
+async fn unlisted_objects(store: &Store, m: &Manifest) -> Result<Check, JobError> {
+    let dir = arch::backup_dir(&m.source, &m.id);
+    let listed: BTreeSet<String> = m.objects().map(|o| format!("{dir}{}", o.path)).collect();
+    let extra: Vec<String> = store
+        .list_recursive(&dir)
+        .await?
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|p| !listed.contains(p))
+        .filter_map(|p| p.strip_prefix(&dir).map(str::to_string))
+        .filter(|p| p != manifest::MANIFEST && !p.starts_with("drills/"))
+        .collect();
+    Ok(if extra.is_empty() {
+        pass(
+            "archive.objects",
+            format!("{} objects, each listed in the manifest", listed.len()),
+        )
+    } else {
+        Check {
+            name: "archive.objects".into(),
+            status: Status::Warn,
+            detail: format!("not listed in the manifest: {}", extra.join(", ")),
+            by: "built-in".into(),
+        }
+    })
 }
 
 fn compact_time(unix: i64) -> String {
