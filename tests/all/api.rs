@@ -130,10 +130,11 @@ fn agent(label: &str, policies: &Path) -> Api {
 
 fn signed_policies(limits: &str) -> PathBuf {
     harness::policy_dir(
-        &["authorizer-signed", "verifier-sql"],
+        &["authorizer-signed", "verifier-sql", "retention-count"],
         &[
             ("auth.toml", &format!("world = \"authorizer\"\nwasm = \"authorizer_signed.wasm\"\n[limits]\ndeadline = \"500ms\"\n[grants]\nconfig = true\nlogging = true\nkeyvalue = {{ prefixes = [\"auth:\"], expire = \"5m\" }}\n[config]\nhmac_key = {{ env = \"FIREDRILL_TOKEN_KEY\" }}\n{limits}")),
             ("sql.toml", "world = \"verifier\"\nwasm = \"verifier_sql.wasm\"\n[grants]\nconfig = true\nlogging = true\nsql = { database = \"drill\" }\n"),
+            ("keep.toml", "world = \"retention\"\nwasm = \"retention_count.wasm\"\n[grants]\nconfig = true\nlogging = true\n[config]\nkeep = 5\n"),
         ],
     )
 }
@@ -451,6 +452,22 @@ fn jobs_through_the_api_with_progress_restore_and_events() {
         "{resumed}"
     );
     assert!(api.store.starts_with("file://"));
+
+    // Prune, as an operator; a dry run deletes nothing.
+    let r = post(p, "/v1/prune", &operator, "{\"dry_run\": true}");
+    assert_eq!(r.status, 202, "{r:?}");
+    let pruned = wait_job(p, &operator, r.json()["id"].as_str().unwrap());
+    assert_eq!(pruned["state"], "succeeded", "{pruned}");
+    assert_eq!(
+        get(p, "/v1/backups", &operator).json()["backups"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        sse(p, "/v1/events?after=0", &operator, "event: prune.finished").contains("prune.started")
+    );
 }
 
 #[test]
