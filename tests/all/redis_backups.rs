@@ -144,6 +144,14 @@ fn contents(c: &mut redis::Connection) -> BTreeMap<String, String> {
     out
 }
 
+/// `firedrill backup --json` of a Redis server, filed under source `cache`.
+fn backup_cache(url: &str, store: &str) -> serde_json::Value {
+    backup(
+        &["--redis-url", url, "--store", store, "--source", "cache"],
+        &[],
+    )
+}
+
 fn rdb_object(store_dir: &Path, source: &str, id: &str) -> PathBuf {
     store_dir.join(source).join(id).join("redis/dump.rdb.zst")
 }
@@ -186,17 +194,7 @@ fn every_type_and_expiry_round_trips_through_a_drill_and_by_hand() {
     fill(&mut c);
     let before = contents(&mut c);
     let (store, dir) = file_store();
-    let b = backup(
-        &[
-            "--redis-url",
-            &server.url(""),
-            "--store",
-            &store,
-            "--source",
-            "cache",
-        ],
-        &[],
-    );
+    let b = backup_cache(&server.url(""), &store);
     assert_eq!(b["keys"], 9, "{b}");
     let id = b["id"].as_str().unwrap();
 
@@ -255,17 +253,7 @@ fn a_corrupted_snapshot_is_detected_and_named() {
     let server = OwnRedis::start(&[]);
     fill(&mut server.connection(""));
     let (store, dir) = file_store();
-    let b = backup(
-        &[
-            "--redis-url",
-            &server.url(""),
-            "--store",
-            &store,
-            "--source",
-            "cache",
-        ],
-        &[],
-    );
+    let b = backup_cache(&server.url(""), &store);
     let object = rdb_object(&dir, "cache", b["id"].as_str().unwrap());
     let mut bytes = std::fs::read(&object).unwrap();
     let middle = bytes.len() / 2;
@@ -564,17 +552,7 @@ fn redis_backups_are_listed_and_pruned_like_any_other() {
     let ids: Vec<String> = (0..3)
         .map(|_| {
             std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct ids by the second
-            backup(
-                &[
-                    "--redis-url",
-                    &server.url(""),
-                    "--store",
-                    &store,
-                    "--source",
-                    "cache",
-                ],
-                &[],
-            )["id"]
+            backup_cache(&server.url(""), &store)["id"]
                 .as_str()
                 .unwrap()
                 .to_string()

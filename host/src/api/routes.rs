@@ -141,27 +141,16 @@ pub async fn route(
             &serde_json::json!({"principal": principal.name, "role": role_name(principal.role)}),
         )),
         Route::ListBackups => {
-            let all = arch::list_backups(state.agent.store())
-                .await
-                .map_err(store_error)?;
-            let source = q("source");
-            let shown: Vec<_> = all
-                .into_iter()
-                .filter(|l| source.as_ref().is_none_or(|s| *s == l.source))
-                .collect();
+            let shown = listings(state, q("source")).await?;
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({ "backups": shown }),
             ))
         }
         Route::ListDrills => {
-            let all = arch::list_backups(state.agent.store())
-                .await
-                .map_err(store_error)?;
-            let source = q("source");
-            let drills: Vec<_> = all
+            let drills: Vec<_> = listings(state, q("source"))
+                .await?
                 .into_iter()
-                .filter(|l| source.as_ref().is_none_or(|s| *s == l.source))
                 .filter_map(|l| {
                     let d = l.last_drill?;
                     Some(serde_json::json!({"source": l.source, "backup": l.id, "report": d.report, "passed": d.passed}))
@@ -235,8 +224,18 @@ async fn trigger(
     Ok(r)
 }
 
-fn store_error(e: arch::ArchiveError) -> ApiError {
-    ApiError::new(503, format!("the store cannot be listed: {e}"))
+/// The store's backups, of one source if named.
+async fn listings(
+    state: &ApiState,
+    source: Option<String>,
+) -> Result<Vec<arch::Listing>, ApiError> {
+    let all = arch::list_backups(state.agent.store())
+        .await
+        .map_err(|e| ApiError::new(503, format!("the store cannot be listed: {e}")))?;
+    Ok(all
+        .into_iter()
+        .filter(|l| source.as_ref().is_none_or(|s| *s == l.source))
+        .collect())
 }
 
 /// Prometheus text exposition of the agent's counters.

@@ -127,7 +127,7 @@ impl Coordinator {
         })
     }
 
-    /// Single-node coordination, for the CLI's one-shot commands.
+    /// Single-node coordination without any setup (benches, tests).
     pub fn local() -> Coordinator {
         let opts = CoordOptions::default();
         Coordinator {
