@@ -49,6 +49,13 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Rotate the age recipients of encrypted backups (rewrites headers, not data).
+    Rekey(cli::keys::RekeyArgs),
+    /// Make an age identity (to encrypt backups) or an Ed25519 key (to sign manifests).
+    Keygen {
+        #[command(subcommand)]
+        command: cli::keys::KeygenCommand,
+    },
     /// Signed API tokens: issue, revoke, make a key pair.
     Token {
         #[command(subcommand)]
@@ -105,6 +112,8 @@ fn main() -> ExitCode {
             command: PolicyCommand::Check { dir, json },
         } => cli::policy::check(&dir, json),
         Command::Token { command } => cli::token::run(command),
+        Command::Rekey(a) => cli::keys::rekey(a),
+        Command::Keygen { command } => cli::keys::keygen(command),
     };
     match result {
         Ok(code) => code,

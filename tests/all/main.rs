@@ -13,6 +13,7 @@ mod cli;
 mod code_cache;
 mod crash;
 mod drills;
+mod encryption;
 mod fleet;
 mod hostile_plugins;
 mod policies;

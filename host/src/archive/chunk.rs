@@ -1,8 +1,9 @@
-//! Objects as streams: bytes in -> zstd -> sha256 -> multipart upload, and
-//! back: download -> sha256 -> zstd -> bytes out, with the checksum and size
-//! checked when the stream ends. Memory is bounded by the part size and the
-//! zstd window, whatever the object's size.
+//! Objects as streams: bytes in -> zstd -> (age) -> sha256 -> multipart
+//! upload, and back: download -> sha256 -> (age) -> zstd -> bytes out, with
+//! the checksum and size checked when the stream ends. Memory is bounded by
+//! the part size and the zstd window, whatever the object's size.
 
+use super::age::{FileKey, Opener, Sealer};
 use super::manifest::ObjectRef;
 use super::store::Store;
 use super::ArchiveError;
@@ -24,6 +25,7 @@ pub struct ObjectWriter {
     writer: opendal::Writer,
     encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
     batch: Vec<u8>,
+    sealer: Option<Sealer>,
     hasher: Sha256,
     stored: u64,
     /// Bytes before compression.
@@ -33,7 +35,8 @@ pub struct ObjectWriter {
 }
 
 impl ObjectWriter {
-    /// `path` is relative to the store's root.
+    /// `path` is relative to the store's root; when the store is sealing
+    /// ([`Store::sealing`]), the object is an age payload under its key.
     pub async fn create(
         store: &Store,
         path: &str,
@@ -47,6 +50,7 @@ impl ObjectWriter {
             writer,
             encoder,
             batch: Vec::with_capacity(BATCH),
+            sealer: store.seal_key().map(Sealer::new),
             hasher: Sha256::new(),
             stored: 0,
             raw: 0,
@@ -78,6 +82,14 @@ impl ObjectWriter {
     }
 
     async fn send(&mut self, out: Vec<u8>) -> Result<(), ArchiveError> {
+        let out = match &mut self.sealer {
+            Some(s) => s.push(&out),
+            None => out,
+        };
+        self.upload(out).await
+    }
+
+    async fn upload(&mut self, out: Vec<u8>) -> Result<(), ArchiveError> {
         self.hasher.update(&out);
         self.stored += out.len() as u64;
         self.writer
@@ -102,6 +114,9 @@ impl ObjectWriter {
             .finish()
             .map_err(|e| ArchiveError::Compression(e.to_string()))?;
         self.send(out).await?;
+        if let Some(sealer) = self.sealer.take() {
+            self.upload(sealer.finish()).await?;
+        }
         self.writer.close().await.map_err(|e| ArchiveError::Store {
             store: String::new(),
             object: self.path.clone(),
@@ -125,6 +140,7 @@ pub struct ObjectReader {
     object: ObjectRef,
     stream: opendal::FuturesBytesStream,
     decoder: zstd::stream::raw::Decoder<'static>,
+    opener: Option<Opener>,
     hasher: Sha256,
     stored: u64,
     /// The compressed piece being decoded, and how far.
@@ -141,11 +157,13 @@ pub struct ObjectReader {
 }
 
 impl ObjectReader {
-    /// `path` is the object's full path in the store; `object` its manifest entry.
-    pub async fn open(
+    /// `path` is the object's full path in the store; `object` its manifest
+    /// entry; `key` decrypts it. Callers go through [`super::Backup::reader`].
+    pub(crate) async fn open(
         store: &Store,
         path: &str,
         object: &ObjectRef,
+        key: Option<&FileKey>,
     ) -> Result<ObjectReader, ArchiveError> {
         let reader = store.reader(path).await?;
         let stream = reader
@@ -158,6 +176,7 @@ impl ObjectReader {
             object: object.clone(),
             stream,
             decoder,
+            opener: key.map(Opener::new),
             hasher: Sha256::new(),
             stored: 0,
             pending: bytes::Bytes::new(),
@@ -232,7 +251,13 @@ impl ObjectReader {
                         )));
                     }
                     self.hasher.update(&bytes);
-                    self.pending = bytes;
+                    self.pending = match &mut self.opener {
+                        Some(o) => o
+                            .push(&bytes)
+                            .map_err(|e| self.corrupt(e.to_string()))?
+                            .into(),
+                        None => bytes,
+                    };
                     self.offset = 0;
                 }
                 None => {
@@ -249,10 +274,43 @@ impl ObjectReader {
                             self.object.sha256
                         )));
                     }
+                    if let Some(o) = self.opener.take() {
+                        self.pending = o.finish().map_err(|e| self.corrupt(e.to_string()))?.into();
+                        self.offset = 0;
+                    }
                     self.input_done = true;
                 }
             }
         }
+    }
+
+    /// A small object's stored bytes, checked against its manifest entry
+    /// (for age headers, which are neither compressed nor encrypted).
+    pub async fn read_raw(
+        store: &Store,
+        path: &str,
+        object: &ObjectRef,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        let bytes = store.get(path).await?;
+        let corrupt = |reason: String| ArchiveError::Corrupt {
+            object: object.path.clone(),
+            reason,
+        };
+        if bytes.len() as u64 != object.size {
+            return Err(corrupt(format!(
+                "{} bytes stored, the manifest records {}",
+                bytes.len(),
+                object.size
+            )));
+        }
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if sha != object.sha256 {
+            return Err(corrupt(format!(
+                "sha256 {sha}, the manifest records {}",
+                object.sha256
+            )));
+        }
+        Ok(bytes)
     }
 
     /// Reads the whole object (for small ones: schema scripts).

@@ -112,7 +112,53 @@ pub struct Manifest {
     /// For `kind = "redis"`: the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisEntry>,
+    /// Every other object is an age payload under the key this header wraps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// Always last: see [`Manifest::to_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
+
+/// How a backup is encrypted: one file key per backup, wrapped for each
+/// recipient in one age header object; rekey writes a new header (the next
+/// generation) and leaves the data alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `age-v1`: the age format, X25519 recipients.
+    pub scheme: String,
+    /// `keys/<generation>.age`.
+    pub header: ObjectRef,
+    pub generation: u32,
+    pub recipients: Vec<RecipientEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientEntry {
+    pub fingerprint: String,
+    /// The public key (`age1...`), so a rekey can keep it.
+    pub key: String,
+}
+
+pub const AGE_SCHEME: &str = "age-v1";
+
+/// The header of generation `n`, relative to the backup's directory.
+pub fn header_path(generation: u32) -> String {
+    format!("keys/{generation}.age")
+}
+
+/// An Ed25519 signature over the manifest's bytes as stored without it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    pub algorithm: String,
+    /// The public key, base64.
+    pub key: String,
+    /// base64.
+    pub value: String,
+}
+
+/// Where the signature starts in a stored manifest.
+const SIGNATURE_MARK: &[u8] = b",\n  \"signature\": ";
 
 /// Keys, and keys with an expiry, in one logical database of a Redis server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,10 +187,44 @@ pub struct Compression {
 }
 
 impl Manifest {
+    /// The manifest as stored: pretty JSON, and when signed, the signature
+    /// appended as the last member. The signature covers the bytes without
+    /// it, exactly, so checking needs no canonical JSON: cut the signature
+    /// off the stored bytes ([`Manifest::unsigned_part`]) and verify.
+    pub fn to_bytes(&self, sign: impl FnOnce(&[u8]) -> Option<(String, String)>) -> Vec<u8> {
+        let mut m = self.clone();
+        m.signature = None;
+        let body = serde_json::to_vec_pretty(&m).expect("a manifest serializes");
+        let Some((key, value)) = sign(&body) else {
+            return body;
+        };
+        let sig = Signature {
+            algorithm: "ed25519".into(),
+            key,
+            value,
+        };
+        signed_bytes(&body, &sig)
+    }
+
+    /// The bytes a stored manifest's signature covers, if the stored bytes
+    /// are exactly those plus this manifest's signature (nothing added,
+    /// nothing moved).
+    pub fn unsigned_part(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        let sig = self.signature.as_ref()?;
+        let at = stored
+            .windows(SIGNATURE_MARK.len())
+            .rposition(|w| w == SIGNATURE_MARK)?;
+        let mut body = stored[..at].to_vec();
+        body.extend_from_slice(b"\n}");
+        (signed_bytes(&body, sig) == stored).then_some(body)
+    }
+
     /// Every object the manifest vouches for.
     pub fn objects(&self) -> impl Iterator<Item = &ObjectRef> {
-        self.globals
+        self.encryption
             .iter()
+            .map(|e| &e.header)
+            .chain(self.globals.iter())
             .chain(self.redis.iter().map(|r| &r.rdb))
             .chain(self.databases.iter().flat_map(|d| {
                 [&d.pre_data, &d.post_data].into_iter().chain(
@@ -243,6 +323,14 @@ pub fn path_segment(s: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
+    out
+}
+
+fn signed_bytes(body: &[u8], sig: &Signature) -> Vec<u8> {
+    let mut out = body.strip_suffix(b"\n}").unwrap_or(body).to_vec();
+    out.extend_from_slice(SIGNATURE_MARK);
+    out.extend(serde_json::to_vec(sig).expect("a signature serializes"));
+    out.extend_from_slice(b"\n}");
     out
 }
 

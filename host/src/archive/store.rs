@@ -2,8 +2,11 @@
 //! opendal (so GCS and Azure are a builder away). Shown to people only as
 //! [`Store::display`], which never carries credentials.
 
+use super::age::FileKey;
+use super::keys::Keys;
 use super::ArchiveError;
 use opendal::Operator;
+use std::sync::Arc;
 
 /// S3 settings that are not in the URL; the `S3_*` environment variables of
 /// the common backup templates fill them in the CLI.
@@ -18,8 +21,19 @@ pub struct S3Options {
 #[derive(Clone)]
 pub struct Store {
     op: Operator,
+    /// For whole-object writes (manifests, headers, reports): on a file
+    /// store they go to a temporary file renamed into place, so a crash
+    /// mid-write never leaves half a manifest (an S3 PUT is atomic already).
+    atomic: Operator,
     display: String,
+    keys: Arc<Keys>,
+    /// Set for the duration of one backup: objects written through
+    /// [`super::ObjectWriter`] are age payloads under this key.
+    seal: Option<FileKey>,
 }
+
+/// Where a file store keeps whole-object writes until they are renamed in.
+pub const FILE_STORE_TMP: &str = ".firedrill-tmp";
 
 /// Stored objects are uploaded in parts of this size: memory per open writer.
 pub const PART_SIZE: usize = 8 << 20;
@@ -42,9 +56,19 @@ impl Store {
             })?;
             let op = Operator::new(opendal::services::Fs::default().root(path))
                 .map_err(|e| ArchiveError::StoreUrl(e.to_string()))?;
+            let tmp = format!("{}/{FILE_STORE_TMP}", path.trim_end_matches('/'));
+            let atomic = Operator::new(
+                opendal::services::Fs::default()
+                    .root(path)
+                    .atomic_write_dir(&tmp),
+            )
+            .map_err(|e| ArchiveError::StoreUrl(e.to_string()))?;
             return Ok(Store {
                 op,
+                atomic,
                 display: url.to_string(),
+                keys: Arc::default(),
+                seal: None,
             });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -75,8 +99,11 @@ impl Store {
                         .with_jitter(),
                 );
             return Ok(Store {
+                atomic: op.clone(),
                 op,
                 display: format!("s3://{bucket}/{}", prefix.trim_matches('/')),
+                keys: Arc::default(),
+                seal: None,
             });
         }
         Err(bad(&format!(
@@ -87,6 +114,28 @@ impl Store {
 
     pub fn display(&self) -> &str {
         &self.display
+    }
+
+    /// The same store, used with these keys.
+    pub fn with_keys(mut self, keys: Keys) -> Store {
+        self.keys = Arc::new(keys);
+        self
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The same store, sealing new objects under one backup's key.
+    pub fn sealing(&self, key: Option<FileKey>) -> Store {
+        Store {
+            seal: key,
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn seal_key(&self) -> Option<&FileKey> {
+        self.seal.as_ref()
     }
 
     fn err(&self, path: &str, e: opendal::Error) -> ArchiveError {
@@ -104,7 +153,7 @@ impl Store {
     }
 
     pub async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), ArchiveError> {
-        self.op
+        self.atomic
             .write(path, bytes)
             .await
             .map(drop)

@@ -70,7 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("drill.assertions: {}: {e}", f.display()))?
         }
     };
-    let store = Store::open(&config.store_url, &config.s3)?;
+    let store = Store::open(&config.store_url, &config.s3)?
+        .with_keys(firedrill::archive::Keys::load(&config.keys)?);
     let rt = super::runtime(4)?;
     rt.block_on(async move {
         let coord = firedrill::coord::Coordinator::new(config.coordination.clone())

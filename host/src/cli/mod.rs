@@ -4,6 +4,7 @@ pub mod agent;
 pub mod backup;
 pub mod demo;
 pub mod drill;
+pub mod keys;
 pub mod list;
 pub mod plugin;
 pub mod policy;
@@ -11,7 +12,8 @@ pub mod prune;
 pub mod restore;
 pub mod token;
 
-use firedrill::archive::{S3Options, Store};
+use firedrill::archive::{KeySettings, Keys, S3Options, Store};
+use std::path::PathBuf;
 
 /// Where backups live, for every command that reads or writes them. The S3
 /// settings take the environment names of the common backup templates.
@@ -28,6 +30,33 @@ pub struct StoreArgs {
     s3_access_key_id: Option<String>,
     #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     s3_secret_access_key: Option<String>,
+    /// Encrypt new backups to this age recipient (age1...), or to the
+    /// recipients in this file; repeat for several (an operator, an escrow).
+    #[arg(
+        long = "recipient",
+        env = "FIREDRILL_AGE_RECIPIENTS",
+        value_delimiter = ','
+    )]
+    recipients: Vec<String>,
+    /// An age identity file, to read encrypted backups (drill, restore, rekey).
+    #[arg(
+        long = "identity",
+        env = "FIREDRILL_AGE_IDENTITY",
+        value_delimiter = ','
+    )]
+    identities: Vec<PathBuf>,
+    /// An Ed25519 private key file (`firedrill keygen signing`): signs the
+    /// manifests written, and makes signed manifests required when reading.
+    #[arg(long, env = "FIREDRILL_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    /// An Ed25519 public key (base64) whose manifest signatures are accepted;
+    /// once any is given, unsigned manifests are refused.
+    #[arg(
+        long = "verify-key",
+        env = "FIREDRILL_VERIFY_KEYS",
+        value_delimiter = ','
+    )]
+    verify_keys: Vec<String>,
 }
 
 impl StoreArgs {
@@ -50,7 +79,13 @@ impl StoreArgs {
             access_key_id: self.s3_access_key_id.clone(),
             secret_access_key: self.s3_secret_access_key.clone(),
         };
-        Ok(Store::open(&url, &s3)?)
+        let keys = Keys::load(&KeySettings {
+            recipients: self.recipients.clone(),
+            identity_files: self.identities.clone(),
+            signing_key_file: self.signing_key.clone(),
+            verify_keys: self.verify_keys.clone(),
+        })?;
+        Ok(Store::open(&url, &s3)?.with_keys(keys))
     }
 }
 

@@ -50,8 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let summary = rt.block_on(async {
         let (source, id) =
             archive::find_backup(&store, args.backup_id.as_deref(), args.source.as_deref()).await?;
-        let manifest = archive::read_manifest(&store, &source, &id).await?;
-        restore::run(&store, &manifest, &opts).await
+        let backup = archive::open_backup(&store, &source, &id).await?;
+        restore::run(&store, &backup, &opts).await
     });
     let summary = summary.context("restore failed")?;
     if args.json {

@@ -10,6 +10,10 @@
 //! url = "s3://backups/pg"            # or file:///var/backups/pg
 //! s3_endpoint = "https://s3.example.net"
 //! s3_access_key_id = "..."           # better: S3_ACCESS_KEY_ID in the environment
+//! recipients = ["age1..."]           # encrypt backups to these (FIREDRILL_AGE_RECIPIENTS)
+//! identity_files = ["/etc/firedrill/age.key"]   # to drill them (FIREDRILL_AGE_IDENTITY)
+//! signing_key_file = "/etc/firedrill/signing.key"  # sign manifests (FIREDRILL_SIGNING_KEY)
+//! verify_keys = ["base64 Ed25519 public key"]      # accept their signatures too
 //!
 //! [drill]
 //! target = "local"                   # or a drill server's URL
@@ -108,6 +112,13 @@ struct RawStore {
     s3_region: Option<String>,
     s3_access_key_id: Option<String>,
     s3_secret_access_key: Option<String>,
+    #[serde(default)]
+    recipients: Vec<String>,
+    #[serde(default)]
+    identity_files: Vec<PathBuf>,
+    signing_key_file: Option<PathBuf>,
+    #[serde(default)]
+    verify_keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +176,8 @@ pub struct Config {
     pub reload_debounce: Duration,
     pub store_url: String,
     pub s3: crate::archive::S3Options,
+    /// Encryption and signing keys (checked to load when the config is).
+    pub keys: crate::archive::KeySettings,
     pub drill_target: DrillTargetConfig,
     pub drill_jobs: usize,
     pub drill_pick: crate::jobs::drill::Pick,
@@ -257,6 +270,23 @@ impl Config {
             if let Some(v) = var(k) {
                 *slot = Some(v);
             }
+        }
+        let list = |v: String| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>()
+        };
+        if let Some(v) = var("FIREDRILL_AGE_RECIPIENTS") {
+            raw.store.recipients = list(v);
+        }
+        if let Some(v) = var("FIREDRILL_AGE_IDENTITY") {
+            raw.store.identity_files = list(v).into_iter().map(PathBuf::from).collect();
+        }
+        if let Some(v) = var("FIREDRILL_SIGNING_KEY") {
+            raw.store.signing_key_file = Some(v.into());
+        }
+        if let Some(v) = var("FIREDRILL_VERIFY_KEYS") {
+            raw.store.verify_keys = list(v);
         }
         if let Some(bucket) = var("S3_BUCKET") {
             raw.store.url = Some(format!(
@@ -467,6 +497,13 @@ impl Config {
             }
             coordination.drill_quota = q;
         }
+        let keys = crate::archive::KeySettings {
+            recipients: raw.store.recipients,
+            identity_files: raw.store.identity_files,
+            signing_key_file: raw.store.signing_key_file,
+            verify_keys: raw.store.verify_keys,
+        };
+        crate::archive::Keys::load(&keys).map_err(|e| bad(e.setting(), e.to_string()))?;
         Ok(Config {
             listen,
             policies: raw.agent.policies,
@@ -482,6 +519,7 @@ impl Config {
                 access_key_id: raw.store.s3_access_key_id,
                 secret_access_key: raw.store.s3_secret_access_key,
             },
+            keys,
             drill_target,
             drill_jobs: raw.drill.jobs.unwrap_or(4).max(1),
             drill_pick: pick,
@@ -519,6 +557,27 @@ impl Config {
             self.max_deletions,
             self.retention_days.map(|d| format!(", older than {d} days")).unwrap_or_default()
         );
+        let k = &self.keys;
+        out.push_str(&format!(
+            "keys       {}; {} identity file(s); manifests {}{}\n",
+            match k.recipients.len() {
+                0 => "backups not encrypted".to_string(),
+                n => format!(
+                    "backups encrypted (age) to {n} recipient entr{}",
+                    if n == 1 { "y" } else { "ies" }
+                ),
+            },
+            k.identity_files.len(),
+            if k.signing_key_file.is_some() {
+                "signed"
+            } else {
+                "not signed"
+            },
+            match k.verify_keys.len() {
+                0 => String::new(),
+                n => format!(", {n} more trusted signer(s)"),
+            }
+        ));
         let c = &self.coordination;
         out.push_str(&match &c.redis_url {
             None => "coord      single node (in-process locks)\n".to_string(),

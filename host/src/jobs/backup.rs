@@ -75,6 +75,8 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
     let id = manifest::new_backup_id(started);
     let dir = crate::archive::backup_dir(&opts.source, &id);
     tracing::info!(backup = %id, source = %opts.source, store = %store.display(), "backup started");
+    let (encryption, store) = sealing(store, &dir).await?;
+    let store = &store;
     let mut server_version = String::new();
     let mut databases = Vec::new();
     for url in &opts.databases {
@@ -108,8 +110,22 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
         plugins: opts.planner.iter().map(|p| p.version()).collect(),
         fencing_token: opts.guard.as_ref().map(|g| g.token()),
         redis: None,
+        encryption,
+        signature: None,
     };
     commit(store, &m, opts.guard.as_ref(), &opts.progress).await
+}
+
+/// When the store has recipients: the backup's key, its header stored
+/// first, and the store sealing every object under it.
+pub(crate) async fn sealing(
+    store: &Store,
+    dir: &str,
+) -> Result<(Option<manifest::Encryption>, Store), JobError> {
+    Ok(match crate::archive::new_backup_key(store, dir).await? {
+        Some((enc, key)) => (Some(enc), store.sealing(Some(key))),
+        None => (None, store.clone()),
+    })
 }
 
 /// Writes the manifest, the commit: until it exists the backup does not.
@@ -120,15 +136,11 @@ pub(crate) async fn commit(
     guard: Option<&CommitGuard>,
     progress: &Progress,
 ) -> Result<BackupSummary, JobError> {
-    let body = serde_json::to_vec_pretty(m).expect("a manifest serializes");
     progress.phase("committing");
     if let Some(guard) = guard {
         guard.check().await?;
     }
-    let dir = crate::archive::backup_dir(&m.source, &m.id);
-    store
-        .put(&format!("{dir}{}", manifest::MANIFEST), body)
-        .await?;
+    crate::archive::put_manifest(store, m).await?;
     let summary = BackupSummary {
         id: m.id.clone(),
         source: m.source.clone(),

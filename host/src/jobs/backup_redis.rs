@@ -33,6 +33,8 @@ pub async fn run(store: &Store, opts: &RedisBackupOptions) -> Result<BackupSumma
     let id = manifest::new_backup_id(started);
     let dir = crate::archive::backup_dir(&opts.source, &id);
     tracing::info!(backup = %id, source = %opts.source, server = %opts.url.redacted(), "redis backup started");
+    let (encryption, store) = super::backup::sealing(store, &dir).await?;
+    let store = &store;
     let mut info = opts.url.connect().await?;
     let server = info.info("server").await?;
     let version = info_field(&server, "redis_version")
@@ -79,6 +81,8 @@ pub async fn run(store: &Store, opts: &RedisBackupOptions) -> Result<BackupSumma
             keys_before,
             keys_after,
         }),
+        encryption,
+        signature: None,
     };
     commit(store, &m, opts.guard.as_ref(), &opts.progress).await
 }

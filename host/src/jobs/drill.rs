@@ -20,7 +20,7 @@ use super::restore::{self, RestoreOptions};
 use super::status::Progress;
 use super::JobError;
 use crate::archive::manifest::{self, DatabaseEntry, Manifest, TableMode};
-use crate::archive::{self as arch, ObjectReader, Store};
+use crate::archive::{self as arch, Store};
 use crate::caps::sql::{SqlScope, SqlTarget};
 use crate::caps::types::{self as wit, CheckStatus};
 use crate::caps::CallContext;
@@ -206,7 +206,10 @@ pub async fn run(
     report
         .checks
         .push(unlisted_objects(store, &manifest).await?);
-    let outcome = drill(store, &manifest, opts, session, &mut report).await;
+    let outcome = match open(store, &source, &id, &mut report).await {
+        Ok(backup) => drill(store, &backup, opts, session, &mut report).await,
+        Err(e) => Err(e),
+    };
     session.cleanup().await;
     if let Err(e) = outcome {
         report.checks.push(Check {
@@ -301,15 +304,50 @@ async fn pick_backup(
     }
 }
 
+/// Opens the backup (signature, key) and says so in the report.
+async fn open(
+    store: &Store,
+    source: &str,
+    id: &str,
+    report: &mut DrillReport,
+) -> Result<arch::Backup, JobError> {
+    let backup = arch::open_backup(store, source, id).await?;
+    if let Some(key) = &backup.signed_by {
+        report.checks.push(pass(
+            "manifest.signature",
+            format!("signed by trusted key {key}"),
+        ));
+    }
+    if let Some(enc) = &backup.manifest.encryption {
+        let fps: Vec<&str> = enc
+            .recipients
+            .iter()
+            .map(|r| r.fingerprint.as_str())
+            .collect();
+        report.checks.push(pass(
+            "archive.encryption",
+            format!(
+                "{}: {} ({}), header generation {}",
+                enc.scheme,
+                enc.header.path,
+                fps.join(", "),
+                enc.generation
+            ),
+        ));
+    }
+    Ok(backup)
+}
+
 async fn drill(
     store: &Store,
-    manifest: &Manifest,
+    backup: &arch::Backup,
     opts: &DrillOptions,
     session: &Arc<DrillSession>,
     report: &mut DrillReport,
 ) -> Result<(), JobError> {
+    let manifest = &backup.manifest;
     if let Some(entry) = &manifest.redis {
-        return super::drill_redis::drill(store, manifest, entry, opts, session, report).await;
+        return super::drill_redis::drill(store, backup, entry, opts, session, report).await;
     }
     let server = match &opts.target {
         DrillTarget::Server(url) => {
@@ -332,15 +370,7 @@ async fn drill(
         }
     };
     if let Some(globals) = &manifest.globals {
-        let path = format!(
-            "{}{}",
-            arch::backup_dir(&manifest.source, &manifest.id),
-            globals.path
-        );
-        ObjectReader::open(store, &path, globals)
-            .await?
-            .read_all()
-            .await?;
+        backup.reader(store, globals).await?.read_all().await?;
         report.checks.push(pass(
             "globals.checksum",
             format!("{} checks out", globals.path),
@@ -365,7 +395,7 @@ async fn drill(
             comment: Some(marker()),
             progress: opts.progress.clone(),
         };
-        restore::run(store, manifest, &ropts).await?;
+        restore::run(store, backup, &ropts).await?;
         let seconds = clock.elapsed().as_secs_f64();
         report.rto_seconds += seconds;
         let prefix = if several {

@@ -9,8 +9,8 @@ use super::drill::{
 };
 use super::redis::{keyspace, RedisUrl};
 use super::JobError;
-use crate::archive::manifest::{KeyCount, Manifest, RedisEntry};
-use crate::archive::{self as arch, ObjectReader, Store};
+use crate::archive::manifest::{KeyCount, RedisEntry};
+use crate::archive::{Backup, Store};
 use crate::caps::keyvalue::KvTarget;
 use crate::caps::types as wit;
 use crate::caps::CallContext;
@@ -39,7 +39,7 @@ impl LocalRedis {
 
 pub(super) async fn drill(
     store: &Store,
-    manifest: &Manifest,
+    backup: &Backup,
     entry: &RedisEntry,
     opts: &DrillOptions,
     session: &Arc<DrillSession>,
@@ -60,7 +60,8 @@ pub(super) async fn drill(
     std::fs::create_dir_all(&dir)
         .map_err(|e| JobError::Internal(format!("{}: {e}", dir.display())))?;
     opts.progress.phase("downloading the snapshot");
-    if let Err(e) = download(store, manifest, entry, &dir).await {
+    let manifest = &backup.manifest;
+    if let Err(e) = download(store, backup, entry, &dir).await {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
@@ -132,12 +133,11 @@ pub(super) async fn drill(
 
 async fn download(
     store: &Store,
-    m: &Manifest,
+    backup: &Backup,
     entry: &RedisEntry,
     dir: &Path,
 ) -> Result<(), JobError> {
-    let path = format!("{}{}", arch::backup_dir(&m.source, &m.id), entry.rdb.path);
-    let mut reader = ObjectReader::open(store, &path, &entry.rdb).await?;
+    let mut reader = backup.reader(store, &entry.rdb).await?;
     let file = dir.join("dump.rdb");
     let mut out = tokio::fs::File::create(&file)
         .await

@@ -20,6 +20,7 @@ pub mod local_pg;
 pub mod pg;
 pub mod prune;
 pub mod redis;
+pub mod rekey;
 pub mod restore;
 pub mod scheduler;
 pub mod status;

@@ -11,7 +11,7 @@ use super::pg::{ident, PgUrl, Tool};
 use super::status::Progress;
 use super::JobError;
 use crate::archive::manifest::{DatabaseEntry, Manifest, TableEntry, TableMode};
-use crate::archive::{ArchiveError, ObjectReader, ObjectRef, Store};
+use crate::archive::{ArchiveError, Backup, ObjectRef, Store};
 use futures::SinkExt;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -48,9 +48,10 @@ pub struct RestoreSummary {
 
 pub async fn run(
     store: &Store,
-    manifest: &Manifest,
+    backup: &Backup,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary, JobError> {
+    let manifest = &backup.manifest;
     if manifest.redis.is_some() {
         return Err(JobError::Config(format!(
             "backup {} is a Redis snapshot: start redis-server on it (see docs/RESTORE-BY-HAND.md), or drill it",
@@ -61,8 +62,7 @@ pub async fn run(
     let entry = pick_database(manifest, opts.database.as_deref())?;
     let target_db = opts.target.database();
     let created = prepare_target(&opts.target, opts.force, opts.comment.as_deref()).await?;
-    let dir = crate::archive::backup_dir(&manifest.source, &manifest.id);
-    let result = load(store, &dir, entry, opts).await;
+    let result = load(store, backup, entry, opts).await;
     if let Err(e) = &result {
         if created {
             tracing::warn!(database = %target_db, "restore failed, dropping the database it created: {e}");
@@ -184,11 +184,11 @@ pub async fn drop_database(target: &PgUrl) -> Result<(), JobError> {
 
 async fn load(
     store: &Store,
-    dir: &str,
+    backup: &Backup,
     entry: &DatabaseEntry,
     opts: &RestoreOptions,
 ) -> Result<(u64, u64), JobError> {
-    apply_sql(store, dir, &entry.pre_data, &opts.target).await?;
+    apply_sql(store, backup, &entry.pre_data, &opts.target).await?;
     let queue: VecDeque<(TableEntry, usize)> = entry
         .tables
         .iter()
@@ -200,10 +200,10 @@ async fn load(
     opts.progress.add_total(queue.len() as u64);
     let queue = Arc::new(Mutex::new(queue));
     let workers = (0..opts.jobs.max(1))
-        .map(|_| load_worker(store, dir, &opts.target, queue.clone(), &opts.progress));
+        .map(|_| load_worker(store, backup, &opts.target, queue.clone(), &opts.progress));
     let counts = futures::future::try_join_all(workers).await?;
     set_sequences(entry, &opts.target).await?;
-    apply_sql(store, dir, &entry.post_data, &opts.target).await?;
+    apply_sql(store, backup, &entry.post_data, &opts.target).await?;
     Ok(counts
         .into_iter()
         .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)))
@@ -232,11 +232,11 @@ async fn set_sequences(entry: &DatabaseEntry, target: &PgUrl) -> Result<(), JobE
 /// meta-commands pg_dump may write (`\restrict` / `\unrestrict`).
 async fn apply_sql(
     store: &Store,
-    dir: &str,
+    backup: &Backup,
     object: &ObjectRef,
     target: &PgUrl,
 ) -> Result<(), JobError> {
-    let mut reader = ObjectReader::open(store, &format!("{dir}{}", object.path), object).await?;
+    let mut reader = backup.reader(store, object).await?;
     let mut cmd = target.command("psql")?;
     cmd.args([
         "-X",
@@ -273,7 +273,7 @@ async fn apply_sql(
 
 async fn load_worker(
     store: &Store,
-    dir: &str,
+    backup: &Backup,
     target: &PgUrl,
     queue: Arc<Mutex<VecDeque<(TableEntry, usize)>>>,
     progress: &Progress,
@@ -299,9 +299,7 @@ async fn load_worker(
             .await
             .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
         futures::pin_mut!(sink);
-        let mut reader =
-            ObjectReader::open(store, &format!("{dir}{}", chunk.object.path), &chunk.object)
-                .await?;
+        let mut reader = backup.reader(store, &chunk.object).await?;
         // Nothing is committed until the object has checked out whole.
         while let Some(piece) = reader.next().await? {
             sink.send(bytes::Bytes::from(piece))

@@ -477,7 +477,7 @@ impl Agent {
                 let (src, id) =
                     arch::find_backup(&self.store, req.backup.as_deref(), Some(&source.name))
                         .await?;
-                let manifest = arch::read_manifest(&self.store, &src, &id).await?;
+                let backup = arch::open_backup(&self.store, &src, &id).await?;
                 let opts = RestoreOptions {
                     target,
                     jobs: self.config.drill_jobs,
@@ -486,7 +486,7 @@ impl Agent {
                     comment: None,
                     progress,
                 };
-                let r = restore::run(&self.store, &manifest, &opts).await?;
+                let r = restore::run(&self.store, &backup, &opts).await?;
                 Ok(Outcome {
                     detail: Some(format!("{} rows into {}", r.rows, r.target)),
                     backup: Some(id),
