@@ -11,7 +11,7 @@ use firedrill::archive::{self as arch, KeySettings, Keys, Store};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Key files for one test: age identities `a`, `b`, `c` (a made by the
 /// age CLI's age-keygen, the others by `firedrill keygen`), and a signing key.
@@ -290,6 +290,26 @@ fn encrypted_backups_need_public_keys_to_write_and_an_identity_to_read() {
     );
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(fingerprint(&target), fingerprint(&db));
+
+    // By hand, with the stock age and zstd CLIs (docs/RESTORE-BY-HAND.md).
+    let by_hand = pg.fresh_database("enc_by_hand");
+    let o = std::process::Command::new(harness::root().join("scripts/restore-by-hand"))
+        .arg(&bdir)
+        .arg(&db)
+        .arg(pg.url(&by_hand))
+        .env("AGE_IDENTITY", keys.file("b"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                pg.bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(fingerprint(&by_hand), fingerprint(&db));
 
     // A key that is not a recipient: refused, and no database is created.
     let wrong = format!("enc_wrong_{}", std::process::id());

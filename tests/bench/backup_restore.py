@@ -95,9 +95,18 @@ def bench(work, port):
     backup("pg_dump -Fc", f"{env} {PGBIN}/pg_dump -Fc -f {fc} bench", fc)
     backup(f"pg_dump -Fd -j {JOBS}", f"{env} {PGBIN}/pg_dump -Fd -j {JOBS} -f {fd} bench", fd)
     backup(f"firedrill backup -j {JOBS}", [BIN, "backup", "--database-url", f"{base}/bench", "--store", f"file://{store}", "--source", "bench", "-j", str(JOBS), "--no-globals"], store, shell=False)
+    # The same with age encryption to two recipients and a signed manifest.
+    sealed = os.path.join(out, "sealed")
+    keys = os.path.join(work, "keys")
+    os.makedirs(keys)
+    recipients = [subprocess.run([BIN, "keygen", "age", "--out", os.path.join(keys, f"{n}.key")], capture_output=True, text=True, check=True).stdout.strip() for n in ("op", "escrow")]
+    subprocess.run([BIN, "keygen", "signing", "--out", os.path.join(keys, "signing.key")], capture_output=True, check=True)
+    crypt = ["--recipient", recipients[0], "--recipient", recipients[1], "--signing-key", os.path.join(keys, "signing.key")]
+    backup(f"firedrill backup -j {JOBS} + age", [BIN, "backup", "--database-url", f"{base}/bench", "--store", f"file://{sealed}", "--source", "bench", "-j", str(JOBS), "--no-globals"] + crypt, sealed, shell=False)
     restore("gunzip | psql (template)", "r_gz", f"gunzip -c {gz} | {env} {PGBIN}/psql -Xq -v ON_ERROR_STOP=1 r_gz")
     restore(f"pg_restore -j {JOBS}", "r_fd", f"{env} {PGBIN}/pg_restore -j {JOBS} -d r_fd {fd}")
     restore(f"firedrill restore -j {JOBS}", "r_fr", [BIN, "restore", "--store", f"file://{store}", "--latest", "--target-url", f"{base}/r_fr", "-j", str(JOBS), "--force"], shell=False)
+    restore(f"firedrill restore -j {JOBS} + age", "r_fa", [BIN, "restore", "--store", f"file://{sealed}", "--latest", "--target-url", f"{base}/r_fa", "-j", str(JOBS), "--force", "--identity", os.path.join(keys, "escrow.key"), "--signing-key", os.path.join(keys, "signing.key")], shell=False)
 
     print(f"backup and restore, pgbench scale {SCALE} ({raw / 2**20:.0f} MiB database), {os.cpu_count()} cores, jobs {JOBS}")
     print()
@@ -107,6 +116,11 @@ def bench(work, port):
         ref = next(r[2] for r in rows if r[0] == step)
         size_s = f"{size / 2**20:10.1f}" if size else f"{'':>10}"
         print(f"| {step:<7} | {name:<29} | {t:7.2f} | {size_s} | {rss:12.0f} | {ref / t:15.2f}x |")
+    print()
+    by = {(r[0], r[1]): r[2] for r in rows}
+    for step in ("backup", "restore"):
+        plain, sealed_t = by[(step, f"firedrill {step} -j {JOBS}")], by[(step, f"firedrill {step} -j {JOBS} + age")]
+        print(f"encryption cost, {step}: {plain:.2f} s plain, {sealed_t:.2f} s with age ({(sealed_t / plain - 1) * 100:+.1f}%)")
     print()
     print("peak RSS: the kernel high-water mark of the process started; the pg_dump rows run through a shell, so theirs is the shell's.")
 

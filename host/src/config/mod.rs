@@ -741,6 +741,29 @@ mod tests {
                 vec![],
                 "store.url",
             ),
+            (
+                base.replace("file:///b\"", "file:///b\"\nrecipients = [\"age1notakey\"]"),
+                vec![],
+                "store.recipients",
+            ),
+            (
+                base.to_string(),
+                vec![("FIREDRILL_AGE_IDENTITY", "/nonexistent/age.key")],
+                "store.identity_files",
+            ),
+            (
+                base.replace(
+                    "file:///b\"",
+                    "file:///b\"\nsigning_key_file = \"/nonexistent/s.key\"",
+                ),
+                vec![],
+                "store.signing_key_file",
+            ),
+            (
+                base.to_string(),
+                vec![("FIREDRILL_VERIFY_KEYS", "c2hvcnQ=")],
+                "store.verify_keys",
+            ),
         ];
         for (toml, env, setting) in cases {
             let e = load(&toml, &env)
