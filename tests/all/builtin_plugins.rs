@@ -140,8 +140,8 @@ fn the_token_authorizer_checks_the_bearer_token() {
 #[test]
 fn the_redactor_masks_url_passwords_line_by_line() {
     let p = harness::load(
-        "redactor-urls",
-        "world = \"redactor\"\nwasm = \"redactor_urls.wasm\"\n[grants]\nconfig = true\n[config]\nmask = \"[hidden]\"",
+        "redactor-secrets",
+        "world = \"redactor\"\nwasm = \"redactor_secrets.wasm\"\n[grants]\nconfig = true\n[config]\nmask = \"[hidden]\"",
     )
     .unwrap();
     let lines = vec![

@@ -26,7 +26,7 @@ fn plugin_check_names_the_world_of_each_builtin() {
         ("verifier-sql", "verifier"),
         ("retention-count", "retention"),
         ("authorizer-token", "authorizer"),
-        ("redactor-urls", "redactor"),
+        ("redactor-secrets", "redactor"),
     ] {
         let path = harness::component(c);
         let o = firedrill(&["plugin", "check", path.to_str().unwrap()]);

@@ -15,7 +15,7 @@ fn runtime_with(dir: &std::path::Path) -> Runtime {
 #[test]
 fn a_second_runtime_loads_compiled_code_from_disk() {
     let dir = harness::tempdir("cache");
-    let wasm = std::fs::read(harness::component("redactor-urls")).unwrap();
+    let wasm = std::fs::read(harness::component("redactor-secrets")).unwrap();
     let first = runtime_with(&dir).compile(&wasm).unwrap();
     assert!(!first.from_cache);
     let files: Vec<_> = std::fs::read_dir(&dir)

@@ -747,3 +747,60 @@ fn redis_snapshots_are_encrypted_and_drilled_too() {
     );
     assert!(o.status.success(), "{}", output_text(&o));
 }
+
+#[test]
+fn an_agent_encrypts_signs_and_drills_with_its_configured_keys() {
+    let pg = harness::postgres();
+    let keys = TestKeys::new();
+    let (db, store, dir) = seeded("agent_enc");
+    // Recipients from a file (as `age -R` reads), the identity of one of them.
+    let recipients = keys.dir.join("recipients.txt");
+    std::fs::write(
+        &recipients,
+        format!(
+            "# operator\n{}\n# escrow\n{}\n",
+            keys.public("a"),
+            keys.public("b")
+        ),
+    )
+    .unwrap();
+    let port = harness::free_port();
+    let config = harness::tempdir("agent-enc").join("firedrill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\n\
+             [store]\nurl = \"{store}\"\nrecipients = [\"{}\"]\nidentity_files = [\"{}\"]\nsigning_key_file = \"{}\"\n\
+             [drill]\ntarget = \"{}\"\n\
+             [[source]]\nname = \"app\"\nurls = [\"{}\"]\nbackup = \"1s\"\ndrill = \"2s\"\njobs = 2\n",
+            recipients.display(),
+            keys.file("b"),
+            keys.file("signing"),
+            pg.url("postgres"),
+            pg.url(&db)
+        ),
+    )
+    .unwrap();
+    let mut child = harness::start_agent(&config, port, &[]);
+    let until = Instant::now() + std::time::Duration::from_secs(7);
+    while Instant::now() < until {
+        assert!(child.try_wait().unwrap().is_none(), "the agent died");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let log = output_text(&o);
+    assert!(log.contains("drill passed"), "{log}");
+    let tree = read_tree(&dir);
+    let manifests: Vec<serde_json::Value> = tree
+        .iter()
+        .filter(|(p, _)| p.ends_with("manifest.json"))
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert!(!manifests.is_empty());
+    for m in &manifests {
+        assert_eq!(m["encryption"]["recipients"].as_array().unwrap().len(), 2);
+        assert_eq!(m["signature"]["key"], keys.public("signing"));
+    }
+    assert_no_secrets(&keys, &[&log], &dir);
+}

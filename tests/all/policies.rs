@@ -12,7 +12,7 @@ const ALL: [&str; 8] = [
     "retention-gfs",
     "authorizer-token",
     "authorizer-signed",
-    "redactor-urls",
+    "redactor-secrets",
 ];
 
 fn shipped_policies() -> std::path::PathBuf {

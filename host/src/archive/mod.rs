@@ -58,8 +58,6 @@ pub enum ArchiveError {
     Signature { object: String, reason: String },
     #[error("{0}")]
     Key(String),
-    #[error(transparent)]
-    Keys(#[from] keys::KeyError),
 }
 
 /// How the flags and settings that give identities are named in messages.
