@@ -7,7 +7,9 @@
 pub mod api;
 pub mod archive;
 pub mod caps;
+pub mod catalog;
 pub mod config;
 pub mod coord;
 pub mod jobs;
 pub mod runtime;
+pub mod telemetry;

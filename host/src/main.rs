@@ -92,7 +92,7 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    cli::init_logging();
+    let otlp = cli::init_logging();
     let args = Args::parse();
     let result = match args.command {
         Command::Agent(a) => cli::agent::run(a),
@@ -115,11 +115,17 @@ fn main() -> ExitCode {
         Command::Rekey(a) => cli::keys::rekey(a),
         Command::Keygen { command } => cli::keys::keygen(command),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("firedrill: {e:#}");
+            let message = firedrill::telemetry::redactor().redact(&format!("{e:#}"));
+            eprintln!("firedrill: {message}");
             ExitCode::from(1)
         }
+    };
+    firedrill::telemetry::logs::flush();
+    if let Some(o) = otlp {
+        o.shutdown();
     }
+    code
 }

@@ -10,10 +10,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const KEY: &str = "api-test-hmac-secret-0123456789abcdef";
+pub const KEY: &str = "api-test-hmac-secret-0123456789abcdef";
 
 /// A token signed with `key`, expiring at `exp`.
-fn token_with(key: &str, sub: &str, role: &str, exp: i64) -> String {
+pub fn token_with(key: &str, sub: &str, role: &str, exp: i64) -> String {
     let claims = Claims {
         sub: sub.into(),
         role: role.into(),
@@ -25,7 +25,7 @@ fn token_with(key: &str, sub: &str, role: &str, exp: i64) -> String {
     firedrill_token::issue(claims, &SigningKey::hmac(key.as_bytes()).unwrap())
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     firedrill::archive::manifest::unix_now()
 }
 
@@ -61,7 +61,7 @@ fn get(port: u16, path: &str, token: &str) -> Reply {
     )
 }
 
-fn post(port: u16, path: &str, token: &str, body: &str) -> Reply {
+pub fn post(port: u16, path: &str, token: &str, body: &str) -> Reply {
     http(
         port,
         "POST",
@@ -128,7 +128,7 @@ fn agent(label: &str, policies: &Path) -> Api {
     }
 }
 
-fn signed_policies(limits: &str) -> PathBuf {
+pub fn signed_policies(limits: &str) -> PathBuf {
     harness::policy_dir(
         &["authorizer-signed", "verifier-sql", "retention-count"],
         &[

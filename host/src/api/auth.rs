@@ -12,7 +12,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The headers an authorizer sees; the rest never leave the host.
@@ -58,30 +58,55 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// Where decisions are written: a JSON-lines file, or the log (target `audit`).
-pub enum Audit {
+/// Where decisions are written: a JSON-lines file, or the log (target
+/// `audit`); and the catalog's `firedrill.audit` table when there is one.
+pub struct Audit {
+    sink: AuditSink,
+    catalog: Option<Arc<crate::catalog::Catalog>>,
+}
+
+enum AuditSink {
     Log,
     File(Mutex<std::fs::File>),
 }
 
 impl Audit {
     pub fn open(path: Option<&Path>) -> std::io::Result<Audit> {
-        Ok(match path {
-            None => Audit::Log,
-            Some(p) => Audit::File(Mutex::new(
+        let sink = match path {
+            None => AuditSink::Log,
+            Some(p) => AuditSink::File(Mutex::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)?,
             )),
+        };
+        Ok(Audit {
+            sink,
+            catalog: None,
         })
+    }
+
+    pub fn with_catalog(mut self, catalog: Option<Arc<crate::catalog::Catalog>>) -> Audit {
+        self.catalog = catalog;
+        self
     }
 
     fn write(&self, entry: &AuditEntry) {
         let line = serde_json::to_string(entry).expect("audit entries serialize");
-        match self {
-            Audit::Log => tracing::info!(target: "audit", "{line}"),
-            Audit::File(f) => {
+        // It leaves the process (the log path would redact it too).
+        let line = crate::telemetry::redactor().redact(&line);
+        if let Some(c) = &self.catalog {
+            let (c, line) = (c.clone(), line.clone());
+            tokio::spawn(async move {
+                if let Err(e) = c.record_audit(&line).await {
+                    tracing::warn!("audit entry not written to the catalog: {e}");
+                }
+            });
+        }
+        match &self.sink {
+            AuditSink::Log => tracing::info!(target: "audit", "{line}"),
+            AuditSink::File(f) => {
                 let mut f = f.lock().unwrap();
                 if let Err(e) = writeln!(f, "{line}") {
                     tracing::error!("cannot append to the audit log: {e}");

@@ -130,7 +130,7 @@ impl ApiError {
         let body = serde_json::json!({"error": {
             "status": self.status.as_u16(),
             "code": self.code(),
-            "message": self.message,
+            "message": crate::telemetry::redactor().redact(&self.message),
             "request_id": request_id,
         }});
         let mut r = json(self.status, &body);
@@ -208,7 +208,18 @@ async fn handle(
         })
         .map(str::to_string)
         .unwrap_or_else(|| state.request_id());
-    let mut response = match routes::route(&state, peer, &request_id, req).await {
+    // A caller's W3C trace context (`traceparent`) becomes this request's
+    // parent, and through it the parent of any job the request starts.
+    let span = tracing::info_span!("http.request", otel.kind = "server", method = %req.method(), path = %req.uri().path(), request_id = %request_id);
+    let parent = {
+        use opentelemetry::propagation::TextMapPropagator;
+        opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .extract(&opentelemetry_http::HeaderExtractor(req.headers()))
+    };
+    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+    let routed =
+        tracing::Instrument::instrument(routes::route(&state, peer, &request_id, req), span).await;
+    let mut response = match routed {
         Ok(r) => r,
         Err(e) => e.into_response(&request_id),
     };

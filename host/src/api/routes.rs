@@ -203,6 +203,9 @@ async fn trigger(
     let mut request = JobRequest::new(kind, &source, &format!("api:{}", principal.name));
     request.backup = body.backup;
     request.dry_run = body.dry_run;
+    request.trace = Some(tracing_opentelemetry::OpenTelemetrySpanExt::context(
+        &tracing::Span::current(),
+    ));
     if kind == Kind::Restore {
         let target = body.target.ok_or_else(|| {
             ApiError::new(
@@ -303,6 +306,7 @@ fn metrics(state: &ApiState) -> Response<Body> {
             &rows(|s| &s.failures),
         );
     }
+    crate::telemetry::metrics::global().render_prometheus(&mut out);
     // Seconds, as Prometheus wants them; counted in microseconds.
     let _ = writeln!(
         out,

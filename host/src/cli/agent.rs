@@ -42,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    firedrill::telemetry::redactor().add_known(config.secrets());
     // Everything that can be wrong is found before the first job runs.
     let runtime = Runtime::new(RuntimeOptions::default())?;
     let policies = match &config.policies {
@@ -52,6 +53,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .context("invalid policies")?,
         ),
     };
+    if let Some(p) = &policies {
+        // The live set: a reload swaps the redactor at the next batch.
+        let p = p.clone();
+        firedrill::telemetry::redactor()
+            .set_plugin_source(move || p.current().of_world(World::Redactor).next().cloned());
+    }
     let fallback_retention = match (config.retention_days, &policies) {
         (Some(days), p)
             if p.as_ref()

@@ -13,6 +13,7 @@ pub mod restore;
 pub mod token;
 
 use firedrill::archive::{KeySettings, Keys, S3Options, Store};
+use firedrill::telemetry::otlp::{Otlp, Settings};
 use std::path::PathBuf;
 
 /// Where backups live, for every command that reads or writes them. The S3
@@ -113,18 +114,68 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Logs go to stderr (stdout is for results), as text unless
-/// `FIREDRILL_LOG_FORMAT=json`; the level comes from `RUST_LOG` (default warn).
-pub fn init_logging() {
+/// `FIREDRILL_LOG_FORMAT=json`, through the redactor; the level comes from
+/// `RUST_LOG` (default warn). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans,
+/// metrics and the same redacted logs are exported over OTLP; the returned
+/// exporter is flushed at exit.
+pub fn init_logging() -> Option<Otlp> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // Secrets given on the command line or in the environment are known
+    // from the start; records go out through the redactor in batches.
+    firedrill::telemetry::redactor().add_known(known_secrets());
+    let writer =
+        firedrill::telemetry::logs::RedactedWriter::new(firedrill::telemetry::logs::Target::Stderr);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if std::env::var("FIREDRILL_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+    // Spans are for the trace export; the log lines stay one record each.
+    use tracing_subscriber::filter::FilterExt as _;
+    let events = filter.and(tracing_subscriber::filter::filter_fn(|m| m.is_event()));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = if std::env::var("FIREDRILL_LOG_FORMAT").as_deref() == Ok("json") {
+        fmt.json().with_filter(events).boxed()
     } else {
-        builder.init();
-    }
+        fmt.with_ansi(std::io::stderr().is_terminal())
+            .with_filter(events)
+            .boxed()
+    };
+    let otlp = match Settings::from_env().and_then(|s| s.map(|s| Otlp::start(&s)).transpose()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("firedrill: OTLP export off: {e}");
+            None
+        }
+    };
+    let spans = otlp.as_ref().map(|o| {
+        use opentelemetry::trace::TracerProvider as _;
+        // The exporters' own traffic is never traced back into the export.
+        tracing_opentelemetry::layer()
+            .with_tracer(o.tracer.tracer("firedrill"))
+            .with_filter(tracing_subscriber::EnvFilter::new(
+                "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off",
+            ))
+    });
+    tracing_subscriber::registry().with(fmt).with(spans).init();
+    otlp
+}
+
+/// Secret values this process was started with: URL passwords in its
+/// arguments and environment, and the environment's keys and tokens.
+fn known_secrets() -> Vec<String> {
+    use firedrill::telemetry::redact::url_password;
+    const SECRET_VARS: &[&str] = &[
+        "S3_SECRET_ACCESS_KEY",
+        "S3_ACCESS_KEY_ID",
+        "FIREDRILL_TOKEN_KEY",
+        "PGPASSWORD",
+        "REDISCLI_AUTH",
+    ];
+    let mut out: Vec<String> = std::env::args()
+        .chain(std::env::vars().map(|(_, v)| v))
+        .flat_map(|v| v.split(',').filter_map(url_password).collect::<Vec<_>>())
+        .collect();
+    out.extend(SECRET_VARS.iter().filter_map(|k| std::env::var(k).ok()));
+    out
 }

@@ -542,6 +542,35 @@ impl Config {
         })
     }
 
+    /// Every secret value this configuration holds: the host scrubs them
+    /// from all output before the redactor plugin sees it.
+    pub fn secrets(&self) -> Vec<String> {
+        use crate::telemetry::redact::url_password;
+        let mut out: Vec<String> = self
+            .sources
+            .iter()
+            .flat_map(|s| {
+                s.urls
+                    .iter()
+                    .filter_map(|u| u.password())
+                    .chain(s.redis.iter().filter_map(|r| url_password(r.secret_url())))
+            })
+            .collect();
+        out.extend(
+            self.coordination
+                .redis_url
+                .as_deref()
+                .and_then(url_password),
+        );
+        if let DrillTargetConfig::Server(u) = &self.drill_target {
+            out.extend(u.password());
+        }
+        out.extend(url_password(&self.store_url));
+        out.extend(self.s3.secret_access_key.clone());
+        out.extend(self.s3.access_key_id.clone());
+        out
+    }
+
     /// A summary for people: every secret left out.
     pub fn describe(&self) -> String {
         let mut out = format!(

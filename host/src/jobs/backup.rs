@@ -69,6 +69,7 @@ pub struct BackupSummary {
     pub seconds: f64,
 }
 
+#[tracing::instrument(name = "backup", skip_all, fields(source = %opts.source))]
 pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, JobError> {
     let started = SystemTime::now();
     let clock = Instant::now();
@@ -190,6 +191,7 @@ struct TableExtra {
 /// Ranges of heap pages can be scanned on their own from PostgreSQL 14 on.
 const TID_RANGE_SCANS: i32 = 140_000;
 
+#[tracing::instrument(name = "backup.database", skip_all, fields(database = %url.database()))]
 async fn dump_database(
     store: &Store,
     dir: &str,
@@ -679,6 +681,7 @@ async fn copy_worker(
     Ok(done)
 }
 
+#[tracing::instrument(name = "backup.copy", skip_all, fields(table = %entry.qualified()))]
 async fn copy_table(
     store: &Store,
     db_dir: &str,
@@ -762,6 +765,7 @@ async fn copy_table(
     Ok(())
 }
 
+#[tracing::instrument(name = "backup.upload", skip_all, fields(object = rel))]
 async fn close_chunk(w: ObjectWriter, rel: &str) -> Result<Chunk, JobError> {
     let (rows, raw_bytes) = (w.rows, w.raw);
     let object = w.finish(rel).await?;

@@ -27,6 +27,7 @@ pub struct RedisBackupOptions {
     pub progress: Arc<Progress>,
 }
 
+#[tracing::instrument(name = "backup", skip_all, fields(source = %opts.source))]
 pub async fn run(store: &Store, opts: &RedisBackupOptions) -> Result<BackupSummary, JobError> {
     let started = SystemTime::now();
     let clock = Instant::now();

@@ -175,6 +175,7 @@ impl DrillSession {
 /// Runs a drill and writes its report. `Err` only when there was nothing to
 /// drill or the report could not be written; a backup that fails its checks
 /// is an `Ok` report with `passed: false`.
+#[tracing::instrument(name = "drill", skip_all, fields(source = opts.source.as_deref().unwrap_or("")))]
 pub async fn run(
     store: &Store,
     pick: &Pick,
@@ -230,6 +231,7 @@ pub async fn run(
         compact_time(report.started)
     );
     report.report = path.clone();
+    redact_report(&mut report);
     if let Some(guard) = &opts.guard {
         guard.check().await?;
     }
@@ -241,6 +243,25 @@ pub async fn run(
         .await?;
     tracing::info!(backup = %id, passed = report.passed, rto = report.rto_seconds, "drill finished");
     Ok(report)
+}
+
+/// Check names and details and the error can quote anything (a verifier's
+/// output, a server's message): they leave through the redactor, in one batch.
+fn redact_report(report: &mut DrillReport) {
+    let mut texts: Vec<String> = report
+        .checks
+        .iter()
+        .flat_map(|c| [c.name.clone(), c.detail.clone()])
+        .collect();
+    texts.push(report.error.clone().unwrap_or_default());
+    let mut out = crate::telemetry::redactor().redact_lines(texts).into_iter();
+    for c in &mut report.checks {
+        c.name = out.next().unwrap_or_default();
+        c.detail = out.next().unwrap_or_default();
+    }
+    if report.error.is_some() {
+        report.error = out.next();
+    }
 }
 
 /// Objects in the backup's directory that its manifest does not list: not
@@ -528,6 +549,7 @@ pub(super) fn verdict(name: String, ok: bool, detail: String) -> Check {
 }
 
 /// The checks every drill runs; returns the restored row counts.
+#[tracing::instrument(name = "drill.checks", skip_all, fields(database = drill_db))]
 async fn builtin_checks(
     client: &tokio_postgres::Client,
     drill_db: &str,
@@ -770,6 +792,7 @@ fn drill_call(target: &PgUrl) -> CallContext {
 
 /// Runs one verifier with `call`: what its grants reach (the drill database
 /// or the drill instance, only).
+#[tracing::instrument(name = "drill.verifier", skip_all, fields(plugin = plugin.name()))]
 pub(super) async fn run_verifier(
     plugin: &Arc<Plugin>,
     call: CallContext,
@@ -777,7 +800,9 @@ pub(super) async fn run_verifier(
     prefix: &str,
 ) -> Vec<Check> {
     let (p, ctx) = (plugin.clone(), ctx.clone());
-    let result = tokio::task::spawn_blocking(move || p.verify(&call, &ctx)).await;
+    // The plugin call's span is a child of this one, on the blocking thread too.
+    let span = tracing::Span::current();
+    let result = tokio::task::spawn_blocking(move || span.in_scope(|| p.verify(&call, &ctx))).await;
     let by = plugin.name().to_string();
     match result {
         Ok(Ok(results)) if results.is_empty() => vec![Check {

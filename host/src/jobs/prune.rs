@@ -49,6 +49,7 @@ pub struct PruneReport {
     pub deleted: Vec<String>,
 }
 
+#[tracing::instrument(name = "prune", skip_all, fields(source = opts.source.as_deref().unwrap_or("")))]
 pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobError> {
     let mut listings = arch::list_backups(store).await?;
     if let Some(src) = &opts.source {

@@ -46,6 +46,7 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
+#[tracing::instrument(name = "restore", skip_all, fields(backup = %backup.manifest.id, target = %opts.target.database()))]
 pub async fn run(
     store: &Store,
     backup: &Backup,

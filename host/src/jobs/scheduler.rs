@@ -25,11 +25,13 @@ use crate::archive::{self as arch, Store};
 use crate::config::{Config, DrillTargetConfig, Schedule, SourceConfig};
 use crate::coord::{CommitGuard, Coordinator};
 use crate::runtime::{Plugin, Policies, World};
+use crate::telemetry::metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
+use tracing::Instrument;
 
 /// How long a job asked for through the API waits for its lease or quota.
 const API_WAIT: Duration = Duration::from_secs(600);
@@ -60,6 +62,8 @@ pub struct JobRequest {
     pub dry_run: bool,
     /// "schedule" or "api:<principal>".
     pub trigger: String,
+    /// The trace of the API request that asked for it, if any.
+    pub trace: Option<opentelemetry::Context>,
 }
 
 impl JobRequest {
@@ -72,8 +76,20 @@ impl JobRequest {
             target: None,
             dry_run: false,
             trigger: trigger.into(),
+            trace: None,
         }
     }
+}
+
+fn record_backup(source: &str, bytes: u64, seconds: f64) {
+    let m = metrics::global();
+    m.observe(metrics::BACKUP_DURATION, &[("source", source)], seconds);
+    m.set(metrics::BACKUP_SIZE, &[("source", source)], bytes as f64);
+    m.set(
+        metrics::BACKUP_LAST_SUCCESS,
+        &[("source", source)],
+        crate::archive::manifest::unix_now() as f64,
+    );
 }
 
 /// What a job produced, for its record and its event.
@@ -253,6 +269,25 @@ impl Agent {
         session: &Arc<DrillSession>,
         give_up: Duration,
     ) {
+        // One trace per job; a job an API request started continues the
+        // request's trace (W3C trace context).
+        let span = tracing::info_span!("job", job = req.kind.as_str(), source = %req.source, id = %record.id, trigger = %req.trigger);
+        if let Some(parent) = &req.trace {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let _ = span.set_parent(parent.clone());
+        }
+        self.execute_in_span(req, record, session, give_up)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in_span(
+        &self,
+        req: &JobRequest,
+        record: &JobRecord,
+        session: &Arc<DrillSession>,
+        give_up: Duration,
+    ) {
         let source = &req.source;
         let job = req.kind.as_str();
         let _turn = match self.turns.get(source) {
@@ -267,11 +302,17 @@ impl Agent {
                 return;
             }
         };
-        let lease = match self
+        let waited = std::time::Instant::now();
+        let lease = self
             .coord
             .wait_for_lease(job, source, req.slot, give_up)
-            .await
-        {
+            .await;
+        metrics::global().observe(
+            metrics::LOCK_WAIT,
+            &[("job", job)],
+            waited.elapsed().as_secs_f64(),
+        );
+        let lease = match lease {
             Ok(Some(l)) => l,
             Ok(None) => {
                 self.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -373,6 +414,7 @@ impl Agent {
                     progress,
                 };
                 let s = backup_redis::run(&self.store, &opts).await?;
+                record_backup(&source.name, s.bytes, s.seconds);
                 Ok(Outcome {
                     detail: Some(format!(
                         "{} keys, {} bytes in {:.1}s",
@@ -396,6 +438,7 @@ impl Agent {
                     progress,
                 };
                 let s = backup::run(&self.store, &opts).await?;
+                record_backup(&source.name, s.bytes, s.seconds);
                 tracing::info!(source = %source.name, backup = %s.id, bytes = s.bytes, seconds = s.seconds, "backup done");
                 Ok(Outcome {
                     detail: Some(format!("{} bytes in {:.1}s", s.bytes, s.seconds)),
@@ -421,6 +464,28 @@ impl Agent {
                     None => self.config.drill_pick.clone(),
                 };
                 let r = drill::run(&self.store, &pick, &opts, session).await?;
+                let m = metrics::global();
+                let result = if r.passed { "passed" } else { "failed" };
+                m.add(
+                    metrics::DRILLS,
+                    &[("source", &source.name), ("result", result)],
+                    1.0,
+                );
+                m.set(
+                    metrics::DRILL_PASSED,
+                    &[("source", &source.name)],
+                    r.passed as u8 as f64,
+                );
+                m.set(
+                    metrics::DRILL_RTO,
+                    &[("source", &source.name)],
+                    r.rto_seconds,
+                );
+                m.set(
+                    metrics::DRILL_RPO,
+                    &[("source", &source.name)],
+                    r.rpo_seconds as f64,
+                );
                 let failed: Vec<String> = r
                     .failed_checks()
                     .map(|c| format!("{}: {}", c.name, c.detail))

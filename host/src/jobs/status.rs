@@ -146,7 +146,8 @@ impl JobRecord {
         o.finished = Some(crate::archive::manifest::unix_now());
         o.backup = backup.or(o.backup.take());
         o.passed = passed;
-        o.error = error;
+        // Shown by the API: it leaves the process.
+        o.error = error.map(|e| crate::telemetry::redactor().redact(&e));
     }
 
     pub fn view(&self) -> JobView {

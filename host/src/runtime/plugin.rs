@@ -150,6 +150,10 @@ impl Plugin {
         f: impl FnOnce(&WorldPre, &mut Store<CapState>) -> Option<wasmtime::Result<R>>,
     ) -> Result<R, CallError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let span =
+            tracing::info_span!("plugin.call", plugin = %self.name, world = self.world().name());
+        let _entered = span.enter();
         let limits = &self.policy.limits;
         let deadline = Instant::now() + limits.deadline;
         let state = CapState::new(
@@ -199,6 +203,17 @@ impl Plugin {
             }
             tracing::warn!(plugin = %self.name, "plugin call failed: {e}");
         }
+        let m = crate::telemetry::metrics::global();
+        let labels = [("plugin", &*self.name)];
+        m.add(crate::telemetry::metrics::PLUGIN_CALLS, &labels, 1.0);
+        if result.is_err() {
+            m.add(crate::telemetry::metrics::PLUGIN_ERRORS, &labels, 1.0);
+        }
+        m.observe(
+            crate::telemetry::metrics::PLUGIN_DURATION,
+            &labels,
+            started.elapsed().as_secs_f64(),
+        );
         result
     }
 

@@ -69,11 +69,21 @@ impl Policies {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::metrics::global().add(
+                    crate::telemetry::metrics::RELOADS,
+                    &[("result", "ok")],
+                    1.0,
+                );
                 tracing::info!(dir = %self.dir.display(), plugins = ?names, "policies reloaded");
                 Ok(())
             }
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::metrics::global().add(
+                    crate::telemetry::metrics::RELOADS,
+                    &[("result", "error")],
+                    1.0,
+                );
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 tracing::error!(dir = %self.dir.display(), "policies not reloaded, the previous ones stay in force:\n{e}");
                 Err(e)

@@ -1,0 +1,355 @@
+//! The agent's measurements, kept once and shown twice: as Prometheus text
+//! on `/metrics` and over OTLP (observable instruments read the same
+//! values at each export; histograms are recorded to both as they happen).
+//!
+//! Names follow both conventions from one description: OpenTelemetry's
+//! dotted name and unit (`firedrill.backup.duration`, `s`), and the
+//! Prometheus name derived from it (`firedrill_backup_duration_seconds`,
+//! counters ending in `_total`). Labels are the same keys in both.
+//!
+//! Invariant: a label value is never a secret or unbounded (sources,
+//! plugins, kinds and results only: operators name those).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+pub struct Desc {
+    /// OpenTelemetry name.
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+impl Desc {
+    pub fn prometheus_name(&self) -> String {
+        let mut n = self.name.replace('.', "_");
+        match self.unit {
+            "s" => n.push_str("_seconds"),
+            "By" => n.push_str("_bytes"),
+            _ => {}
+        }
+        if self.kind == Kind::Counter {
+            n.push_str("_total");
+        }
+        n
+    }
+}
+
+macro_rules! metric {
+    ($id:ident, $name:literal, $unit:literal, $kind:ident, $help:literal) => {
+        pub const $id: &Desc = &Desc {
+            name: $name,
+            unit: $unit,
+            kind: Kind::$kind,
+            help: $help,
+        };
+    };
+}
+
+metric!(
+    BACKUP_DURATION,
+    "firedrill.backup.duration",
+    "s",
+    Histogram,
+    "Time a backup took, by source."
+);
+metric!(
+    BACKUP_SIZE,
+    "firedrill.backup.size",
+    "By",
+    Gauge,
+    "Bytes stored by the last backup, by source."
+);
+metric!(
+    BACKUP_LAST_SUCCESS,
+    "firedrill.backup.last_success",
+    "s",
+    Gauge,
+    "Unix time of the last successful backup, by source."
+);
+metric!(
+    DRILLS,
+    "firedrill.drills",
+    "",
+    Counter,
+    "Drills finished, by source and result (passed, failed)."
+);
+metric!(
+    DRILL_PASSED,
+    "firedrill.drill.passed",
+    "",
+    Gauge,
+    "1 if the last drill of a source passed, else 0."
+);
+metric!(
+    DRILL_RTO,
+    "firedrill.drill.rto",
+    "s",
+    Gauge,
+    "Restore time (RTO) of the last drill, by source."
+);
+metric!(
+    DRILL_RPO,
+    "firedrill.drill.rpo",
+    "s",
+    Gauge,
+    "Age of the drilled backup when the drill started (RPO), by source."
+);
+metric!(
+    PLUGIN_CALLS,
+    "firedrill.plugin.calls",
+    "",
+    Counter,
+    "Plugin calls, by plugin."
+);
+metric!(
+    PLUGIN_ERRORS,
+    "firedrill.plugin.errors",
+    "",
+    Counter,
+    "Plugin calls that failed (trap, timeout, out of memory, refused), by plugin."
+);
+metric!(
+    PLUGIN_DURATION,
+    "firedrill.plugin.duration",
+    "s",
+    Histogram,
+    "Time of a plugin call, by plugin."
+);
+metric!(
+    RELOADS,
+    "firedrill.policy.reloads",
+    "",
+    Counter,
+    "Policy directory reloads, by result (ok, error)."
+);
+metric!(
+    LOCK_WAIT,
+    "firedrill.lock.wait",
+    "s",
+    Histogram,
+    "Time spent waiting for a job's lease, by job kind."
+);
+
+pub const ALL: &[&Desc] = &[
+    BACKUP_DURATION,
+    BACKUP_SIZE,
+    BACKUP_LAST_SUCCESS,
+    DRILLS,
+    DRILL_PASSED,
+    DRILL_RTO,
+    DRILL_RPO,
+    PLUGIN_CALLS,
+    PLUGIN_ERRORS,
+    PLUGIN_DURATION,
+    RELOADS,
+    LOCK_WAIT,
+];
+
+/// Upper bounds of histogram buckets, in seconds: from a plugin call's
+/// microseconds to a large backup's hour.
+pub const BUCKETS: &[f64] = &[
+    0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
+];
+
+pub type Labels = Vec<(&'static str, String)>;
+
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    /// Cumulative per bucket of [`BUCKETS`], then +Inf.
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Value {
+    Number(f64),
+    Histogram(Histogram),
+}
+
+/// One hook for OTLP: histograms are recorded as they happen.
+type HistogramHook = Box<dyn Fn(&Desc, &Labels, f64) + Send + Sync>;
+
+#[derive(Default)]
+pub struct Metrics {
+    series: Mutex<BTreeMap<(&'static str, Labels), Value>>,
+    on_histogram: OnceLock<HistogramHook>,
+}
+
+static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+
+pub fn global() -> &'static Metrics {
+    GLOBAL.get_or_init(Metrics::default)
+}
+
+fn labels(l: &[(&'static str, &str)]) -> Labels {
+    l.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+impl Metrics {
+    pub fn add(&self, d: &'static Desc, l: &[(&'static str, &str)], v: f64) {
+        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        match s.entry((d.name, labels(l))).or_insert(Value::Number(0.0)) {
+            Value::Number(n) => *n += v,
+            Value::Histogram(_) => {}
+        }
+    }
+
+    pub fn set(&self, d: &'static Desc, l: &[(&'static str, &str)], v: f64) {
+        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        s.insert((d.name, labels(l)), Value::Number(v));
+    }
+
+    pub fn observe(&self, d: &'static Desc, l: &[(&'static str, &str)], v: f64) {
+        let l = labels(l);
+        if let Some(hook) = self.on_histogram.get() {
+            hook(d, &l, v);
+        }
+        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = s.entry((d.name, l)).or_insert_with(|| {
+            Value::Histogram(Histogram {
+                counts: vec![0; BUCKETS.len() + 1],
+                ..Default::default()
+            })
+        });
+        if let Value::Histogram(h) = entry {
+            for (i, bound) in BUCKETS.iter().chain([f64::INFINITY].iter()).enumerate() {
+                if v <= *bound {
+                    h.counts[i] += 1;
+                }
+            }
+            h.sum += v;
+            h.count += 1;
+        }
+    }
+
+    /// Called with every histogram observation (the OTLP exporter's hook).
+    pub fn on_histogram(&self, hook: impl Fn(&Desc, &Labels, f64) + Send + Sync + 'static) {
+        let _ = self.on_histogram.set(Box::new(hook));
+    }
+
+    /// The current value of every series of `d`.
+    pub fn series(&self, d: &Desc) -> Vec<(Labels, Value)> {
+        let s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        s.iter()
+            .filter(|((name, _), _)| *name == d.name)
+            .map(|((_, l), v)| (l.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every series in the Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        for d in ALL {
+            let rows = self.series(d);
+            if rows.is_empty() {
+                continue;
+            }
+            let name = d.prometheus_name();
+            let kind = match d.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", d.help);
+            for (l, v) in rows {
+                match v {
+                    Value::Number(n) => {
+                        let _ = writeln!(out, "{name}{} {n}", render_labels(&l, None));
+                    }
+                    Value::Histogram(h) => {
+                        for (i, bound) in BUCKETS.iter().enumerate() {
+                            let le = format!("{bound}");
+                            let _ = writeln!(
+                                out,
+                                "{name}_bucket{} {}",
+                                render_labels(&l, Some(&le)),
+                                h.counts[i]
+                            );
+                        }
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{} {}",
+                            render_labels(&l, Some("+Inf")),
+                            h.counts[BUCKETS.len()]
+                        );
+                        let _ = writeln!(out, "{name}_sum{} {}", render_labels(&l, None), h.sum);
+                        let _ =
+                            writeln!(out, "{name}_count{} {}", render_labels(&l, None), h.count);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn render_labels(l: &Labels, le: Option<&str>) -> String {
+    let mut parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_description_two_conventions() {
+        assert_eq!(
+            BACKUP_DURATION.prometheus_name(),
+            "firedrill_backup_duration_seconds"
+        );
+        assert_eq!(DRILLS.prometheus_name(), "firedrill_drills_total");
+        assert_eq!(BACKUP_SIZE.prometheus_name(), "firedrill_backup_size_bytes");
+        let m = Metrics::default();
+        m.add(DRILLS, &[("source", "app"), ("result", "passed")], 1.0);
+        m.add(DRILLS, &[("source", "app"), ("result", "passed")], 1.0);
+        m.observe(BACKUP_DURATION, &[("source", "a\"b")], 0.7);
+        m.observe(BACKUP_DURATION, &[("source", "a\"b")], 42.0);
+        let mut out = String::new();
+        m.render_prometheus(&mut out);
+        assert!(
+            out.contains("firedrill_drills_total{source=\"app\",result=\"passed\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("firedrill_backup_duration_seconds_bucket{source=\"a\\\"b\",le=\"1\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "firedrill_backup_duration_seconds_bucket{source=\"a\\\"b\",le=\"+Inf\"} 2"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("firedrill_backup_duration_seconds_count{source=\"a\\\"b\"} 2"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Redaction of everything that leaves the process: log records, error
+//! messages, API error bodies, audit lines and drill reports. Two stages,
+//! always in this order:
+//! 1. the host replaces the secret values it knows from its own
+//!    configuration (URL passwords, S3 keys, token keys): no plugin can miss
+//!    those;
+//! 2. the first `redactor` plugin of the live policy set gets the lines, in
+//!    batches (one call for many lines).
+//!
+//! Invariants: a line is never emitted without both stages; when the plugin
+//! fails, the line is withheld (replaced by a notice naming the failure),
+//! never let through; what the redactor plugin itself logs is only
+//! host-scrubbed (it would otherwise redact itself forever).
+
+use crate::caps::CallContext;
+use crate::runtime::Plugin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// Known secrets shorter than this are not replaced: they would mangle
+/// ordinary words ("pw", "1234") and are no real protection anyway.
+const MIN_SECRET: usize = 4;
+
+type PluginSource = Box<dyn Fn() -> Option<Arc<Plugin>> + Send + Sync>;
+
+#[derive(Default)]
+pub struct RedactStats {
+    pub lines: AtomicU64,
+    pub calls: AtomicU64,
+    /// Plugin calls that failed: their lines were withheld.
+    pub failures: AtomicU64,
+}
+
+pub struct Redactor {
+    /// Longest first, so a secret that contains another goes whole.
+    known: RwLock<Vec<String>>,
+    plugin: RwLock<Option<PluginSource>>,
+    mask: String,
+    pub stats: RedactStats,
+}
+
+static GLOBAL: OnceLock<Redactor> = OnceLock::new();
+
+/// The process's redactor: what every output path goes through.
+pub fn global() -> &'static Redactor {
+    GLOBAL.get_or_init(Redactor::new)
+}
+
+thread_local! {
+    /// Set while this thread runs the redactor plugin.
+    static IN_PLUGIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Redactor {
+    pub fn new() -> Redactor {
+        Redactor {
+            known: RwLock::default(),
+            plugin: RwLock::default(),
+            mask: "***".into(),
+            stats: RedactStats::default(),
+        }
+    }
+
+    /// Secret values to replace wherever they appear (stage 1).
+    pub fn add_known<I: IntoIterator<Item = String>>(&self, secrets: I) {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        for s in secrets {
+            if s.len() >= MIN_SECRET && !known.contains(&s) {
+                // Percent-encoded in URLs, the same secret looks different.
+                let form = url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let path = form.replace('+', "%20");
+                for encoded in [form, path] {
+                    if encoded != s && !known.contains(&encoded) {
+                        known.push(encoded);
+                    }
+                }
+                known.push(s);
+            }
+        }
+        known.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// Where the redactor plugin comes from: called per batch, so a policy
+    /// reload takes effect at the next batch.
+    pub fn set_plugin_source(
+        &self,
+        source: impl Fn() -> Option<Arc<Plugin>> + Send + Sync + 'static,
+    ) {
+        *self.plugin.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(source));
+    }
+
+    /// Stage 1 only: the secrets the host knows.
+    pub fn scrub(&self, line: &str) -> String {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = line.to_string();
+        for s in known.iter() {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), &self.mask);
+            }
+        }
+        out
+    }
+
+    /// Both stages, for a batch of lines: one plugin call.
+    pub fn redact_lines(&self, lines: Vec<String>) -> Vec<String> {
+        let scrubbed: Vec<String> = lines.iter().map(|l| self.scrub(l)).collect();
+        self.stats
+            .lines
+            .fetch_add(scrubbed.len() as u64, Ordering::Relaxed);
+        if scrubbed.is_empty() || IN_PLUGIN.with(|f| f.get()) {
+            return scrubbed;
+        }
+        let plugin = {
+            let source = self.plugin.read().unwrap_or_else(|e| e.into_inner());
+            source.as_ref().and_then(|f| f())
+        };
+        let Some(plugin) = plugin else {
+            return scrubbed;
+        };
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        IN_PLUGIN.with(|f| f.set(true));
+        let result = plugin.redact(&CallContext::default(), &scrubbed);
+        IN_PLUGIN.with(|f| f.set(false));
+        match result {
+            Ok(out) => out,
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let notice = format!(
+                    "[line withheld: the redactor {} failed: {}]",
+                    plugin.name(),
+                    self.scrub(&e.to_string())
+                );
+                vec![notice; scrubbed.len()]
+            }
+        }
+    }
+
+    /// Both stages, for one text (a message, a body).
+    pub fn redact(&self, text: &str) -> String {
+        self.redact_lines(vec![text.to_string()])
+            .pop()
+            .unwrap_or_default()
+    }
+}
+
+/// The password of a URL (`scheme://user:password@host`), if it has one.
+pub fn url_password(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    let p = u.password()?.as_bytes();
+    let mut out = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            p[i],
+            p.get(i + 1).and_then(|&b| hex(b)),
+            p.get(i + 2).and_then(|&b| hex(b)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_secrets_go_longest_first_and_encoded_too() {
+        let r = Redactor::new();
+        r.add_known([
+            "pw".to_string(),
+            "hunter2".into(),
+            "hunter2-long".into(),
+            "a b&c/d".into(),
+        ]);
+        assert_eq!(r.scrub("x hunter2-long y hunter2 pw"), "x *** y *** pw");
+        assert_eq!(
+            r.scrub("postgres://u:a+b%26c%2Fd@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(r.redact("no plugin: hunter2"), "no plugin: ***");
+        assert_eq!(
+            url_password("postgres://u:a%20b+c@h/x").as_deref(),
+            Some("a b+c")
+        );
+        assert_eq!(url_password("postgres://u@h/x"), None);
+    }
+}
