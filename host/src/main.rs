@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::keys::KeygenCommand,
     },
+    /// The optional history database: migrate, status, rollback, sync.
+    Catalog {
+        #[command(subcommand)]
+        command: cli::catalog::Command,
+    },
     /// Signed API tokens: issue, revoke, make a key pair.
     Token {
         #[command(subcommand)]
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
         } => cli::policy::check(&dir, json),
         Command::Token { command } => cli::token::run(command),
         Command::Rekey(a) => cli::keys::rekey(a),
+        Command::Catalog { command } => cli::catalog::run(command),
         Command::Keygen { command } => cli::keys::keygen(command),
     };
     let code = match result {

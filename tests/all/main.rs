@@ -9,6 +9,7 @@ mod backup_restore;
 mod builtin_plugins;
 mod caps_keyvalue;
 mod caps_sql;
+mod catalog;
 mod cli;
 mod code_cache;
 mod crash;

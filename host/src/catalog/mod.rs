@@ -268,7 +268,6 @@ impl Catalog {
         let mut seen: Vec<(String, String)> = Vec::new();
         let mut drills = Vec::new();
         for l in listings.iter().filter(|l| l.complete) {
-            let m = arch::read_manifest(store, &l.source, &l.id).await?;
             seen.push((l.source.clone(), l.id.clone()));
             let dir = format!("{}drills/", arch::backup_dir(&l.source, &l.id));
             for name in store.list(&dir).await.unwrap_or_default() {
@@ -280,26 +279,7 @@ impl Catalog {
                     }
                 }
             }
-            self.client
-                .execute(
-                    "INSERT INTO firedrill.backups (source, id, kind, created, size_bytes, tables, seconds, encrypted, signed)
-                     VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9)
-                     ON CONFLICT (source, id) DO UPDATE SET size_bytes = EXCLUDED.size_bytes,
-                         encrypted = EXCLUDED.encrypted, signed = EXCLUDED.signed, synced = now()",
-                    &[
-                        &l.source,
-                        &l.id,
-                        &m.kind,
-                        &(l.created as f64),
-                        &(m.size() as i64),
-                        &(m.table_count() as i32),
-                        &m.timings.seconds,
-                        &m.encryption.is_some(),
-                        &m.signature.is_some(),
-                    ],
-                )
-                .await
-                .map_err(|e| self.db(e))?;
+            self.record_backup(store, &l.source, &l.id).await?;
             report.backups += 1;
         }
         for (path, v) in &drills {
@@ -324,6 +304,38 @@ impl Catalog {
             .await
             .map_err(|e| self.db(e))?;
         Ok(report)
+    }
+
+    /// One complete backup, from its manifest.
+    pub async fn record_backup(
+        &self,
+        store: &Store,
+        source: &str,
+        id: &str,
+    ) -> Result<(), CatalogError> {
+        let m = arch::read_manifest(store, source, id).await?;
+        let created = crate::archive::manifest::id_time(id).unwrap_or(m.timings.started);
+        self.client
+            .execute(
+                "INSERT INTO firedrill.backups (source, id, kind, created, size_bytes, tables, seconds, encrypted, signed)
+                 VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9)
+                 ON CONFLICT (source, id) DO UPDATE SET size_bytes = EXCLUDED.size_bytes,
+                     encrypted = EXCLUDED.encrypted, signed = EXCLUDED.signed, synced = now()",
+                &[
+                    &source,
+                    &id,
+                    &m.kind,
+                    &(created as f64),
+                    &(m.size() as i64),
+                    &(m.table_count() as i32),
+                    &m.timings.seconds,
+                    &m.encryption.is_some(),
+                    &m.signature.is_some(),
+                ],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
     }
 
     /// One drill report (as stored), keyed by its path.

@@ -91,12 +91,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         };
-        let audit = Audit::open(config.audit_log.as_deref()).with_context(|| {
-            format!(
-                "api.audit_log: cannot open {:?} for appending",
-                config.audit_log
-            )
-        })?;
+        let catalog = match &config.catalog {
+            None => None,
+            Some(url) => {
+                let c = firedrill::catalog::Catalog::connect(url)
+                    .await
+                    .context("catalog.url")?;
+                c.check_version().await.context("catalog.url")?;
+                Some(Arc::new(c))
+            }
+        };
+        let audit = Audit::open(config.audit_log.as_deref())
+            .with_context(|| {
+                format!(
+                    "api.audit_log: cannot open {:?} for appending",
+                    config.audit_log
+                )
+            })?
+            .with_catalog(catalog.clone());
         let _watch = match &policies {
             Some(p) => Some(
                 p.watch(config.reload_debounce)
@@ -106,14 +118,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         eprint!("{}", config.describe());
         let listen = config.listen;
-        let agent = Arc::new(Agent::new(
-            config,
-            store,
-            policies,
-            fallback_retention,
-            assertions,
-            coord,
-        ));
+        let agent = Arc::new(
+            Agent::new(
+                config,
+                store,
+                policies,
+                fallback_retention,
+                assertions,
+                coord,
+            )
+            .with_catalog(catalog),
+        );
         let ready = Arc::new(Readiness::default());
         let state = ApiState::new(
             agent.clone(),

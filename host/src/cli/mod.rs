@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod backup;
+pub mod catalog;
 pub mod demo;
 pub mod drill;
 pub mod keys;

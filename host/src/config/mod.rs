@@ -27,6 +27,9 @@
 //! [api]
 //! audit_log = "/var/log/firedrill/audit.jsonl"   # default: the log, target "audit"
 //!
+//! [catalog]                          # optional: history in Postgres (FIREDRILL_CATALOG_URL)
+//! url = "postgres://firedrill@catalog-db/firedrill"   # `firedrill catalog migrate` first
+//!
 //! [retention]
 //! min_age = "1h"
 //! max_deletions = 10
@@ -92,6 +95,8 @@ struct RawConfig {
     coordination: RawCoordination,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    catalog: RawCatalog,
     #[serde(default, rename = "source")]
     sources: Vec<RawSource>,
 }
@@ -148,6 +153,12 @@ struct RawApi {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCatalog {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRetention {
     min_age: Option<String>,
     abandon_after: Option<String>,
@@ -191,6 +202,8 @@ pub struct Config {
     pub coordination: crate::coord::CoordOptions,
     /// Where each API authorization decision is appended (JSON lines).
     pub audit_log: Option<PathBuf>,
+    /// Job history, drill results and the audit log, in schema `firedrill`.
+    pub catalog: Option<PgUrl>,
     pub sources: Vec<SourceConfig>,
 }
 
@@ -266,6 +279,7 @@ impl Config {
             ("S3_ACCESS_KEY_ID", &mut raw.store.s3_access_key_id),
             ("S3_SECRET_ACCESS_KEY", &mut raw.store.s3_secret_access_key),
             ("FIREDRILL_REDIS_URL", &mut raw.coordination.redis_url),
+            ("FIREDRILL_CATALOG_URL", &mut raw.catalog.url),
         ] {
             if let Some(v) = var(k) {
                 *slot = Some(v);
@@ -497,6 +511,10 @@ impl Config {
             }
             coordination.drill_quota = q;
         }
+        let catalog = match raw.catalog.url {
+            None => None,
+            Some(u) => Some(PgUrl::parse(&u).map_err(|e| bad("catalog.url", e.to_string()))?),
+        };
         let keys = crate::archive::KeySettings {
             recipients: raw.store.recipients,
             identity_files: raw.store.identity_files,
@@ -538,6 +556,7 @@ impl Config {
             retention_days: raw.retention.days,
             coordination,
             audit_log: raw.api.audit_log,
+            catalog,
             sources,
         })
     }
@@ -568,6 +587,7 @@ impl Config {
         out.extend(url_password(&self.store_url));
         out.extend(self.s3.secret_access_key.clone());
         out.extend(self.s3.access_key_id.clone());
+        out.extend(self.catalog.as_ref().and_then(|c| c.password()));
         out
     }
 

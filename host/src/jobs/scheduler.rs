@@ -22,6 +22,7 @@ use super::restore::{self, RestoreOptions};
 use super::status::{JobRecord, JobTable, Kind, State};
 use super::JobError;
 use crate::archive::{self as arch, Store};
+use crate::catalog::Catalog;
 use crate::config::{Config, DrillTargetConfig, Schedule, SourceConfig};
 use crate::coord::{CommitGuard, Coordinator};
 use crate::runtime::{Plugin, Policies, World};
@@ -108,6 +109,8 @@ pub struct Agent {
     fallback_retention: Option<Arc<Plugin>>,
     assertions: Vec<drill::Assertion>,
     coord: Coordinator,
+    /// Where finished jobs, backups and drills are recorded, if anywhere.
+    catalog: Option<Arc<Catalog>>,
     turns: HashMap<String, Arc<Mutex<()>>>,
     /// Turned true by [`Agent::shutdown`]; every job in progress watches it.
     stop: watch::Sender<bool>,
@@ -138,12 +141,19 @@ impl Agent {
             fallback_retention,
             assertions,
             coord,
+            catalog: None,
             turns,
             stop: watch::channel(false).0,
             spawned: Default::default(),
             jobs: JobTable::default(),
             stats: AgentStats::default(),
         }
+    }
+
+    /// Records every finished job (and its backup or drill) in the catalog.
+    pub fn with_catalog(mut self, catalog: Option<Arc<Catalog>>) -> Agent {
+        self.catalog = catalog;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -278,7 +288,15 @@ impl Agent {
         }
         self.execute_in_span(req, record, session, give_up)
             .instrument(span)
-            .await
+            .await;
+        if let Some(c) = &self.catalog {
+            if let Err(e) = c
+                .record_job(&record.view(), &self.coord.options().node)
+                .await
+            {
+                tracing::warn!("job {} not recorded in the catalog: {e}", record.id);
+            }
+        }
     }
 
     async fn execute_in_span(
@@ -374,6 +392,14 @@ impl Agent {
         }
     }
 
+    async fn catalog_backup(&self, source: &str, id: &str) {
+        if let Some(c) = &self.catalog {
+            if let Err(e) = c.record_backup(&self.store, source, id).await {
+                tracing::warn!("backup {id} not recorded in the catalog: {e}");
+            }
+        }
+    }
+
     async fn failed(&self, req: &JobRequest, record: &JobRecord, e: JobError) {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         let job = req.kind.as_str();
@@ -415,6 +441,7 @@ impl Agent {
                 };
                 let s = backup_redis::run(&self.store, &opts).await?;
                 record_backup(&source.name, s.bytes, s.seconds);
+                self.catalog_backup(&source.name, &s.id).await;
                 Ok(Outcome {
                     detail: Some(format!(
                         "{} keys, {} bytes in {:.1}s",
@@ -439,6 +466,7 @@ impl Agent {
                 };
                 let s = backup::run(&self.store, &opts).await?;
                 record_backup(&source.name, s.bytes, s.seconds);
+                self.catalog_backup(&source.name, &s.id).await;
                 tracing::info!(source = %source.name, backup = %s.id, bytes = s.bytes, seconds = s.seconds, "backup done");
                 Ok(Outcome {
                     detail: Some(format!("{} bytes in {:.1}s", s.bytes, s.seconds)),
@@ -464,6 +492,12 @@ impl Agent {
                     None => self.config.drill_pick.clone(),
                 };
                 let r = drill::run(&self.store, &pick, &opts, session).await?;
+                if let Some(c) = &self.catalog {
+                    let body = serde_json::to_value(&r).expect("a report serializes");
+                    if let Err(e) = c.record_drill(&r.report, &body).await {
+                        tracing::warn!("drill {} not recorded in the catalog: {e}", r.report);
+                    }
+                }
                 let m = metrics::global();
                 let result = if r.passed { "passed" } else { "failed" };
                 m.add(
