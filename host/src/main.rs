@@ -97,8 +97,9 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    let otlp = cli::init_logging();
     let args = Args::parse();
+    // The agent's stdout is its log; a command's stdout is its result.
+    let otlp = cli::init_logging(matches!(args.command, Command::Agent(_)));
     let result = match args.command {
         Command::Agent(a) => cli::agent::run(a),
         Command::Config {

@@ -85,17 +85,11 @@ fn an_agent_backs_up_drills_and_prunes_on_schedule_until_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = start_agent(&config, port, &[]);
+    let child = start_agent(&config, port, &[]);
     assert_eq!(http_get(port, "/health"), Some(200));
     assert_eq!(http_get(port, "/nope"), Some(404));
     // Let it go through several rounds.
-    let until = Instant::now() + Duration::from_secs(9);
-    while Instant::now() < until {
-        assert!(child.try_wait().unwrap().is_none(), "the agent died");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
+    let o = harness::run_agent_for(child, 9);
     let log = output_text(&o);
     assert_eq!(o.status.code(), Some(0), "{log}");
     assert!(log.contains("stopped on SIGTERM"), "{log}");

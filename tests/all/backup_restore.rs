@@ -886,10 +886,18 @@ fn a_person_with_zstd_and_psql_can_restore_by_hand() {
         &[],
     );
     let target = pg.fresh_database("byhand_target");
+    restore_by_hand(&dir.join("h").join(&id), &db, &target, &[]);
+    assert_eq!(fingerprint(&db), fingerprint(&target));
+}
+
+/// `scripts/restore-by-hand` of database `db` of the backup in `backup_dir`
+/// into `target`, with the server's client tools on the PATH.
+pub fn restore_by_hand(backup_dir: &Path, db: &str, target: &str, env: &[(&str, String)]) {
+    let pg = harness::postgres();
     let o = std::process::Command::new(harness::root().join("scripts/restore-by-hand"))
-        .arg(dir.join("h").join(&id))
-        .arg(&db)
-        .arg(pg.url(&target))
+        .arg(backup_dir)
+        .arg(db)
+        .arg(pg.url(target))
         .env(
             "PATH",
             format!(
@@ -898,10 +906,10 @@ fn a_person_with_zstd_and_psql_can_restore_by_hand() {
                 std::env::var("PATH").unwrap_or_default()
             ),
         )
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", output_text(&o));
-    assert_eq!(fingerprint(&db), fingerprint(&target));
 }
 
 #[test]

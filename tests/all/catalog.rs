@@ -6,7 +6,6 @@
 use crate::api::{now, signed_policies, token_with, KEY};
 use crate::backup_restore::{backup_id, seeded};
 use crate::harness::{self, firedrill, output_text, start_agent};
-use std::time::{Duration, Instant};
 
 fn catalog(url: &str, args: &[&str]) -> std::process::Output {
     let mut all = vec!["catalog"];
@@ -204,7 +203,7 @@ fn sync_rebuilds_history_and_an_agent_records_its_jobs() {
         ),
     )
     .unwrap();
-    let mut child = start_agent(&config, port, &[("FIREDRILL_TOKEN_KEY", KEY)]);
+    let child = start_agent(&config, port, &[("FIREDRILL_TOKEN_KEY", KEY)]);
     let token = token_with(KEY, "catalog-reader", "viewer", now() + 600);
     let r = harness::http(
         port,
@@ -214,13 +213,7 @@ fn sync_rebuilds_history_and_an_agent_records_its_jobs() {
         "",
     );
     assert_eq!(r.status, 200, "{r:?}");
-    let until = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < until {
-        assert!(child.try_wait().unwrap().is_none(), "the agent died");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
+    let o = harness::run_agent_for(child, 6);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let jobs = count(
         &cat_db,

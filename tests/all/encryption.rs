@@ -5,7 +5,7 @@
 //! byte-for-byte alone; tampering and wrong keys are refused before any data
 //! is restored.
 
-use crate::backup_restore::{backup_id, fingerprint, restore, seeded};
+use crate::backup_restore::{backup_id, fingerprint, restore, restore_by_hand, seeded};
 use crate::harness::{self, firedrill, output_text};
 use firedrill::archive::{self as arch, KeySettings, Keys, Store};
 use rand::Rng;
@@ -293,22 +293,7 @@ fn encrypted_backups_need_public_keys_to_write_and_an_identity_to_read() {
 
     // By hand, with the stock age and zstd CLIs (docs/RESTORE-BY-HAND.md).
     let by_hand = pg.fresh_database("enc_by_hand");
-    let o = std::process::Command::new(harness::root().join("scripts/restore-by-hand"))
-        .arg(&bdir)
-        .arg(&db)
-        .arg(pg.url(&by_hand))
-        .env("AGE_IDENTITY", keys.file("b"))
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                pg.bin.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", output_text(&o));
+    restore_by_hand(&bdir, &db, &by_hand, &[("AGE_IDENTITY", keys.file("b"))]);
     assert_eq!(fingerprint(&by_hand), fingerprint(&db));
 
     // A key that is not a recipient: refused, and no database is created.
@@ -781,14 +766,8 @@ fn an_agent_encrypts_signs_and_drills_with_its_configured_keys() {
         ),
     )
     .unwrap();
-    let mut child = harness::start_agent(&config, port, &[]);
-    let until = Instant::now() + std::time::Duration::from_secs(7);
-    while Instant::now() < until {
-        assert!(child.try_wait().unwrap().is_none(), "the agent died");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
+    let child = harness::start_agent(&config, port, &[]);
+    let o = harness::run_agent_for(child, 7);
     let log = output_text(&o);
     assert!(log.contains("drill passed"), "{log}");
     let tree = read_tree(&dir);

@@ -70,8 +70,9 @@ fn complete_backups(store: &str) -> Vec<firedrill::archive::manifest::Manifest> 
 fn stop(child: std::process::Child) -> String {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let log = crate::harness::output_text(&o);
+    assert!(o.status.success(), "{log}");
+    log
 }
 
 #[test]

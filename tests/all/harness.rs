@@ -121,12 +121,23 @@ fn stop_all() {
 
 static SCRATCH_FOR_EXIT: OnceLock<PathBuf> = OnceLock::new();
 
+/// A port nothing listens on now, and never handed out before in this run:
+/// tests pick ports before their servers bind them, and the kernel may offer
+/// a port again in between.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn wait_until(what: &str, child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) {
@@ -521,6 +532,18 @@ pub fn start_agent(config: &Path, port: u16, env: &[(&str, &str)]) -> Child {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// Lets a started agent run for `secs` (it must not die meanwhile), then
+/// stops it with SIGTERM and returns what it printed.
+pub fn run_agent_for(mut child: Child, secs: u64) -> std::process::Output {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        assert!(child.try_wait().unwrap().is_none(), "the agent died");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait_with_output().unwrap()
 }
 
 /// Waits for `child`; returns its exit status and the kernel's high-water

@@ -5,7 +5,7 @@
 //! and the places they would have been show the redactor's work instead.
 
 use crate::harness::{self, http, output_text, start_agent};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every file under `dir`, as text (lossy), with its path.
 fn texts(dir: &std::path::Path) -> Vec<(String, String)> {
@@ -60,6 +60,8 @@ fn planted_secrets_appear_nowhere_that_leaves_the_process() {
             ("redact.toml", "world = \"redactor\"\nwasm = \"redactor_secrets.wasm\"\n[grants]\nconfig = true\n[config]\nmask = \"[redacted]\"\nemails = \"hash\"\n"),
         ],
     );
+    // Before the agent's port is picked: rotel binds two of its own.
+    let rotel = harness::Rotel::start();
     let work = harness::tempdir("redaction");
     let store_dir = work.join("store");
     let audit = work.join("audit.jsonl");
@@ -79,9 +81,8 @@ fn planted_secrets_appear_nowhere_that_leaves_the_process() {
         ),
     )
     .unwrap();
-    let rotel = harness::Rotel::start();
     let endpoint = format!("http://127.0.0.1:{}", rotel.grpc);
-    let mut child = start_agent(
+    let child = start_agent(
         &config,
         port,
         &[
@@ -103,13 +104,7 @@ fn planted_secrets_appear_nowhere_that_leaves_the_process() {
     let bodies = [not_found.body.clone(), v1.body.clone()];
     assert!(not_found.body.contains("[redacted]"), "{}", not_found.body);
 
-    let until = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < until {
-        assert!(child.try_wait().unwrap().is_none(), "the agent died");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
+    let o = harness::run_agent_for(child, 8);
     let log = output_text(&o);
     assert!(log.contains("backup done"), "{log}");
 

@@ -114,12 +114,12 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Logs go to stderr (stdout is for results), as text unless
-/// `FIREDRILL_LOG_FORMAT=json`, through the redactor; the level comes from
-/// `RUST_LOG` (default warn). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans,
+/// Logs go to stderr (stdout is for results), or to stdout for the agent,
+/// as text unless `FIREDRILL_LOG_FORMAT=json`, through the redactor; the
+/// level comes from `RUST_LOG` (default warn). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans,
 /// metrics and the same redacted logs are exported over OTLP; the returned
 /// exporter is flushed at exit.
-pub fn init_logging() -> Option<Otlp> {
+pub fn init_logging(to_stdout: bool) -> Option<Otlp> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -127,8 +127,12 @@ pub fn init_logging() -> Option<Otlp> {
     // Secrets given on the command line or in the environment are known
     // from the start; records go out through the redactor in batches.
     firedrill::telemetry::redactor().add_known(known_secrets());
-    let writer =
-        firedrill::telemetry::logs::RedactedWriter::new(firedrill::telemetry::logs::Target::Stderr);
+    use firedrill::telemetry::logs::{RedactedWriter, Target};
+    let writer = RedactedWriter::new(if to_stdout {
+        Target::Stdout
+    } else {
+        Target::Stderr
+    });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Spans are for the trace export; the log lines stay one record each.
@@ -138,9 +142,12 @@ pub fn init_logging() -> Option<Otlp> {
     let fmt = if std::env::var("FIREDRILL_LOG_FORMAT").as_deref() == Ok("json") {
         fmt.json().with_filter(events).boxed()
     } else {
-        fmt.with_ansi(std::io::stderr().is_terminal())
-            .with_filter(events)
-            .boxed()
+        let tty = if to_stdout {
+            std::io::stdout().is_terminal()
+        } else {
+            std::io::stderr().is_terminal()
+        };
+        fmt.with_ansi(tty).with_filter(events).boxed()
     };
     let otlp = match Settings::from_env().and_then(|s| s.map(|s| Otlp::start(&s)).transpose()) {
         Ok(o) => o,

@@ -51,18 +51,23 @@ impl Guest for Secrets {
 export!(Secrets);
 
 /// Every detector, in turn.
+/// Each detector returns `None` when it changed nothing, so a clean line
+/// (most of them) is scanned but never copied.
 pub fn redact_line(line: &str, s: &Settings) -> String {
-    let mut out = url_passwords(line, &s.mask);
-    out = key_values(&out, &s.mask);
-    out = after_word(&out, "bearer ", &s.mask);
-    for (prefix, len, alphabet) in TOKENS {
-        out = fixed_tokens(&out, prefix, *len, *alphabet, &s.mask);
-    }
-    out = dotted_tokens(&out, "fdt1.", &s.mask);
+    let mut out = std::borrow::Cow::Borrowed(line);
+    let mut apply = |f: &dyn Fn(&str) -> Option<String>| {
+        if let Some(changed) = f(&out) {
+            out = std::borrow::Cow::Owned(changed);
+        }
+    };
+    apply(&|l| url_passwords(l, &s.mask));
+    apply(&|l| key_values(l, &s.mask));
+    apply(&|l| after_word(l, "bearer ", &s.mask));
+    apply(&|l| tokens(l, &s.mask));
     if s.emails != Emails::Keep {
-        out = emails(&out, s);
+        apply(&|l| emails(l, s));
     }
-    out
+    out.into_owned()
 }
 
 /// Well-known credential shapes: prefix, characters after it, and their alphabet.
@@ -92,11 +97,12 @@ fn key_char(b: u8) -> bool {
 }
 
 /// Replaces the text between `user:` and `@` in the authority of each URL.
-pub fn url_passwords(line: &str, mask: &str) -> String {
+pub fn url_passwords(line: &str, mask: &str) -> Option<String> {
     if !line.contains("://") {
-        return line.to_string();
+        return None;
     }
-    let mut out = String::with_capacity(line.len());
+    let mut changed = false;
+    let mut out = String::new(); // allocated on the first change only
     let mut rest = line;
     while let Some(pos) = rest.find("://") {
         let (head, tail) = rest.split_at(pos + 3);
@@ -107,17 +113,18 @@ pub fn url_passwords(line: &str, mask: &str) -> String {
             .unwrap_or(tail.len());
         let authority = &tail[..end];
         match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
+            (Some(at), Some(colon)) if colon < at && &authority[colon + 1..at] != mask => {
                 out.push_str(&authority[..=colon]);
                 out.push_str(mask);
                 out.push_str(&authority[at..]);
+                changed = true;
             }
             _ => out.push_str(authority),
         }
         rest = &tail[end..];
     }
     out.push_str(rest);
-    out
+    changed.then_some(out)
 }
 
 /// Names whose values are secrets (the key must end with one, any case).
@@ -143,12 +150,9 @@ const SECRET_KEYS: &[&str] = &[
 
 /// `key=value`, `key: value`, `"key": "value"`: the value is masked when the
 /// key names a secret. A value ends at whitespace, a quote, `,` `;` `&` `}` `)`.
-pub fn key_values(line: &str, mask: &str) -> String {
+pub fn key_values(line: &str, mask: &str) -> Option<String> {
     let b = line.as_bytes();
-    if !b.iter().any(|&c| c == b'=' || c == b':') {
-        return line.to_string();
-    }
-    let mut out = String::with_capacity(line.len());
+    let mut out = String::new(); // allocated on the first change only
     let mut copied = 0;
     let mut i = 0;
     while i < b.len() {
@@ -174,8 +178,19 @@ pub fn key_values(line: &str, mask: &str) -> String {
         while k_start > 0 && key_char(b[k_start - 1]) {
             k_start -= 1;
         }
-        let key = line[k_start..k_end].to_ascii_lowercase();
-        if key.is_empty() || !SECRET_KEYS.iter().any(|s| key.ends_with(s)) {
+        let key = &b[k_start..k_end];
+        // Most keys (timestamps, paths) end in a letter no secret name ends in.
+        if !matches!(
+            key.last().map(u8::to_ascii_lowercase),
+            Some(b'd' | b't' | b'n' | b'y' | b'l' | b's' | b'h')
+        ) {
+            i += 1;
+            continue;
+        }
+        let named = |s: &&str| {
+            key.len() >= s.len() && key[key.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+        };
+        if key.is_empty() || !SECRET_KEYS.iter().any(named) {
             i += 1;
             continue;
         }
@@ -216,95 +231,95 @@ pub fn key_values(line: &str, mask: &str) -> String {
         }
         i = v_end.max(i + 1);
     }
+    if copied == 0 {
+        return None;
+    }
     out.push_str(&line[copied..]);
-    out
+    Some(out)
+}
+
+/// For each place `find` reports (searching from an offset), masks the
+/// byte range `span` picks there (or nothing, when it returns `None`).
+fn mask_each(
+    line: &str,
+    find: impl Fn(usize) -> Option<usize>,
+    span: impl Fn(usize) -> Option<(usize, usize)>,
+    mask: &str,
+) -> Option<String> {
+    let mut out = String::new(); // allocated on the first change only
+    let (mut copied, mut from) = (0, 0);
+    while let Some(at) = find(from) {
+        match span(at) {
+            Some((start, end)) if start >= copied && &line[start..end] != mask => {
+                out.push_str(&line[copied..start]);
+                out.push_str(mask);
+                copied = end;
+                from = end.max(at + 1);
+            }
+            _ => from = at + 1,
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&line[copied..]);
+    Some(out)
+}
+
+/// How far a run of bytes matching `ok` goes from `i`.
+fn run_end(b: &[u8], mut i: usize, ok: impl Fn(u8) -> bool) -> usize {
+    while i < b.len() && ok(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Every well-known token shape ([`TOKENS`], and firedrill's `fdt1.`
+/// tokens) in one pass: only bytes that can start a prefix are looked at.
+pub fn tokens(line: &str, mask: &str) -> Option<String> {
+    let b = line.as_bytes();
+    let starts = |i: usize| matches!(b[i], b'A' | b'g' | b'x' | b'f');
+    let find = |from: usize| (from..b.len()).find(|&i| starts(i));
+    let span = |at: usize| {
+        let rest = &b[at..];
+        if rest.starts_with(b"fdt1.") {
+            return Some((at, run_end(b, at + 5, |c| token_char(c) || c == b'.')));
+        }
+        let bounded = at == 0 || !token_char(b[at - 1]);
+        TOKENS.iter().find_map(|(prefix, len, alphabet)| {
+            let body = at + prefix.len();
+            if !bounded || !rest.starts_with(prefix.as_bytes()) {
+                return None;
+            }
+            let end = run_end(b, body, *alphabet);
+            (end - body >= *len).then_some((at, end))
+        })
+    };
+    mask_each(line, find, span, mask)
 }
 
 /// Masks the token after `word` (case-insensitive), e.g. `Bearer abc.def`.
-pub fn after_word(line: &str, word: &str, mask: &str) -> String {
-    let lower = line.to_ascii_lowercase();
-    if !lower.contains(word) {
-        return line.to_string();
-    }
+pub fn after_word(line: &str, word: &str, mask: &str) -> Option<String> {
     let b = line.as_bytes();
-    let mut out = String::with_capacity(line.len());
-    let mut copied = 0;
-    let mut from = 0;
-    while let Some(pos) = lower[from..].find(word) {
-        let start = from + pos + word.len();
-        let mut end = start;
-        while end < b.len()
-            && (token_char(b[end]) || matches!(b[end], b'.' | b'~' | b'+' | b'/' | b'='))
-        {
-            end += 1;
-        }
-        if end > start && &line[start..end] != mask {
-            out.push_str(&line[copied..start]);
-            out.push_str(mask);
-            copied = end;
-        }
-        from = end.max(start);
-    }
-    out.push_str(&line[copied..]);
-    out
-}
-
-/// `prefix` followed by exactly `len` characters of `alphabet`, not inside a longer word.
-pub fn fixed_tokens(
-    line: &str,
-    prefix: &str,
-    len: usize,
-    alphabet: fn(u8) -> bool,
-    mask: &str,
-) -> String {
-    if !line.contains(prefix) {
-        return line.to_string();
-    }
-    let b = line.as_bytes();
-    let mut out = String::with_capacity(line.len());
-    let mut copied = 0;
-    let mut from = 0;
-    while let Some(pos) = line[from..].find(prefix) {
-        let start = from + pos;
-        let body = start + prefix.len();
-        let mut end = body;
-        while end < b.len() && alphabet(b[end]) {
-            end += 1;
-        }
-        let bounded = start == 0 || !token_char(b[start - 1]);
-        if bounded && end - body >= len {
-            out.push_str(&line[copied..start]);
-            out.push_str(mask);
-            copied = end;
-        }
-        from = end.max(body);
-    }
-    out.push_str(&line[copied..]);
-    out
-}
-
-/// `prefix` then dot-separated base64url parts (firedrill API tokens).
-pub fn dotted_tokens(line: &str, prefix: &str, mask: &str) -> String {
-    if !line.contains(prefix) {
-        return line.to_string();
-    }
-    let b = line.as_bytes();
-    let mut out = String::with_capacity(line.len());
-    let mut copied = 0;
-    let mut from = 0;
-    while let Some(pos) = line[from..].find(prefix) {
-        let start = from + pos;
-        let mut end = start + prefix.len();
-        while end < b.len() && (token_char(b[end]) || b[end] == b'.') {
-            end += 1;
-        }
-        out.push_str(&line[copied..start]);
-        out.push_str(mask);
-        copied = end;
-        from = end;
-    }
-    out.push_str(&line[copied..]);
-    out
+    let w = word.as_bytes();
+    // Case-insensitive, without lowering a copy of every line.
+    let first = w[0].to_ascii_lowercase();
+    let find = |from: usize| {
+        (from..b.len().saturating_sub(w.len() - 1))
+            .find(|&i| b[i] | 0x20 == first && b[i..i + w.len()].eq_ignore_ascii_case(w))
+    };
+    find(0)?;
+    let bearer_char = |c: u8| token_char(c) || matches!(c, b'.' | b'~' | b'+' | b'/' | b'=');
+    mask_each(
+        line,
+        find,
+        |at| {
+            let start = at + word.len();
+            let end = run_end(b, start, bearer_char);
+            (end > start).then_some((start, end))
+        },
+        mask,
+    )
 }
 
 fn local_char(b: u8) -> bool {
@@ -315,12 +330,12 @@ fn domain_char(b: u8) -> bool {
 }
 
 /// `local@domain.tld`: masked to `***@domain.tld`, or hashed whole.
-pub fn emails(line: &str, s: &Settings) -> String {
+pub fn emails(line: &str, s: &Settings) -> Option<String> {
     if !line.contains('@') {
-        return line.to_string();
+        return None;
     }
     let b = line.as_bytes();
-    let mut out = String::with_capacity(line.len());
+    let mut out = String::new(); // allocated on the first change only
     let mut copied = 0;
     let mut i = 0;
     while i < b.len() {
@@ -364,8 +379,11 @@ pub fn emails(line: &str, s: &Settings) -> String {
         copied = r;
         i = r;
     }
+    if copied == 0 {
+        return None;
+    }
     out.push_str(&line[copied..]);
-    out
+    Some(out)
 }
 
 #[cfg(test)]
