@@ -121,22 +121,25 @@ fn stop_all() {
 
 static SCRATCH_FOR_EXIT: OnceLock<PathBuf> = OnceLock::new();
 
-/// A port nothing listens on now, and never handed out before in this run:
-/// tests pick ports before their servers bind them, and the kernel may offer
-/// a port again in between.
+/// A port nothing listens on now, never handed out before in this run, and
+/// below the kernel's ephemeral range: tests pick ports before their servers
+/// bind them, and in between an outgoing connection could be given an
+/// ephemeral port (the kernel takes those from 32768 up by default).
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 20000.min(below / 2);
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = rand::random_range(low..below);
         let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return port;
     }
 }
 
@@ -523,10 +526,12 @@ pub fn start_agent(config: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     let start = Instant::now();
     while http_get(port, "/ready") != Some(200) {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
+            // The agent logs to stdout; its last word is on stderr.
+            let mut out = String::new();
             use std::io::Read;
-            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("the agent exited with {status}: {err}");
+            let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+            let _ = child.stderr.take().unwrap().read_to_string(&mut out);
+            panic!("the agent exited with {status}: {out}");
         }
         assert!(start.elapsed() < Duration::from_secs(30), "never ready");
         std::thread::sleep(Duration::from_millis(50));

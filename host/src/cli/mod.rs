@@ -133,7 +133,20 @@ pub fn init_logging(to_stdout: bool) -> Option<Otlp> {
     } else {
         Target::Stderr
     });
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let otlp = match Settings::from_env().and_then(|s| s.map(|s| Otlp::start(&s)).transpose()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("firedrill: OTLP export off: {e}");
+            None
+        }
+    };
+    // Log records are exported too: the exporters' own chatter below warn
+    // would feed itself (each export logs, each log is exported).
+    let mut directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    if otlp.is_some() {
+        directives.push_str(&format!(",{EXPORTER_TARGETS}").replace("=off", "=warn"));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Spans are for the trace export; the log lines stay one record each.
     use tracing_subscriber::filter::FilterExt as _;
@@ -149,25 +162,22 @@ pub fn init_logging(to_stdout: bool) -> Option<Otlp> {
         };
         fmt.with_ansi(tty).with_filter(events).boxed()
     };
-    let otlp = match Settings::from_env().and_then(|s| s.map(|s| Otlp::start(&s)).transpose()) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("firedrill: OTLP export off: {e}");
-            None
-        }
-    };
     let spans = otlp.as_ref().map(|o| {
         use opentelemetry::trace::TracerProvider as _;
         // The exporters' own traffic is never traced back into the export.
         tracing_opentelemetry::layer()
             .with_tracer(o.tracer.tracer("firedrill"))
-            .with_filter(tracing_subscriber::EnvFilter::new(
-                "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off",
-            ))
+            .with_filter(tracing_subscriber::EnvFilter::new(format!(
+                "info,{EXPORTER_TARGETS}"
+            )))
     });
     tracing_subscriber::registry().with(fmt).with(spans).init();
     otlp
 }
+
+/// The crates an OTLP export runs through: never traced, and logged only
+/// from warn up while exporting.
+const EXPORTER_TARGETS: &str = "h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
 
 /// Secret values this process was started with: URL passwords in its
 /// arguments and environment, and the environment's keys and tokens.

@@ -149,6 +149,17 @@ impl Plugin {
         ctx: &CallContext,
         f: impl FnOnce(&WorldPre, &mut Store<CapState>) -> Option<wasmtime::Result<R>>,
     ) -> Result<R, CallError> {
+        self.call_sized(ctx, output_size::<R>, f)
+    }
+
+    /// [`Plugin::call`] with the output measured by `size` (for results
+    /// that are measured faster than as JSON).
+    fn call_sized<R>(
+        &self,
+        ctx: &CallContext,
+        size: fn(&R) -> u64,
+        f: impl FnOnce(&WorldPre, &mut Store<CapState>) -> Option<wasmtime::Result<R>>,
+    ) -> Result<R, CallError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let span =
@@ -177,7 +188,7 @@ impl Plugin {
                 world: self.world(),
             }),
             Some(Ok(out)) => {
-                let size = output_size(&out);
+                let size = size(&out);
                 if size > limits.output {
                     Err(CallError::OutputTooLarge {
                         plugin: self.name.to_string(),
@@ -343,7 +354,9 @@ impl Plugin {
 
     /// Returns exactly one line per input line, or an error.
     pub fn redact(&self, ctx: &CallContext, lines: &[String]) -> Result<Vec<String>, CallError> {
-        let out = self.call(ctx, |pre, store| match pre {
+        // Every line the process writes passes here: its size is its bytes.
+        let bytes = |lines: &Vec<String>| lines.iter().map(|l| l.len() as u64 + 3).sum();
+        let out = self.call_sized(ctx, bytes, |pre, store| match pre {
             WorldPre::Redactor(p) => Some(
                 p.instantiate(&mut *store)
                     .and_then(|i| i.call_redact(&mut *store, lines)),

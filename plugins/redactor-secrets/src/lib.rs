@@ -44,30 +44,69 @@ impl Guest for Secrets {
                 _ => Emails::Mask,
             },
         };
-        lines.into_iter().map(|l| redact_line(&l, &s)).collect()
+        lines.into_iter().map(|l| redact_owned(l, &s)).collect()
     }
 }
 
 export!(Secrets);
 
 /// Every detector, in turn.
+/// Which detectors can fire on a line, from one pass over its bytes: most
+/// lines need one or two of them, and each detector scans again.
+#[derive(Default)]
+struct Triggers {
+    url: bool,
+    key_value: bool,
+    bearer: bool,
+    token: bool,
+    email: bool,
+}
+
+fn triggers(b: &[u8]) -> Triggers {
+    let mut t = Triggers::default();
+    let next = |i: usize| b.get(i + 1).copied().unwrap_or(0);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b':' => {
+                t.key_value = true;
+                t.url |= next(i) == b'/' && b.get(i + 2) == Some(&b'/');
+            }
+            b'=' => t.key_value = true,
+            b'@' => t.email = true,
+            b'b' | b'B' => t.bearer |= next(i) | 0x20 == b'e',
+            b'A' => t.token |= matches!(next(i), b'K' | b'S' | b'I' | b'G'),
+            b'g' => t.token |= matches!(next(i), b'h' | b'i'),
+            b'x' => t.token |= next(i) == b'o',
+            b'f' => t.token |= next(i) == b'd',
+            _ => {}
+        }
+    }
+    t
+}
+
 /// Each detector returns `None` when it changed nothing, so a clean line
 /// (most of them) is scanned but never copied.
 pub fn redact_line(line: &str, s: &Settings) -> String {
-    let mut out = std::borrow::Cow::Borrowed(line);
-    let mut apply = |f: &dyn Fn(&str) -> Option<String>| {
-        if let Some(changed) = f(&out) {
-            out = std::borrow::Cow::Owned(changed);
+    redact_owned(line.to_string(), s)
+}
+
+/// As [`redact_line`], handing a clean line back as it came.
+fn redact_owned(line: String, s: &Settings) -> String {
+    let t = triggers(line.as_bytes());
+    let mut out: Option<String> = None;
+    let mut apply = |on: bool, f: &dyn Fn(&str) -> Option<String>| {
+        if on {
+            if let Some(changed) = f(out.as_deref().unwrap_or(&line)) {
+                out = Some(changed);
+            }
         }
     };
-    apply(&|l| url_passwords(l, &s.mask));
-    apply(&|l| key_values(l, &s.mask));
-    apply(&|l| after_word(l, "bearer ", &s.mask));
-    apply(&|l| tokens(l, &s.mask));
-    if s.emails != Emails::Keep {
-        apply(&|l| emails(l, s));
-    }
-    out.into_owned()
+    apply(t.url, &|l| url_passwords(l, &s.mask));
+    apply(t.key_value, &|l| key_values(l, &s.mask));
+    apply(t.bearer, &|l| after_word(l, "bearer ", &s.mask));
+    apply(t.token, &|l| tokens(l, &s.mask));
+    apply(t.email && s.emails != Emails::Keep, &|l| emails(l, s));
+    out.unwrap_or(line)
 }
 
 /// Well-known credential shapes: prefix, characters after it, and their alphabet.
