@@ -66,8 +66,10 @@ impl Policies {
         match PluginSet::load_dir(&self.runtime, &self.dir) {
             Ok(set) => {
                 let names: Vec<String> = set.all().iter().map(|p| p.version()).collect();
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+                // Cleared first: whoever sees the new set must not see the
+                // old set's error next to it.
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
                 self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::metrics::global().add(
                     crate::telemetry::metrics::RELOADS,
@@ -78,13 +80,14 @@ impl Policies {
                 Ok(())
             }
             Err(e) => {
+                // The error is in place before anyone counting failures looks.
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::metrics::global().add(
                     crate::telemetry::metrics::RELOADS,
                     &[("result", "error")],
                     1.0,
                 );
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 tracing::error!(dir = %self.dir.display(), "policies not reloaded, the previous ones stay in force:\n{e}");
                 Err(e)
             }
