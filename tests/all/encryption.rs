@@ -275,19 +275,23 @@ fn encrypted_backups_need_public_keys_to_write_and_an_identity_to_read() {
     );
 
     // The operator's identity restores it, identical to the source.
+    let restore_as = |key: &str, target: &str| {
+        let (url, identity) = (pg.url(target), keys.file(key));
+        restore(
+            &[
+                &id,
+                "--store",
+                &store,
+                "--target-url",
+                &url,
+                "--identity",
+                &identity,
+            ],
+            &[],
+        )
+    };
     let target = pg.fresh_database("enc_restored");
-    let o = restore(
-        &[
-            &id,
-            "--store",
-            &store,
-            "--target-url",
-            &pg.url(&target),
-            "--identity",
-            &keys.file("a"),
-        ],
-        &[],
-    );
+    let o = restore_as("a", &target);
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(fingerprint(&target), fingerprint(&db));
 
@@ -298,18 +302,7 @@ fn encrypted_backups_need_public_keys_to_write_and_an_identity_to_read() {
 
     // A key that is not a recipient: refused, and no database is created.
     let wrong = format!("enc_wrong_{}", std::process::id());
-    let o = restore(
-        &[
-            &id,
-            "--store",
-            &store,
-            "--target-url",
-            &pg.url(&wrong),
-            "--identity",
-            &keys.file("c"),
-        ],
-        &[],
-    );
+    let o = restore_as("c", &wrong);
     let out_wrong = output_text(&o);
     assert!(!o.status.success());
     assert!(

@@ -9,10 +9,11 @@
 
 use firedrill::caps::types::{Decision, Grant, Header, Refusal, RequestFacts, Role};
 use firedrill::caps::CallContext;
-use firedrill::runtime::{Plugin, Policy, Runtime, RuntimeOptions};
 use std::hint::black_box;
-use std::path::Path;
 use std::time::{Duration, Instant};
+
+#[path = "common.rs"]
+mod common;
 
 fn facts() -> RequestFacts {
     RequestFacts {
@@ -92,24 +93,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let wasm = root.join("target/components/authorizer_token.wasm");
-    assert!(
-        wasm.exists(),
-        "{} missing: run scripts/build-plugins",
-        wasm.display()
+    let plugin = common::load_plugin(
+        "authorizer",
+        "authorizer_token.wasm",
+        "[grants]\nconfig = true\nlogging = true\n[config]\ntoken = \"bench-token-0123456789\"\nrole = \"operator\"\nprincipal = \"bench\"",
     );
-    let policy_text = format!(
-        "world = \"authorizer\"\nwasm = \"{}\"\n[grants]\nconfig = true\nlogging = true\n[config]\ntoken = \"bench-token-0123456789\"\nrole = \"operator\"\nprincipal = \"bench\"",
-        wasm.display()
-    );
-    let policy = Policy::parse(&root.join("bench.toml"), &policy_text, |_| None).unwrap();
-    let runtime = Runtime::new(RuntimeOptions {
-        cache_dir: None,
-        ..Default::default()
-    })
-    .unwrap();
-    let plugin = Plugin::load(&runtime, policy).unwrap();
     let ctx = CallContext::default();
     let f = facts();
     assert!(matches!(

@@ -6,10 +6,11 @@
 //!   tests/bench/run redaction      (FIREDRILL_BENCH_LINES, default 200000)
 
 use firedrill::caps::CallContext;
-use firedrill::runtime::{Plugin, Policy, Runtime, RuntimeOptions};
 use regex::Regex;
-use std::path::Path;
 use std::time::Instant;
+
+#[path = "common.rs"]
+mod common;
 
 /// Log lines like the agent's: most clean, some with each kind of secret.
 fn lines(n: usize) -> Vec<String> {
@@ -65,24 +66,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let wasm = root.join("target/components/redactor_secrets.wasm");
-    assert!(
-        wasm.exists(),
-        "{} missing: run scripts/build-plugins",
-        wasm.display()
+    let plugin = common::load_plugin(
+        "redactor",
+        "redactor_secrets.wasm",
+        "[limits]\ndeadline = \"5s\"\n[grants]\nconfig = true\n[config]\nmask = \"***\"\n",
     );
-    let policy_text = format!(
-        "world = \"redactor\"\nwasm = \"{}\"\n[limits]\ndeadline = \"5s\"\n[grants]\nconfig = true\n[config]\nmask = \"***\"\n",
-        wasm.display()
-    );
-    let policy = Policy::parse(&root.join("bench.toml"), &policy_text, |_| None).unwrap();
-    let runtime = Runtime::new(RuntimeOptions {
-        cache_dir: None,
-        ..Default::default()
-    })
-    .unwrap();
-    let plugin = Plugin::load(&runtime, policy).unwrap();
     let input = lines(n);
     let bytes: usize = input.iter().map(|l| l.len() + 1).sum();
 

@@ -261,7 +261,7 @@ impl Catalog {
     }
 
     /// Rebuilds the backups and drills tables from the store.
-    pub async fn sync(&mut self, store: &Store) -> Result<SyncReport, CatalogError> {
+    pub async fn sync(&self, store: &Store) -> Result<SyncReport, CatalogError> {
         self.check_version().await?;
         let listings = arch::list_backups(store).await?;
         let mut report = SyncReport::default();
