@@ -39,7 +39,7 @@ enum Command {
     Prune(cli::prune::Args),
     /// Start a throwaway Postgres, back it up, drill the backup, print a report.
     Demo,
-    /// Inspect plugin components.
+    /// Plugins: check, sign, scaffold a new one, test one on a fixture.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
@@ -83,6 +83,19 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Scaffold a plugin crate for a world: source, policy, fixture, WIT.
+    New(cli::plugin::new::Args),
+    /// Run a policy's plugin on a fixture (a recorded input, or for a
+    /// verifier a .sql file loaded into a throwaway database) and print its decisions.
+    Test(cli::plugin::fixture::Args),
+    /// Sign a plugin's wasm with an Ed25519 key (`firedrill keygen signing`):
+    /// writes FILE.wasm.sig, which agents that trust the key require.
+    Sign {
+        /// The private key file.
+        #[arg(long)]
+        key: PathBuf,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,9 +124,12 @@ fn main() -> ExitCode {
         Command::Drill(a) => cli::drill::run(a),
         Command::Prune(a) => cli::prune::run(a),
         Command::Demo => cli::demo::run(),
-        Command::Plugin {
-            command: PluginCommand::Check { file, json },
-        } => cli::plugin::check(&file, json),
+        Command::Plugin { command } => match command {
+            PluginCommand::Check { file, json } => cli::plugin::check(&file, json),
+            PluginCommand::New(a) => cli::plugin::new::run(a),
+            PluginCommand::Test(a) => cli::plugin::fixture::run(a),
+            PluginCommand::Sign { key, file } => cli::plugin::sign(&key, &file),
+        },
         Command::Policy {
             command: PolicyCommand::Check { dir, json },
         } => cli::policy::check(&dir, json),

@@ -8,6 +8,7 @@ fn runtime_with(dir: &std::path::Path) -> Runtime {
         cache_dir: Some(dir.to_path_buf()),
         max_instances: 8,
         max_memory: 256 << 20,
+        ..Default::default()
     })
     .unwrap()
 }
@@ -61,6 +62,7 @@ fn other_engine_settings_do_not_share_entries() {
         cache_dir: Some(dir.clone()),
         max_instances: 8,
         max_memory: 512 << 20,
+        ..Default::default()
     })
     .unwrap();
     let c = other.compile(&wasm).unwrap();

@@ -378,6 +378,7 @@ pub fn runtime() -> firedrill::runtime::Runtime {
         cache_dir: Some(scratch().join("code-cache")),
         max_instances: 64,
         max_memory: 1 << 30,
+        trust: Default::default(),
     })
     .unwrap()
 }

@@ -84,6 +84,20 @@ fn an_agent_exports_spans_metrics_and_logs_over_otlp() {
     ] {
         assert!(metrics.contains(m), "{m} missing from /metrics:\n{metrics}");
     }
+    // Each metric described once: strict parsers (promtool) refuse a second HELP.
+    let mut described: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let all = described.len();
+    described.sort_unstable();
+    described.dedup();
+    assert_eq!(
+        described.len(),
+        all,
+        "a metric is described twice:\n{metrics}"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));

@@ -287,25 +287,7 @@ fn metrics(state: &ApiState) -> Response<Body> {
         "Scheduled runs another agent of the fleet ran.",
         &[(String::new(), load(&s.skipped))],
     );
-    if let Some(p) = state.agent.policies() {
-        let set = p.current();
-        let rows = |f: fn(&crate::runtime::PluginStats) -> &std::sync::atomic::AtomicU64| -> Vec<(String, u64)> {
-            set.all()
-                .iter()
-                .map(|pl| (format!("{{plugin=\"{}\"}}", pl.name()), load(f(pl.stats()))))
-                .collect()
-        };
-        counter(
-            "firedrill_plugin_calls_total",
-            "Plugin calls.",
-            &rows(|s| &s.calls),
-        );
-        counter(
-            "firedrill_plugin_failures_total",
-            "Plugin calls that failed (traps, timeouts, out of memory).",
-            &rows(|s| &s.failures),
-        );
-    }
+    // Plugin calls and errors are in the registry (each series once).
     crate::telemetry::metrics::global().render_prometheus(&mut out);
     // Seconds, as Prometheus wants them; counted in microseconds.
     let _ = writeln!(

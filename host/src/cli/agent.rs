@@ -44,7 +44,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     firedrill::telemetry::redactor().add_known(config.secrets());
     // Everything that can be wrong is found before the first job runs.
-    let runtime = Runtime::new(RuntimeOptions::default())?;
+    let runtime = Runtime::new(RuntimeOptions {
+        trust: config.plugin_trust.clone(),
+        ..Default::default()
+    })?;
     let policies = match &config.policies {
         None => None,
         Some(dir) => Some(

@@ -6,7 +6,7 @@ use firedrill::jobs::backup::{self, BackupOptions};
 use firedrill::jobs::backup_redis::{self, RedisBackupOptions};
 use firedrill::jobs::pg::PgUrl;
 use firedrill::jobs::redis::RedisUrl;
-use firedrill::runtime::{PluginSet, Runtime, RuntimeOptions, World};
+use firedrill::runtime::{PluginSet, World};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let planner = match &args.policies {
         None => None,
         Some(dir) => {
-            let runtime = Runtime::new(RuntimeOptions::default())?;
+            let runtime = super::plugin_runtime()?;
             let set = PluginSet::load_dir(&runtime, dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut planners = set.of_world(World::DumpPlanner);
             let p = planners.next().cloned();

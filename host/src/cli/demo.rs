@@ -8,7 +8,7 @@ use firedrill::archive::{S3Options, Store};
 use firedrill::jobs::backup::{self, BackupOptions};
 use firedrill::jobs::drill::{self, DrillOptions, DrillSession, DrillTarget, Pick, Status};
 use firedrill::jobs::local_pg::LocalCluster;
-use firedrill::runtime::{Plugin, Policy, Runtime, RuntimeOptions};
+use firedrill::runtime::{Plugin, Policy, Runtime};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -109,7 +109,7 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
         super::human_bytes(b.bytes),
         b.seconds
     );
-    let runtime = Runtime::new(RuntimeOptions::default())?;
+    let runtime = super::plugin_runtime()?;
     let verifiers = vec![load(&runtime, components, "verifier_sql", "world = \"verifier\"\n[grants]\nlogging = true\nconfig = true\nsql = { database = \"drill\" }\n")?, load(
         &runtime,
         components,

@@ -6,7 +6,7 @@ use firedrill::jobs::drill::{
     self, DrillOptions, DrillReport, DrillSession, DrillTarget, Pick, Status,
 };
 use firedrill::jobs::pg::PgUrl;
-use firedrill::runtime::{PluginSet, Runtime, RuntimeOptions, World};
+use firedrill::runtime::{PluginSet, World};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -65,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let verifiers = match &args.policies {
         None => vec![],
         Some(dir) => {
-            let runtime = Runtime::new(RuntimeOptions::default())?;
+            let runtime = super::plugin_runtime()?;
             let set = PluginSet::load_dir(&runtime, dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             set.of_world(World::Verifier).cloned().collect()
         }

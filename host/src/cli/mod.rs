@@ -114,6 +114,19 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The plugin runtime of a command, trusting the plugin signing keys in
+/// `FIREDRILL_TRUSTED_PLUGIN_KEYS` (the agent takes them from its config).
+pub fn plugin_runtime() -> anyhow::Result<firedrill::runtime::Runtime> {
+    let trust = firedrill::runtime::PluginTrust::from_env()
+        .map_err(|e| anyhow::anyhow!("FIREDRILL_TRUSTED_PLUGIN_KEYS: {e}"))?;
+    Ok(firedrill::runtime::Runtime::new(
+        firedrill::runtime::RuntimeOptions {
+            trust,
+            ..Default::default()
+        },
+    )?)
+}
+
 /// Logs go to stderr (stdout is for results), or to stdout for the agent,
 /// as text unless `FIREDRILL_LOG_FORMAT=json`, through the redactor; the
 /// level comes from `RUST_LOG` (default warn). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans,

@@ -1,6 +1,6 @@
 //! `firedrill policy check DIR`.
 
-use firedrill::runtime::{PluginSet, Runtime, RuntimeOptions};
+use firedrill::runtime::PluginSet;
 use serde::Serialize;
 use std::path::Path;
 use std::process::ExitCode;
@@ -19,7 +19,7 @@ struct Row {
 }
 
 pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::new(RuntimeOptions::default())?;
+    let runtime = super::plugin_runtime()?;
     let set = match PluginSet::load_dir(&runtime, dir) {
         Ok(s) => s,
         Err(errors) => {

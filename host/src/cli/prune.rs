@@ -3,7 +3,7 @@
 use super::StoreArgs;
 use anyhow::{bail, Context};
 use firedrill::jobs::prune::{self, PruneOptions};
-use firedrill::runtime::{PluginSet, Runtime, RuntimeOptions, World};
+use firedrill::runtime::{PluginSet, World};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::new(RuntimeOptions::default())?;
+    let runtime = super::plugin_runtime()?;
     let set = PluginSet::load_dir(&runtime, &args.policies).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut policies = set.of_world(World::Retention);
     let Some(policy) = policies.next().cloned() else {

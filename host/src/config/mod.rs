@@ -5,6 +5,8 @@
 //! [agent]
 //! listen = "127.0.0.1:9187"          # /health and /ready
 //! policies = "/etc/firedrill/policies"
+//! trusted_plugin_keys = ["base64 Ed25519 public key"]  # FIREDRILL_TRUSTED_PLUGIN_KEYS
+//! require_signed_plugins = true      # the default once any key is trusted
 //!
 //! [store]
 //! url = "s3://backups/pg"            # or file:///var/backups/pg
@@ -107,6 +109,9 @@ struct RawAgent {
     listen: Option<String>,
     policies: Option<PathBuf>,
     reload_debounce: Option<String>,
+    #[serde(default)]
+    trusted_plugin_keys: Vec<String>,
+    require_signed_plugins: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +190,8 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     pub policies: Option<PathBuf>,
     pub reload_debounce: Duration,
+    /// Which keys may sign plugins; whether every plugin must be signed.
+    pub plugin_trust: crate::runtime::PluginTrust,
     pub store_url: String,
     pub s3: crate::archive::S3Options,
     /// Encryption and signing keys (checked to load when the config is).
@@ -301,6 +308,9 @@ impl Config {
         }
         if let Some(v) = var("FIREDRILL_VERIFY_KEYS") {
             raw.store.verify_keys = list(v);
+        }
+        if let Some(v) = var("FIREDRILL_TRUSTED_PLUGIN_KEYS") {
+            raw.agent.trusted_plugin_keys = list(v);
         }
         if let Some(bucket) = var("S3_BUCKET") {
             raw.store.url = Some(format!(
@@ -522,6 +532,19 @@ impl Config {
             verify_keys: raw.store.verify_keys,
         };
         crate::archive::Keys::load(&keys).map_err(|e| bad(e.setting(), e.to_string()))?;
+        let plugin_trust = crate::runtime::PluginTrust::new(
+            &raw.agent.trusted_plugin_keys,
+            raw.agent.require_signed_plugins,
+        )
+        .map_err(|e| bad("agent.trusted_plugin_keys", e.to_string()))?;
+        if raw.agent.require_signed_plugins == Some(true)
+            && raw.agent.trusted_plugin_keys.is_empty()
+        {
+            return Err(bad(
+                "agent.require_signed_plugins",
+                "no plugin could load: list the keys that sign plugins in agent.trusted_plugin_keys",
+            ));
+        }
         Ok(Config {
             listen,
             policies: raw.agent.policies,
@@ -530,6 +553,7 @@ impl Config {
                 raw.agent.reload_debounce,
                 Duration::from_millis(200),
             )?,
+            plugin_trust,
             store_url,
             s3: crate::archive::S3Options {
                 endpoint: raw.store.s3_endpoint,

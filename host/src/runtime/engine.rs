@@ -33,6 +33,8 @@ pub struct RuntimeOptions {
     pub max_instances: u32,
     /// The most linear memory any policy may grant.
     pub max_memory: u64,
+    /// Which plugin signatures are accepted, and whether one is required.
+    pub trust: super::PluginTrust,
 }
 
 impl Default for RuntimeOptions {
@@ -41,6 +43,7 @@ impl Default for RuntimeOptions {
             cache_dir: default_cache_dir(),
             max_instances: 128,
             max_memory: 1 << 30,
+            trust: Default::default(),
         }
     }
 }
@@ -211,8 +214,17 @@ impl Runtime {
             .imports(&self.inner.engine)
             .map(|(n, _)| n.to_string())
             .collect();
+        // Only functions: a world's exports are functions, and an exported
+        // interface the host never calls (componentize-py leaves its
+        // build-time `exports` interface in) changes nothing.
         let exports = ty
             .exports(&self.inner.engine)
+            .filter(|(_, e)| {
+                matches!(
+                    e.ty,
+                    wasmtime::component::types::ComponentItem::ComponentFunc(_)
+                )
+            })
             .map(|(n, _)| n.to_string())
             .collect();
         (imports, exports)

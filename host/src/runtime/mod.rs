@@ -7,6 +7,7 @@
 //! - `plugin`: a loaded plugin and the one place that instantiates it.
 //! - `registry`: a policies directory as one all-or-nothing set.
 //! - `reload`: the set in force, swapped whole on reload; the watcher.
+//! - `signature`: signed plugins and the keys trusted to sign them.
 //! - `worlds`: the five worlds and their typed export bindings.
 //!
 //! Invariants: a plugin never gets an import its policy does not grant (it is
@@ -19,6 +20,7 @@ mod plugin;
 pub mod policy;
 mod registry;
 mod reload;
+pub mod signature;
 pub mod worlds;
 
 pub use engine::{Compiled, Runtime, RuntimeOptions};
@@ -26,6 +28,7 @@ pub use plugin::{Plugin, PluginStats};
 pub use policy::{Limits, Policy, PolicyError};
 pub use registry::{LoadErrors, PluginSet};
 pub use reload::{Policies, ReloadStats, WatchHandle};
+pub use signature::{PluginTrust, Signed};
 pub use worlds::World;
 
 use std::time::Duration;

@@ -61,6 +61,13 @@ impl Plugin {
                 format!("cannot read {}: {e}", policy.wasm.display()),
             )
         })?;
+        // Before compiling: code from an untrusted signer is never even parsed.
+        let signed = runtime
+            .inner
+            .options
+            .trust
+            .check(&policy.wasm, &wasm)
+            .map_err(|m| err("wasm", m))?;
         let compiled = runtime
             .compile(&wasm)
             .map_err(|e| err("wasm", format!("{}: {e}", policy.wasm.display())))?;
@@ -101,7 +108,7 @@ impl Plugin {
         let pre = runtime
             .prepare(policy.world, &compiled.component)
             .map_err(|m| err("world", m))?;
-        tracing::debug!(plugin = %policy.name, world = policy.world.name(), cached = compiled.from_cache, ms = compiled.compile_time.as_millis() as u64, "plugin loaded");
+        tracing::debug!(plugin = %policy.name, world = policy.world.name(), cached = compiled.from_cache, ms = compiled.compile_time.as_millis() as u64, signed = ?signed, "plugin loaded");
         Ok(Plugin {
             name: policy.name.as_str().into(),
             config: Arc::new(policy.config.clone()),

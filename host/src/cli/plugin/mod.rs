@@ -1,7 +1,11 @@
-//! `firedrill plugin check FILE.wasm`.
+//! `firedrill plugin check|sign|new|test`: a plugin author's tools.
+
+pub mod fixture;
+pub mod new;
 
 use anyhow::{bail, Context};
 use firedrill::caps::Capability;
+use firedrill::runtime::signature::{self, PluginTrust, Signed};
 use firedrill::runtime::{Runtime, RuntimeOptions, World};
 use serde::Serialize;
 use std::path::Path;
@@ -16,6 +20,8 @@ struct Report {
     compile_ms: f64,
     exports: Vec<String>,
     imports: Vec<Import>,
+    /// Whether `<file>.sig` holds a valid signature, and by which key.
+    signature: Signed,
 }
 
 #[derive(Serialize)]
@@ -29,6 +35,10 @@ struct Import {
 
 pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // Any valid signature is shown; whether its key is trusted is the agent's call.
+    let signature = PluginTrust::default()
+        .check(file, &wasm)
+        .map_err(|e| anyhow::anyhow!(e))?;
     // No cache: the compile time shown is the real one.
     let runtime = Runtime::new(RuntimeOptions {
         cache_dir: None,
@@ -70,6 +80,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         compile_ms: compiled.compile_time.as_secs_f64() * 1000.0,
         exports,
         imports: listed,
+        signature,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -81,6 +92,10 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     println!("sha256:   {}", report.sha256);
     println!("compile:  {:.1} ms", report.compile_ms);
     println!("exports:  {}", report.exports.join(", "));
+    match &report.signature {
+        Signed::Unsigned => println!("signed:   no"),
+        Signed::Trusted(k) | Signed::Untrusted(k) => println!("signed:   by {k}"),
+    }
     for (i, imp) in report.imports.iter().enumerate() {
         let why = match (imp.grant, imp.cap) {
             (Some(g), _) => format!("needs `{g}` under [grants]"),
@@ -93,5 +108,16 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             imp.name
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `firedrill plugin sign --key KEYFILE FILE.wasm`: writes `FILE.wasm.sig`.
+pub fn sign(key: &Path, file: &Path) -> anyhow::Result<ExitCode> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (text, public) = signature::sign(key, &wasm)?;
+    let out = signature::sig_path(file);
+    std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("signed {} by {public}: {}", file.display(), out.display());
+    println!("agents that trust this key list it in agent.trusted_plugin_keys (or FIREDRILL_TRUSTED_PLUGIN_KEYS)");
     Ok(ExitCode::SUCCESS)
 }
