@@ -53,6 +53,11 @@
 //! COMPRESSION_LEVEL, VERIFY_LATEST (drill the latest rather than the latest
 //! undrilled) and VERIFY_BACKUP_FILE (drill that backup id).
 //!
+//! For containers, every setting a deployment varies has an environment
+//! name too: FIREDRILL_LISTEN, FIREDRILL_POLICIES, FIREDRILL_DRILL_URL
+//! (`local` or a drill server), FIREDRILL_REDIS_URL, FIREDRILL_CATALOG_URL,
+//! FIREDRILL_TRUSTED_PLUGIN_KEYS and the key settings above.
+//!
 //! Invariants: an invalid setting is an error that names it, before anything
 //! starts; secret values (passwords in URLs, keys) never appear in messages
 //! or in [`Config::describe`].
@@ -287,10 +292,15 @@ impl Config {
             ("S3_SECRET_ACCESS_KEY", &mut raw.store.s3_secret_access_key),
             ("FIREDRILL_REDIS_URL", &mut raw.coordination.redis_url),
             ("FIREDRILL_CATALOG_URL", &mut raw.catalog.url),
+            ("FIREDRILL_LISTEN", &mut raw.agent.listen),
+            ("FIREDRILL_DRILL_URL", &mut raw.drill.target),
         ] {
             if let Some(v) = var(k) {
                 *slot = Some(v);
             }
+        }
+        if let Some(v) = var("FIREDRILL_POLICIES") {
+            raw.agent.policies = Some(v.into());
         }
         let list = |v: String| {
             v.split(',')
@@ -703,6 +713,46 @@ mod tests {
             .collect();
         let raw: RawConfig = toml::from_str(toml).map_err(|e| bad("file", e.to_string()))?;
         Config::build(raw, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn a_container_sets_listen_policies_drill_target_and_plugin_trust_by_environment() {
+        let (_, public) = crate::archive::keys::signing_pair();
+        let c = load(
+            "[agent]\nlisten = \"127.0.0.1:1\"\n[drill]\ntarget = \"local\"\n",
+            &[
+                ("DATABASE_URL", "postgres://app@db/app"),
+                ("S3_BUCKET", "b"),
+                ("BACKUP_INTERVAL", "1h"),
+                ("FIREDRILL_LISTEN", "0.0.0.0:9187"),
+                ("FIREDRILL_POLICIES", "/etc/firedrill/policies"),
+                ("FIREDRILL_DRILL_URL", "postgres://drill@drills/postgres"),
+                ("FIREDRILL_TRUSTED_PLUGIN_KEYS", &public),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9187");
+        assert_eq!(
+            c.policies.as_deref(),
+            Some(Path::new("/etc/firedrill/policies"))
+        );
+        assert!(
+            matches!(c.drill_target, DrillTargetConfig::Server(_)),
+            "{:?}",
+            c.drill_target
+        );
+        assert!(c.plugin_trust.required());
+        let e = load(
+            "",
+            &[
+                ("DATABASE_URL", "postgres://app@db/app"),
+                ("S3_BUCKET", "b"),
+                ("BACKUP_INTERVAL", "1h"),
+                ("FIREDRILL_TRUSTED_PLUGIN_KEYS", "nope"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "agent.trusted_plugin_keys");
     }
 
     #[test]
