@@ -24,4 +24,5 @@ mod redis_backups;
 mod reload;
 mod retention;
 mod servers;
+mod store_faults;
 mod telemetry;

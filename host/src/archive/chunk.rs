@@ -21,6 +21,8 @@ const BATCH: usize = 128 << 10;
 const OUT_PIECE: usize = 256 << 10;
 
 pub struct ObjectWriter {
+    /// The store, as errors name it.
+    store: String,
     path: String,
     writer: opendal::Writer,
     encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
@@ -46,6 +48,7 @@ impl ObjectWriter {
         let encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(FLUSH_AT * 2), level)
             .map_err(|e| ArchiveError::Compression(e.to_string()))?;
         Ok(ObjectWriter {
+            store: store.display().to_string(),
             path: path.to_string(),
             writer,
             encoder,
@@ -96,7 +99,7 @@ impl ObjectWriter {
             .write(out)
             .await
             .map_err(|e| ArchiveError::Store {
-                store: String::new(),
+                store: self.store.clone(),
                 object: self.path.clone(),
                 message: e.to_string(),
             })
@@ -118,7 +121,7 @@ impl ObjectWriter {
             self.upload(sealer.finish()).await?;
         }
         self.writer.close().await.map_err(|e| ArchiveError::Store {
-            store: String::new(),
+            store: self.store.clone(),
             object: self.path.clone(),
             message: e.to_string(),
         })?;
@@ -137,6 +140,8 @@ impl ObjectWriter {
 
 /// Reads one object back, decompressing, and checks it against the manifest.
 pub struct ObjectReader {
+    /// The store, as errors name it.
+    store: String,
     object: ObjectRef,
     stream: opendal::FuturesBytesStream,
     decoder: zstd::stream::raw::Decoder<'static>,
@@ -169,10 +174,11 @@ impl ObjectReader {
         let stream = reader
             .into_bytes_stream(..)
             .await
-            .map_err(|e| store_err(path, e))?;
+            .map_err(|e| store_err(store, path, e))?;
         let decoder = zstd::stream::raw::Decoder::new()
             .map_err(|e| ArchiveError::Compression(e.to_string()))?;
         Ok(ObjectReader {
+            store: store.display().to_string(),
             object: object.clone(),
             stream,
             decoder,
@@ -237,7 +243,7 @@ impl ObjectReader {
                 .try_next()
                 .await
                 .map_err(|e| ArchiveError::Store {
-                    store: String::new(),
+                    store: self.store.clone(),
                     object: self.object.path.clone(),
                     message: e.to_string(),
                 })?;
@@ -323,14 +329,14 @@ impl ObjectReader {
     }
 }
 
-fn store_err(path: &str, e: opendal::Error) -> ArchiveError {
+fn store_err(store: &Store, path: &str, e: opendal::Error) -> ArchiveError {
     if e.kind() == opendal::ErrorKind::NotFound {
         ArchiveError::Missing {
             object: path.to_string(),
         }
     } else {
         ArchiveError::Store {
-            store: String::new(),
+            store: store.display().to_string(),
             object: path.to_string(),
             message: e.to_string(),
         }
