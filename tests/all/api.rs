@@ -30,7 +30,7 @@ pub fn now() -> i64 {
 }
 
 /// `firedrill token issue`: (token, id).
-fn issue(role: &str, subject: &str) -> (String, String) {
+pub fn issue(role: &str, subject: &str) -> (String, String) {
     let o = firedrill(
         &[
             "token",
@@ -51,7 +51,7 @@ fn issue(role: &str, subject: &str) -> (String, String) {
     (token, id)
 }
 
-fn get(port: u16, path: &str, token: &str) -> Reply {
+pub fn get(port: u16, path: &str, token: &str) -> Reply {
     http(
         port,
         "GET",
@@ -74,9 +74,9 @@ pub fn post(port: u16, path: &str, token: &str, body: &str) -> Reply {
     )
 }
 
-struct Api {
-    port: u16,
-    child: std::process::Child,
+pub struct Api {
+    pub port: u16,
+    pub child: std::process::Child,
     audit: PathBuf,
     namespace: String,
     store: String,
@@ -92,7 +92,7 @@ impl Drop for Api {
 
 /// An agent on a seeded source (backups only when asked), with the given
 /// policies and Redis coordination.
-fn agent(label: &str, policies: &Path) -> Api {
+pub fn agent(label: &str, policies: &Path) -> Api {
     let (db, store, _) = seeded(label);
     let port = harness::free_port();
     let dir = harness::tempdir(label);
@@ -307,7 +307,7 @@ fn a_failing_or_slow_authorizer_fails_closed() {
     assert_eq!(http(api.port, "GET", "/health", &[], "").status, 200);
 }
 
-fn wait_job(port: u16, token: &str, id: &str) -> serde_json::Value {
+pub fn wait_job(port: u16, token: &str, id: &str) -> serde_json::Value {
     let start = Instant::now();
     loop {
         let r = get(port, &format!("/v1/jobs/{id}"), token);

@@ -17,6 +17,7 @@ mod drills;
 mod encryption;
 mod fleet;
 mod hostile_plugins;
+mod load;
 mod plugin_authoring;
 mod policies;
 mod redaction;

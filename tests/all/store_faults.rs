@@ -83,7 +83,11 @@ fn a_store_that_stays_down_fails_the_backup_cleanly_and_the_next_one_succeeds() 
     let o = firedrill(&args, &env);
     let out = output_text(&o);
     assert!(!o.status.success(), "{out}");
-    eprintln!("store down: the backup failed after {:.1?}: {}", started.elapsed(), out.trim());
+    eprintln!(
+        "store down: the backup failed after {:.1?}: {}",
+        started.elapsed(),
+        out.trim()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(180),
         "gave up only after {:?}",

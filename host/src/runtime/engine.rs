@@ -77,6 +77,9 @@ pub struct Runtime {
 
 pub(crate) struct Inner {
     pub(crate) engine: Engine,
+    /// Instances alive at once never exceed the pool: a call waits for a
+    /// slot rather than failing when many arrive together.
+    pub(crate) slots: Slots,
     pub(crate) linker: Linker<CapState>,
     pub(crate) cache: Option<CodeCache>,
     pub(crate) options: RuntimeOptions,
@@ -86,6 +89,46 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A counting semaphore over the pool's instance slots.
+pub(crate) struct Slots {
+    free: std::sync::Mutex<u32>,
+    freed: std::sync::Condvar,
+}
+
+/// One instance slot, given back when dropped.
+pub(crate) struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: u32) -> Slots {
+        Slots {
+            free: std::sync::Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// A slot, waiting until `deadline` at most.
+    pub(crate) fn acquire(&self, deadline: Instant) -> Option<Slot<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            free = self
+                .freed
+                .wait_timeout(free, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *free -= 1;
+        Some(Slot(self))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
     }
 }
 
@@ -155,6 +198,7 @@ impl Runtime {
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
+                slots: Slots::new(n),
                 linker,
                 cache,
                 options,
@@ -238,5 +282,31 @@ impl Runtime {
             .instantiate_pre(component)
             .map_err(|e| format!("{e:#}"))?;
         WorldPre::new(world, pre).map_err(|e| format!("does not implement {world}: {e:#}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_waits_for_a_free_slot_until_its_deadline() {
+        let slots = std::sync::Arc::new(Slots::new(1));
+        let held = slots.acquire(Instant::now()).expect("one is free");
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            slots.acquire(soon).is_none(),
+            "none free before the deadline"
+        );
+        // Given back while another call waits: that call gets it.
+        let s = slots.clone();
+        let waiter = std::thread::spawn(move || {
+            s.acquire(Instant::now() + Duration::from_secs(10))
+                .is_some()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held);
+        assert!(waiter.join().unwrap());
+        assert!(slots.acquire(Instant::now()).is_some());
     }
 }

@@ -62,6 +62,8 @@ pub enum CallError {
     },
     #[error("plugin {plugin} refused: {message}")]
     Refused { plugin: String, message: String },
+    #[error("plugin {plugin} found no free instance before its deadline: {limit} calls were running; raise the deadline or lower the load")]
+    Busy { plugin: String, limit: u32 },
     #[error("plugin {plugin} implements {world}, not the world this call needs")]
     WrongWorld { plugin: String, world: World },
 }

@@ -174,6 +174,17 @@ impl Plugin {
         let _entered = span.enter();
         let limits = &self.policy.limits;
         let deadline = Instant::now() + limits.deadline;
+        // Declared before the store, so the slot is given back after the
+        // instance is gone. Waiting for it counts against the deadline.
+        let Some(_slot) = self.runtime.inner.slots.acquire(deadline) else {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            let e = CallError::Busy {
+                plugin: self.name.to_string(),
+                limit: self.runtime.inner.options.max_instances,
+            };
+            tracing::warn!(plugin = %self.name, "plugin call failed: {e}");
+            return Err(e);
+        };
         let state = CapState::new(
             self.name.clone(),
             &self.policy.grants,
