@@ -192,6 +192,30 @@ fn the_sandbox_has_no_environment_and_no_files() {
 }
 
 #[test]
+fn host_files_and_sockets_are_out_of_reach() {
+    let (p, good) = (hostile(), well_behaved());
+    let refused = |path: &str| match p.authorize(&CallContext::default(), &facts(path)) {
+        Ok(Decision::Deny(r)) => r.reason,
+        other => panic!("{path}: {other:?}"),
+    };
+    let why = refused("/read");
+    assert!(why.starts_with("read: "), "{why}");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let why = refused(&format!("/net/{port}"));
+    assert!(
+        why.starts_with("net: ") && why.contains("access-denied"),
+        "{why}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the plugin reached a host socket"
+    );
+    still_serving(&p, &good);
+}
+
+#[test]
 fn a_plugin_of_another_world_is_not_called() {
     let p = hostile();
     let e = p

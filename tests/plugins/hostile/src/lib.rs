@@ -64,6 +64,23 @@ fn kv(op: &str, key: &str, arg: &str) -> Result<String, String> {
     }
 }
 
+/// A TCP connection to the host's loopback through wasi:sockets.
+fn connect(port: u16) -> Result<(), String> {
+    use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    let net = wasi::sockets::instance_network::instance_network();
+    let sock = wasi::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4)
+        .map_err(|e| format!("{e:?}"))?;
+    let to = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port,
+        address: (127, 0, 0, 1),
+    });
+    sock.start_connect(&net, to).map_err(|e| format!("{e:?}"))?;
+    sock.subscribe().block();
+    sock.finish_connect()
+        .map(drop)
+        .map_err(|e| format!("{e:?}"))
+}
+
 fn recurse(n: u64) -> u64 {
     let buf = black_box([n; 64]);
     if n == 0 {
@@ -104,6 +121,15 @@ impl Guest for Hostile {
             ["trap"] => panic!("hostile plugin panics on purpose"),
             ["recurse"] => allow(recurse(u64::MAX).to_string()),
             ["big", mib] => deny("x".repeat(mib.parse::<usize>().unwrap_or(8) << 20)),
+            // Reaching outside: a host file, a socket to a listener on the host.
+            ["read"] => match std::fs::read_to_string("/etc/passwd") {
+                Ok(t) => allow(format!("read {} bytes", t.len())),
+                Err(e) => deny(format!("read: {e}")),
+            },
+            ["net", port] => match connect(port.parse().unwrap_or(80)) {
+                Ok(()) => allow("connected".into()),
+                Err(e) => deny(format!("net: {e}")),
+            },
             ["env"] => {
                 let env = std::env::vars().count();
                 let files = std::fs::read_dir("/").map(|d| d.count()).unwrap_or(0);
