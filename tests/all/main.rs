@@ -13,6 +13,7 @@ mod catalog;
 mod cli;
 mod code_cache;
 mod crash;
+mod db_faults;
 mod drills;
 mod encryption;
 mod fleet;

@@ -23,6 +23,8 @@ pub struct LocalCluster {
     port: u16,
     pid: u32,
     stopped: bool,
+    bin: PathBuf,
+    settings: Vec<String>,
 }
 
 impl LocalCluster {
@@ -49,7 +51,6 @@ impl LocalCluster {
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         set_mode(&dir, 0o700);
         let data = dir.join("data");
-        let log = dir.join("postgres.log");
         let mut init = Command::new(&initdb);
         init.arg("-D").arg(&data).args([
             "-U",
@@ -76,10 +77,40 @@ impl LocalCluster {
             .and_then(|l| l.local_addr())
             .map_err(|e| fail(e.to_string()))?
             .port();
-        let logfile = std::fs::File::create(&log).map_err(|e| fail(e.to_string()))?;
-        let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string());
-        let socket_dir = format!("unix_socket_directories={}", dir.display());
+        let mut cluster = LocalCluster {
+            dir,
+            port,
+            pid: 0,
+            stopped: false,
+            bin,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+        };
+        if let Err(e) = cluster.launch() {
+            cluster.stop();
+            return Err(e);
+        }
+        Ok(cluster)
+    }
+
+    /// Starts the server on the cluster's directory and port; blocking until
+    /// it accepts connections.
+    fn launch(&mut self) -> Result<(), JobError> {
+        let fail = |m: String| JobError::Tool {
+            tool: "local postgres".into(),
+            message: m,
+        };
+        let (data, log) = (self.dir.join("data"), self.dir.join("postgres.log"));
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("-p")
+            .arg(self.port.to_string());
+        let socket_dir = format!("unix_socket_directories={}", self.dir.display());
         for s in [
             "listen_addresses=127.0.0.1",
             &socket_dir,
@@ -87,8 +118,8 @@ impl LocalCluster {
             "synchronous_commit=off",
             "full_page_writes=off",
         ]
-        .iter()
-        .chain(settings)
+        .into_iter()
+        .chain(self.settings.iter().map(String::as_str))
         {
             cmd.arg("-c").arg(s);
         }
@@ -96,27 +127,31 @@ impl LocalCluster {
             logfile.try_clone().map_err(|e| fail(e.to_string()))?,
         ))
         .stderr(Stdio::from(logfile));
-        as_postgres_user(&mut cmd, &[&dir, &log])?;
+        as_postgres_user(&mut cmd, &[&self.dir, &log])?;
         let mut child = spawn_kept(cmd).map_err(|e| fail(format!("cannot start postgres: {e}")))?;
-        let mut cluster = LocalCluster {
-            dir,
-            port,
-            pid: child.id(),
-            stopped: false,
-        };
-        let conninfo =
-            format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
+        self.pid = child.id();
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
+            self.port
+        );
         let start = Instant::now();
         while postgres::Client::connect(&conninfo, postgres::NoTls).is_err() {
             let exited = child.try_wait().ok().flatten();
             if exited.is_some() || start.elapsed() > STARTUP {
                 let said = std::fs::read_to_string(&log).unwrap_or_default();
-                cluster.stop();
                 return Err(fail(format!("postgres did not start: {}", said.trim())));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(cluster)
+        Ok(())
+    }
+
+    /// Stops the server at once, as a crash or a failover would, and starts
+    /// it again on the same data and port (crash recovery runs). For tests
+    /// of what a job does when its server goes away.
+    pub fn restart(&mut self) -> Result<(), JobError> {
+        stop_pid(self.pid);
+        self.launch()
     }
 
     pub fn port(&self) -> u16 {

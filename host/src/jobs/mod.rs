@@ -59,7 +59,17 @@ pub enum JobError {
 impl JobError {
     pub(crate) fn sql(database: &str, what: &str, e: tokio_postgres::Error) -> JobError {
         let message = match e.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            Some(db) => {
+                // The classes an operator fixes on the server, not in firedrill.
+                let hint = match db.code().code() {
+                    "53100" => ": the server is out of disk space",
+                    "53200" => ": the server is out of memory",
+                    "57014" => ": a statement timeout or a cancel on the server stopped it",
+                    "57P01" | "57P02" | "57P03" => ": the server shut down or restarted",
+                    _ => "",
+                };
+                format!("{} ({}){hint}", db.message(), db.code().code())
+            }
             None => e.to_string(),
         };
         JobError::Sql {
