@@ -174,21 +174,28 @@ pub async fn serve(
                 }
             };
             let _ = sock.set_nodelay(true);
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(state, peer, req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
-                let _ = conn.await;
-            });
+            tokio::spawn(serve_connection(state.clone(), peer, sock));
         }
     });
     Ok((local, task))
+}
+
+/// Serves the HTTP/1.1 requests of one connection until it closes: the one
+/// path every byte a client sends takes (the fuzz target drives it over an
+/// in-memory pipe).
+pub async fn serve_connection<IO>(state: Arc<ApiState>, peer: SocketAddr, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(state, peer, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let _ = conn.await;
 }
 
 async fn handle(

@@ -163,8 +163,9 @@ pub struct ObjectReader {
 
 impl ObjectReader {
     /// `path` is the object's full path in the store; `object` its manifest
-    /// entry; `key` decrypts it. Callers go through [`super::Backup::reader`].
-    pub(crate) async fn open(
+    /// entry; `key` decrypts it. Jobs go through [`super::Backup::reader`];
+    /// the fuzz target opens objects directly.
+    pub async fn open(
         store: &Store,
         path: &str,
         object: &ObjectRef,

@@ -80,14 +80,16 @@ pub async fn read_manifest(
     parse_manifest(&path, &bytes, source, id)
 }
 
-fn parse_manifest(
+/// A manifest's stored bytes, checked for what can be checked without the
+/// store: its format, and that it is the manifest of `source`/`id`.
+pub fn parse_manifest(
     path: &str,
     bytes: &[u8],
     source: &str,
     id: &str,
 ) -> Result<Manifest, ArchiveError> {
     let path = path.to_string();
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| ArchiveError::BadManifest {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ArchiveError::BadManifest {
         object: path.clone(),
         reason: e.to_string(),
     })?;

@@ -246,26 +246,35 @@ impl Config {
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = match file {
-            None => RawConfig::default(),
-            Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| bad(f.display().to_string(), format!("cannot read: {e}")))?;
-                toml::from_str(&text).map_err(|e| {
-                    let line = e
-                        .span()
-                        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-                    bad(
-                        f.display().to_string(),
-                        format!(
-                            "{}{}",
-                            e.message().trim(),
-                            line.map(|l| format!(" (line {l})")).unwrap_or_default()
-                        ),
-                    )
-                })?
-            }
+        let text = match file {
+            None => String::new(),
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| bad(f.display().to_string(), format!("cannot read: {e}")))?,
         };
+        let name = file.map(|f| f.display().to_string()).unwrap_or_default();
+        Config::parse(&name, &text, env)
+    }
+
+    /// A configuration file's text (`name` is how errors call it), with the
+    /// environment `env` applied.
+    pub fn parse(
+        name: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            bad(
+                name,
+                format!(
+                    "{}{}",
+                    e.message().trim(),
+                    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+                ),
+            )
+        })?;
         Config::build(raw, &env)
     }
 
