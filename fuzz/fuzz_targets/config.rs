@@ -10,6 +10,8 @@ fuzz_target!(|data: &[u8]| {
     let (env, file) = text.split_once("\n---\n").unwrap_or(("", text));
     let env: Vec<(&str, &str)> = env.lines().filter_map(|l| l.split_once('=')).collect();
     let _ = firedrill::config::Config::parse("fuzz.toml", file, |k| {
-        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        env.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
     });
 });
