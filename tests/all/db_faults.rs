@@ -23,6 +23,14 @@ fn complete(store: &str) -> usize {
         .count()
 }
 
+/// `firedrill drill --latest` of `store` on the drill server `server`.
+fn drill_latest(store: &str, server: &str) -> std::process::Output {
+    firedrill(
+        &["drill", "--latest", "--store", store, "--drill-url", server],
+        &[],
+    )
+}
+
 fn url(cluster: &LocalCluster, db: &str) -> String {
     format!("postgres://postgres@127.0.0.1:{}/{db}", cluster.port())
 }
@@ -96,17 +104,7 @@ fn the_source_restarted_mid_backup_fails_it_cleanly_and_the_next_one_succeeds() 
         &[],
     );
     assert_eq!(complete(&store), 1);
-    let o = firedrill(
-        &[
-            "drill",
-            "--latest",
-            "--store",
-            &store,
-            "--drill-url",
-            &url(&cluster, "postgres"),
-        ],
-        &[],
-    );
+    let o = drill_latest(&store, &url(&cluster, "postgres"));
     assert!(o.status.success(), "{}", output_text(&o));
 }
 
@@ -177,18 +175,7 @@ fn a_drill_server_out_of_disk_fails_the_drill_cleanly_and_the_next_drill_passes(
         ],
         &[],
     );
-    let o = firedrill(
-        &[
-            "drill",
-            "--latest",
-            "--json",
-            "--store",
-            &store,
-            "--drill-url",
-            &url(&drills, "postgres"),
-        ],
-        &[],
-    );
+    let o = drill_latest(&store, &url(&drills, "postgres"));
     let out = output_text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(
@@ -212,17 +199,7 @@ fn a_drill_server_out_of_disk_fails_the_drill_cleanly_and_the_next_drill_passes(
         .get(0);
     assert_eq!(left, 0, "a drill database was left behind");
     // The backup was not at fault: on a server with room the drill passes.
-    let o = firedrill(
-        &[
-            "drill",
-            "--latest",
-            "--store",
-            &store,
-            "--drill-url",
-            &pg.url("postgres"),
-        ],
-        &[],
-    );
+    let o = drill_latest(&store, &pg.url("postgres"));
     assert!(o.status.success(), "{}", output_text(&o));
 }
 
