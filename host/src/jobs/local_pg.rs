@@ -5,6 +5,9 @@
 //! process ends (it is a child of one long-lived thread with
 //! PR_SET_PDEATHSIG); `stop` (also on drop) removes its directory; clusters
 //! left by a killed process are swept by [`LocalCluster::sweep_orphans`].
+//! A cluster's directory names its owner by pid *and* start time: pids are
+//! reused (a restarted container numbers its processes from 1 again), and a
+//! reused pid must not keep a dead run's cluster alive, nor get its signal.
 
 use super::pg::{pg_tool, PgUrl};
 use super::JobError;
@@ -42,9 +45,10 @@ impl LocalCluster {
             return Err(fail("no PostgreSQL server binaries (initdb) found: install the postgresql package, or set FIREDRILL_PG_BIN".into()));
         }
         let bin = initdb.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let me = std::process::id();
         let dir = parent.join(format!(
-            "{PREFIX}{}-{}",
-            std::process::id(),
+            "{PREFIX}{me}.{}-{}",
+            start_time(me).unwrap_or(0),
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir)
@@ -181,24 +185,34 @@ impl LocalCluster {
     pub fn sweep_orphans(parent: &Path) {
         for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(owner) = name
-                .strip_prefix(PREFIX)
-                .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
+            // `<pid>.<start time>-<n>`; older runs wrote `<pid>-<n>`.
+            let Some(owner) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
                 continue;
             };
-            if alive(owner) {
+            let (pid, started) = match owner.split_once('.') {
+                Some((p, t)) => (p.parse::<u32>().ok(), t.parse::<u64>().ok()),
+                None => (owner.parse::<u32>().ok(), None),
+            };
+            let Some(pid) = pid else {
+                continue;
+            };
+            if alive(pid as i32) && (started.is_none() || start_time(pid) == started) {
                 continue;
             }
+            let data = e.path().join("data");
             let postmaster =
-                std::fs::read_to_string(e.path().join("data/postmaster.pid")).unwrap_or_default();
-            if let Some(pid) = postmaster
+                std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+            if let Some(pm) = postmaster
                 .lines()
                 .next()
                 .and_then(|l| l.trim().parse::<u32>().ok())
             {
-                stop_pid(pid);
+                // Only the server of this directory: after a restart the pid
+                // may be anyone's.
+                let cmdline = std::fs::read(format!("/proc/{pm}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&*data.to_string_lossy()) {
+                    stop_pid(pm);
+                }
             }
             tracing::info!(dir = %e.path().display(), "removing a local drill cluster left by a crashed run");
             let _ = std::fs::remove_dir_all(e.path());
@@ -210,6 +224,14 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// When process `pid` started (clock ticks since boot), if it exists.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn alive(pid: i32) -> bool {
@@ -296,4 +318,29 @@ pub fn spawn_kept(mut cmd: Command) -> std::io::Result<Child> {
         .send((cmd, tx))
         .map_err(std::io::Error::other)?;
     rx.recv().map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_pid_does_not_keep_a_dead_runs_cluster() {
+        let parent = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let started = start_time(me).expect("our own start time");
+        let name = |owner: String| parent.path().join(format!("{PREFIX}{owner}-0"));
+        let ours = name(format!("{me}.{started}"));
+        // Our pid, another start time: a run before a container restart.
+        let dead = name(format!("{me}.{}", started + 1));
+        let legacy = name(format!("{me}"));
+        for d in [&ours, &dead, &legacy] {
+            std::fs::create_dir_all(d.join("data")).unwrap();
+        }
+        // A stale postmaster.pid naming a process that is not its server.
+        std::fs::write(dead.join("data/postmaster.pid"), format!("{me}\n")).unwrap();
+        LocalCluster::sweep_orphans(parent.path());
+        assert!(ours.exists() && legacy.exists());
+        assert!(!dead.exists());
+    }
 }
