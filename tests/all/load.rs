@@ -120,15 +120,20 @@ fn two_hundred_clients_with_the_authorizer_while_a_backup_runs() {
     assert_eq!(backup["state"], "succeeded", "{backup}");
     // Bounded: the agent's memory does not follow the number of requests served.
     assert!(peak < 512 * 1024, "peak RSS {} MiB", peak / 1024);
-    let half = samples.len() / 2;
-    let first = samples[..half].iter().max().copied().unwrap_or(0);
-    let second = samples[half..].iter().max().copied().unwrap_or(0);
-    assert!(
-        second < first + first / 2 + 16 * 1024,
-        "memory grows under steady load: {} MiB, then {} MiB",
-        first / 1024,
-        second / 1024
-    );
+    // And it levels off: over a full run (45 s or more), the last third
+    // peaks no higher than the middle one, give or take. Shorter runs are
+    // still warming up (pool slots, thread stacks, allocator arenas).
+    if secs >= 45 {
+        let third = samples.len() / 3;
+        let middle = samples[third..2 * third].iter().max().copied().unwrap_or(0);
+        let last = samples[2 * third..].iter().max().copied().unwrap_or(0);
+        assert!(
+            last < middle + middle / 10 + 16 * 1024,
+            "memory grows under steady load: {} MiB, then {} MiB",
+            middle / 1024,
+            last / 1024
+        );
+    }
     // Still serving.
     assert_eq!(harness::http(port, "GET", "/ready", &[], "").status, 200);
 }
