@@ -5,7 +5,7 @@
 //! succeeds.
 
 use crate::backup_restore::{backup, file_store, seed};
-use crate::harness::{self, firedrill, output_text};
+use crate::harness::{self, firedrill, firedrill_command, output_text};
 use firedrill::jobs::local_pg::LocalCluster;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,17 +50,16 @@ fn the_source_restarted_mid_backup_fails_it_cleanly_and_the_next_one_succeeds() 
     tx.batch_execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
         .unwrap();
     let (store, _) = file_store();
-    let child = Command::new(env!("CARGO_BIN_EXE_firedrill"))
-        .args([
-            "backup",
-            "--database-url",
-            &url(&cluster, "app"),
-            "--store",
-            &store,
-            "--source",
-            "app",
-        ])
-        .env("FIREDRILL_CACHE_DIR", harness::scratch().join("cli-cache"))
+    let source = url(&cluster, "app");
+    let args = [
+        "--database-url",
+        &source,
+        "--store",
+        &store,
+        "--source",
+        "app",
+    ];
+    let child = firedrill_command(&[&["backup"], &args[..]].concat(), &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -92,17 +91,7 @@ fn the_source_restarted_mid_backup_fails_it_cleanly_and_the_next_one_succeeds() 
     );
     assert_eq!(complete(&store), 0);
     // The server is back: the next backup completes, and restores.
-    backup(
-        &[
-            "--database-url",
-            &url(&cluster, "app"),
-            "--store",
-            &store,
-            "--source",
-            "app",
-        ],
-        &[],
-    );
+    backup(&args, &[]);
     assert_eq!(complete(&store), 1);
     let o = drill_latest(&store, &url(&cluster, "postgres"));
     assert!(o.status.success(), "{}", output_text(&o));

@@ -591,6 +591,12 @@ pub fn load(
 
 /// Runs the `firedrill` binary.
 pub fn firedrill(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    firedrill_command(args, env).output().unwrap()
+}
+
+/// The `firedrill` command [`firedrill`] runs, for a test that starts it
+/// and acts while it runs.
+pub fn firedrill_command(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_firedrill"));
     cmd.args(args)
         .env("FIREDRILL_CACHE_DIR", scratch().join("cli-cache"));
@@ -602,7 +608,7 @@ pub fn firedrill(args: &[&str], env: &[(&str, String)]) -> std::process::Output 
             cmd.env_remove(k);
         }
     }
-    cmd.output().unwrap()
+    cmd
 }
 
 /// stdout and stderr of a run, for assertions and messages.

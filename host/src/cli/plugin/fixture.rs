@@ -104,19 +104,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let world = policy.world;
     let runtime = crate::cli::plugin_runtime()?;
     let plugin = Plugin::load(&runtime, policy)?;
-    let text = std::fs::read_to_string(&args.fixture)
-        .with_context(|| format!("cannot read the fixture {}", args.fixture.display()))?;
     let is_sql = args.fixture.extension().is_some_and(|e| e == "sql");
-    let text = if is_sql { String::new() } else { text };
     if is_sql != (world == World::Verifier) {
         bail!(
             "{}: a verifier's fixture is a .sql file (loaded into a throwaway database); the other worlds take JSON",
             args.fixture.display()
         );
     }
+    // A .sql fixture is psql's to read; it must be there before a cluster starts.
     let fixture: Fixture = if is_sql {
+        std::fs::metadata(&args.fixture)
+            .with_context(|| format!("cannot read the fixture {}", args.fixture.display()))?;
         Fixture::default()
     } else {
+        let text = std::fs::read_to_string(&args.fixture)
+            .with_context(|| format!("cannot read the fixture {}", args.fixture.display()))?;
         let f: Fixture = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a fixture", args.fixture.display()))?;
         f.for_world(world)
@@ -259,10 +261,7 @@ fn verify(plugin: &Plugin, args: &Args) -> anyhow::Result<Vec<wit::CheckResult>>
         })?;
     let result = (|| {
         let tables = rt.block_on(load(&url, &args.fixture))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
+        let now = firedrill::archive::manifest::unix_now();
         let drill = wit::DrillContext {
             backup_id: "plugin-test".into(),
             source: "plugin-test".into(),

@@ -62,7 +62,7 @@ fn source(world: World) -> &'static str {
 
 /// The policy's grants and config: exactly what the scaffolded code uses.
 fn policy(world: World, name: &str, wasm: &str) -> String {
-    let env = format!("{}_TOKEN", name.to_ascii_uppercase().replace('-', "_"));
+    let env = token_env(name);
     let body = match world {
         World::Verifier => "[grants]\nlogging = true\nconfig = true\nsql = { database = \"drill\" }   # read-only, the drill database only\n\n[config]\nmin-rows = 1\n".to_string(),
         World::Retention => "[grants]\nconfig = true\n\n[config]\nkeep = 7\nmin-days = 1\n".to_string(),
@@ -185,8 +185,13 @@ fn fixture(world: World) -> (&'static str, String) {
     }
 }
 
+/// The environment variable a scaffolded authorizer reads its token from.
+fn token_env(name: &str) -> String {
+    format!("{}_TOKEN", name.to_ascii_uppercase().replace('-', "_"))
+}
+
 fn readme(world: World, name: &str, wasm: &str, fixture: &str) -> String {
-    let env = format!("{}_TOKEN", name.to_ascii_uppercase().replace('-', "_"));
+    let env = token_env(name);
     let env_note = if world == World::Authorizer {
         format!("\nThe policy reads its token from `{env}`: set it for `plugin test` and for the agent\n(`{env}=example-token` matches the fixture).\n")
     } else {
