@@ -43,6 +43,8 @@ fuzz_target!(|data: &[u8]| {
         path: "data/public.t/00000.copy.zst".into(),
         size: stored.len() as u64,
         sha256: hex::encode(sha2::Sha256::digest(stored)),
+        // Either bound: a recorded size, or the cap for older manifests.
+        raw: (mode & 2 == 2).then_some(64 << 10),
     };
     let key = (mode & 1 == 1).then_some(&w.key);
     w.rt.block_on(async {

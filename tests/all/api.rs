@@ -568,3 +568,247 @@ fn the_signed_authorizer_takes_ed25519_keys_ip_lists_and_address_limits() {
     let (status, reason, _) = refused(p.authorize(&ctx, &f).unwrap());
     assert_eq!(status, 401, "{reason}");
 }
+
+/// Opens `/v1/events` and reads up to the end of the response head (and the
+/// stream's first comment, for a 200): (status, the socket, what was read).
+fn open_events(port: u16, token: &str) -> (u16, std::net::TcpStream, String) {
+    try_open_events(port, token).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_open_events(port: u16, token: &str) -> Result<(u16, std::net::TcpStream, String), String> {
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\naccept: text/event-stream\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let status: u16 = seen
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let done = match (status, seen.split_once("\r\n\r\n")) {
+            (200, _) => seen.contains(": firedrill events"),
+            (0, _) | (_, None) => false,
+            (_, Some((head, body))) => {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                body.len() >= length
+            }
+        };
+        if done {
+            return Ok((status, s, seen));
+        }
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("the API does not answer ({e}): {seen:?}"))?;
+        if n == 0 {
+            return Err(format!("the connection closed: {seen:?}"));
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+/// Whether `ok` holds within 10 s (a closed socket takes a moment to be
+/// counted out by the server).
+fn settles(mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// `connected_clients` of a Redis server.
+fn redis_clients(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("clients").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn five_hundred_event_streams_are_capped_over_one_redis_tail() {
+    const CAP: usize = 40;
+    let redis = harness::OwnRedis::start(&[]);
+    let port = harness::free_port();
+    let dir = harness::tempdir("ssecap");
+    let store = harness::tempdir("ssecap-store");
+    let config = dir.join("firedrill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\npolicies = \"{}\"\n[store]\nurl = \"file://{}\"\n[drill]\ntarget = \"{}\"\n\
+             [coordination]\nredis_url = \"{}\"\nnamespace = \"ssecap:\"\n[api]\nmax_event_streams = {CAP}\n\
+             [[source]]\nname = \"app\"\nurls = [\"{}\"]\nbackup = \"cron: 0 3 1 1 *\"\n",
+            signed_policies("").display(),
+            store.display(),
+            harness::postgres().url("postgres"),
+            redis.url(""),
+            harness::postgres().url("postgres"),
+        ),
+    )
+    .unwrap();
+    let mut child = start_agent(
+        &config,
+        port,
+        &[("FIREDRILL_TOKEN_KEY", KEY), ("RUST_LOG", "warn")],
+    );
+    let (viewer, _) = issue("viewer", "watcher");
+    let mut probe = redis.connection("");
+    let before = redis_clients(&mut probe);
+
+    // 500 clients at once.
+    let answers: Vec<Result<_, String>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..500)
+            .map(|_| s.spawn(|| try_open_events(port, &viewer)))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    if !failed.is_empty() {
+        let alive = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let mut out = String::new();
+        let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+        let _ = child.stderr.take().unwrap().read_to_string(&mut out);
+        panic!(
+            "{} of 500 clients got no answer (agent alive: {alive}), first: {}\nagent: {}",
+            failed.len(),
+            failed[0],
+            &out[out.len().saturating_sub(4000)..]
+        );
+    }
+    let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+    let (open, refused): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(st, _, _)| *st == 200);
+    assert_eq!(open.len(), CAP, "streams admitted");
+    assert_eq!(refused.len(), 500 - CAP);
+    for (status, _, text) in &refused {
+        assert_eq!(*status, 429, "{text}");
+        assert!(
+            text.contains("too many event streams") && text.contains("api.max_event_streams"),
+            "{text}"
+        );
+    }
+    // Every open stream shares one tail: one more connection than before,
+    // not one per stream, plus what the authorizer's keyvalue pool keeps
+    // idle (at most 16) after 500 authorizations at once.
+    let bound = before + 1 + 16;
+    eprintln!(
+        "Redis clients: {before} before, {} with {CAP} streams open",
+        redis_clients(&mut probe)
+    );
+    assert!(
+        settles(|| redis_clients(&mut probe) <= bound),
+        "{before} Redis clients before, {} with {CAP} streams",
+        redis_clients(&mut probe)
+    );
+
+    // An event reaches every open stream.
+    let event = r#"{"kind":"test.ping","source":"app","node":"t","time":0}"#;
+    let _: String = redis::cmd("XADD")
+        .arg("ssecap:events")
+        .arg("*")
+        .arg("event")
+        .arg(event)
+        .query(&mut probe)
+        .unwrap();
+    let mut open: Vec<_> = open.into_iter().map(|(_, s, _)| s).collect();
+    for s in &mut open {
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains("event: test.ping") {
+            let n = s.read(&mut buf).expect("the stream goes on");
+            assert!(n > 0, "the stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    // Once the clients have gone, streams are admitted again, up to the cap.
+    drop(open);
+    drop(refused);
+    let start = Instant::now();
+    let mut again = Vec::new();
+    while again.len() < CAP {
+        let (status, s, text) = open_events(port, &viewer);
+        match status {
+            200 => again.push(s),
+            429 => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "closed streams were never released: {text}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => panic!("{text}"),
+        }
+    }
+    assert_eq!(open_events(port, &viewer).0, 429);
+    assert!(settles(|| redis_clients(&mut probe) <= bound));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn hmac_keys_shorter_than_32_bytes_are_refused_by_the_cli_and_the_authorizer() {
+    use firedrill::caps::types::{Decision, Header};
+    use firedrill::caps::CallContext;
+    let (short, enough) = ("k".repeat(31), "k".repeat(32));
+    let issue_with = |key: &str| {
+        firedrill(
+            &["token", "issue", "--role", "viewer"],
+            &[("FIREDRILL_TOKEN_KEY", key.to_string())],
+        )
+    };
+    let o = issue_with(&short);
+    assert!(!o.status.success(), "a 31-byte key issued a token");
+    let text = output_text(&o);
+    assert!(
+        text.contains("FIREDRILL_TOKEN_KEY") && text.contains("at least 32 bytes"),
+        "{text}"
+    );
+    let o = issue_with(&enough);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+
+    // The authorizer holds the same floor, naming its setting.
+    let ask = |key: &str| {
+        let p = harness::load(
+            "authorizer-signed",
+            &format!("world = \"authorizer\"\nwasm = \"authorizer_signed.wasm\"\n[grants]\nconfig = true\nlogging = true\nkeyvalue = {{ prefixes = [\"auth:\"] }}\n[config]\nhmac_key = \"{key}\"\n"),
+        )
+        .unwrap();
+        let mut f = crate::hostile_plugins::facts("/v1/backups");
+        f.time = now();
+        f.headers.push(Header {
+            name: "authorization".into(),
+            value: format!("Bearer {token}"),
+        });
+        p.authorize(&CallContext::default(), &f).unwrap()
+    };
+    match ask(&short) {
+        Decision::Deny(r) => assert!(
+            r.status == 503
+                && r.reason.contains("hmac_key")
+                && r.reason.contains("at least 32 bytes"),
+            "{r:?}"
+        ),
+        d => panic!("a 31-byte hmac_key allowed a request: {d:?}"),
+    }
+    match ask(&enough) {
+        Decision::Allow(g) => assert_eq!(g.principal, "operator"),
+        d => panic!("{d:?}"),
+    }
+}

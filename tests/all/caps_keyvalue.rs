@@ -104,3 +104,46 @@ fn without_a_store_the_plugin_gets_an_error_not_a_crash() {
     let e = call(&p, &down, "/kv/get/rl:x").unwrap_err();
     assert!(e.starts_with("other: redis"), "{e}");
 }
+
+#[test]
+fn a_huge_value_is_refused_before_it_is_read() {
+    let ctx = ctx("fdtest:kvbig:");
+    let mut c = harness::redis().connection();
+    let big = vec![b'x'; 8 << 20];
+    let _: () = redis::cmd("SET")
+        .arg("fdtest:kvbig:rl:big")
+        .arg(&big)
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("fdtest:kvbig:rl:small")
+        .arg("tiny")
+        .query(&mut c)
+        .unwrap();
+    for (grant, limit) in [
+        ("keyvalue = { prefixes = [\"rl:\"] }", "4194304"),
+        (
+            "keyvalue = { prefixes = [\"rl:\"], max_bytes = \"1MiB\" }",
+            "1048576",
+        ),
+    ] {
+        let p = harness::load(
+            "hostile",
+            &format!("world = \"authorizer\"\nwasm = \"hostile.wasm\"\n[grants]\n{grant}"),
+        )
+        .unwrap();
+        let e = call(&p, &ctx, "/kv/get/rl:big").unwrap_err();
+        assert!(
+            e.contains("8388608 bytes") && e.contains("max_bytes") && e.contains(limit),
+            "{grant}: {e}"
+        );
+        // The next call is served.
+        assert_eq!(call(&p, &ctx, "/kv/get/rl:small"), Ok("tiny".into()));
+        assert_eq!(call(&p, &ctx, "/kv/get/rl:none"), Ok("<none>".into()));
+    }
+    let _: () = redis::cmd("DEL")
+        .arg("fdtest:kvbig:rl:big")
+        .arg("fdtest:kvbig:rl:small")
+        .query(&mut c)
+        .unwrap();
+}

@@ -140,7 +140,7 @@ fn a_write_grant_commits() {
     ctx.sql.as_mut().unwrap().scope = SqlScope::Source;
     let p = verifier(
         "row-counts = false\n\"assert.insert\" = \"INSERT INTO users (email) VALUES ('new') RETURNING true\"",
-        "sql = { database = \"source\", write = true }",
+        "sql = { database = \"source\", write = true, allow_superuser = true }",
     );
     let results = p.verify(&ctx, &drill_context(vec![])).unwrap();
     assert_eq!(

@@ -37,7 +37,7 @@ fn url(cluster: &LocalCluster, db: &str) -> String {
 
 #[test]
 fn the_source_restarted_mid_backup_fails_it_cleanly_and_the_next_one_succeeds() {
-    let mut cluster = LocalCluster::start(&harness::tempdir("restarted"), &[]).unwrap();
+    let mut cluster = LocalCluster::start_tcp(&harness::tempdir("restarted"), &[]).unwrap();
     let mut admin = postgres::Client::connect(&url(&cluster, "postgres"), postgres::NoTls).unwrap();
     admin.batch_execute("CREATE DATABASE app").unwrap();
     let mut app = postgres::Client::connect(&url(&cluster, "app"), postgres::NoTls).unwrap();
@@ -123,7 +123,7 @@ impl Drop for Tmpfs {
 fn a_drill_server_out_of_disk_fails_the_drill_cleanly_and_the_next_drill_passes() {
     // The drill server keeps new databases on a disk with room for the
     // empty database and 3 MiB more: the restore runs out of space midway.
-    let drills = LocalCluster::start(&harness::tempdir("fulldisk"), &[]).unwrap();
+    let drills = LocalCluster::start_tcp(&harness::tempdir("fulldisk"), &[]).unwrap();
     let mut admin = postgres::Client::connect(&url(&drills, "postgres"), postgres::NoTls).unwrap();
     let template: i64 = admin
         .query_one("SELECT pg_database_size('template0')", &[])

@@ -221,6 +221,7 @@ async fn a_holder_whose_lease_ran_out_cannot_commit() {
         globals: false,
         role_passwords: false,
         planner: None,
+        plugin_sql: None,
         guard: Some(guard),
         progress: Default::default(),
     };
@@ -328,4 +329,241 @@ fn an_unreachable_redis_is_named_without_its_password() {
         "{text}"
     );
     assert!(!text.contains("hunter3"), "{text}");
+}
+
+/// A redis-server speaking only TLS, its certificate (for `localhost` and
+/// 127.0.0.1) signed by a CA made for the test; stopped when dropped.
+struct TlsRedis {
+    port: u16,
+    ca: std::path::PathBuf,
+    /// A CA that signed nothing here.
+    other_ca: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        let dir = harness::tempdir("tls-redis");
+        let openssl = |args: &[&str]| {
+            let o = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                o.status.success(),
+                "openssl {args:?}: {}",
+                harness::output_text(&o)
+            );
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN=firedrill test {ca}"),
+                "-days",
+                "2",
+            ]);
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = harness::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(dir.join("server.pem"))
+            .arg("--tls-key-file")
+            .arg(dir.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(dir.join("ca.pem"))
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "redis-server with TLS never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsRedis {
+            port,
+            ca: dir.join("ca.pem"),
+            other_ca: dir.join("other-ca.pem"),
+            child,
+        }
+    }
+
+    fn url(&self, ca: Option<&std::path::Path>) -> String {
+        match ca {
+            Some(ca) => format!("rediss://localhost:{}/?ca={}", self.port, ca.display()),
+            None => format!("rediss://localhost:{}/", self.port),
+        }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordination_and_keyvalue_over_tls_check_the_certificate() {
+    let tls = TlsRedis::start();
+    let opts = |url: String| CoordOptions {
+        redis_url: Some(url),
+        namespace: "tls:".into(),
+        node: "node-tls".into(),
+        ..Default::default()
+    };
+    // Trusted through ?ca=: leases and events work over TLS.
+    let c = Coordinator::new(opts(tls.url(Some(&tls.ca))))
+        .await
+        .unwrap();
+    let TryLock::Acquired(lease) = c.try_lock("backup", "app", None).await.unwrap() else {
+        panic!("a free lease was not acquired over TLS")
+    };
+    c.publish(&c.event("backup.started", "app")).await;
+    let mut reader = c.events_reader().await.unwrap();
+    let got = reader
+        .next(
+            &firedrill::coord::EventCursor("0".into()),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    lease.release(None).await.unwrap();
+
+    // Not trusted (the system roots, or another CA): refused on the certificate.
+    for url in [tls.url(None), tls.url(Some(&tls.other_ca))] {
+        let e = match Coordinator::new(opts(url.clone())).await {
+            Ok(_) => panic!("{url}: a server with an untrusted certificate was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("certificate") && e.contains("UnknownIssuer"),
+            "{url}: {e}"
+        );
+    }
+    // Certificate checks cannot be turned off.
+    let e = Coordinator::new(opts(format!("{}#insecure", tls.url(None))))
+        .await
+        .err()
+        .expect("#insecure was accepted")
+        .to_string();
+    assert!(e.contains("certificates are always checked"), "{e}");
+
+    // The keyvalue capability, through a plugin, over the same TLS.
+    let p = harness::load(
+        "hostile",
+        "world = \"authorizer\"\nwasm = \"hostile.wasm\"\n[grants]\nkeyvalue = { prefixes = [\"rl:\"] }",
+    )
+    .unwrap();
+    let call = |url: String| {
+        let ctx = firedrill::caps::CallContext {
+            keyvalue: Some(firedrill::caps::keyvalue::KvTarget::new(&url, "tls:plugin:").unwrap()),
+            ..Default::default()
+        };
+        let facts = crate::hostile_plugins::facts("/kv/incr/rl:tls/3");
+        tokio::task::block_in_place(|| p.authorize(&ctx, &facts)).unwrap()
+    };
+    use firedrill::caps::types::Decision;
+    match call(tls.url(Some(&tls.ca))) {
+        Decision::Allow(g) => assert_eq!(g.principal, "3"),
+        Decision::Deny(r) => panic!("keyvalue over TLS: {}", r.reason),
+    }
+    match call(tls.url(Some(&tls.other_ca))) {
+        Decision::Allow(g) => panic!("keyvalue reached an untrusted server: {}", g.principal),
+        Decision::Deny(_) => {}
+    }
+
+    // The CLI trusts a private CA through SSL_CERT_FILE (rustls-native-certs).
+    let revoke = |env: Vec<(&'static str, String)>| {
+        harness::firedrill(
+            &[
+                "token",
+                "revoke",
+                "tok-tls",
+                "--namespace",
+                "tls:",
+                "--redis-url",
+                &tls.url(None),
+            ],
+            &env,
+        )
+    };
+    let o = revoke(vec![("SSL_CERT_FILE", tls.ca.display().to_string())]);
+    assert!(o.status.success(), "{}", harness::output_text(&o));
+    let o = revoke(vec![("SSL_CERT_FILE", tls.other_ca.display().to_string())]);
+    assert!(
+        !o.status.success() && harness::output_text(&o).contains("certificate"),
+        "{}",
+        harness::output_text(&o)
+    );
 }

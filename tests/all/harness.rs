@@ -208,7 +208,7 @@ fn pg_bin_dir() -> PathBuf {
 pub fn postgres() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();
     PG.get_or_init(|| {
-        let cluster = firedrill::jobs::local_pg::LocalCluster::start(
+        let cluster = firedrill::jobs::local_pg::LocalCluster::start_tcp(
             scratch(),
             &["max_connections=200", "shared_buffers=64MB"],
         )

@@ -17,6 +17,7 @@ mod db_faults;
 mod drills;
 mod encryption;
 mod fleet;
+mod hostile_backups;
 mod hostile_plugins;
 mod load;
 mod plugin_authoring;

@@ -159,3 +159,230 @@ fn planted_secrets_appear_nowhere_that_leaves_the_process() {
         "{report}"
     );
 }
+
+/// The processes below `pid` (children, theirs, ...): (pid, command line).
+fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.entry(ppid).or_default().push(child);
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for &c in parents.get(&p).into_iter().flatten() {
+            let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            out.push((c, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+            todo.push(c);
+        }
+    }
+    out
+}
+
+/// Runs `firedrill args` while watching its child processes; returns its
+/// output and every child command line seen. `hold` is called once with
+/// the first command line that names `tool`, while the run waits on it.
+fn run_watching(
+    args: &[&str],
+    env: &[(&str, String)],
+    tool: &str,
+    mut hold: impl FnMut(),
+) -> (std::process::Output, Vec<String>, bool) {
+    use std::process::Stdio;
+    let child = harness::firedrill_command(args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut seen = Vec::new();
+    let mut held = false;
+    let start = std::time::Instant::now();
+    // try_wait would need the Child by &mut while wait_with_output takes it.
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true)
+    {
+        for (_, cmdline) in descendants(pid) {
+            if !held && cmdline.contains(tool) {
+                held = true;
+                seen.push(cmdline.clone());
+                hold();
+            }
+            if !seen.contains(&cmdline) {
+                seen.push(cmdline);
+            }
+        }
+        if !held && start.elapsed() > Duration::from_secs(60) {
+            // Never saw the tool: let the run go, the caller's assertion fails.
+            hold();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (child.wait_with_output().unwrap(), seen, held)
+}
+
+#[test]
+fn a_password_url_parameter_reaches_no_output_store_or_command_line() {
+    let pg = harness::postgres();
+    let tag = std::process::id();
+    let secret = format!("Param-Secret-{tag}");
+    let role = format!("param_{tag}");
+    let db = pg.fresh_database("pwparam");
+    pg.client(&db)
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{secret}';
+             CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 100) g;
+             CREATE TABLE held (id int) PARTITION BY RANGE (id);"
+        ))
+        .unwrap();
+    // The harness server trusts local logins: the password is not needed
+    // to connect, only planted. In the parameter form libpq also accepts.
+    let url = format!(
+        "postgres://{role}@127.0.0.1:{}/{db}?sslmode=disable&password={secret}",
+        pg.port
+    );
+    let (store, store_dir) = crate::backup_restore::file_store();
+
+    // pg_dump waits on this lock until the test has read its command line:
+    // it locks every table it dumps, where firedrill's own queries read
+    // only plain tables (the partitioned parent has no rows of its own).
+    let mut locker = pg.client(&db);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let (o, children, held) = run_watching(
+        &["backup", "--json", "--store", &store],
+        &[("DATABASE_URL", url.clone())],
+        "pg_dump",
+        || locker.batch_execute("COMMIT").unwrap(),
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(held, "pg_dump was never seen among {children:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = summary["id"].as_str().unwrap().to_string();
+
+    let (drill, drill_children, _) = run_watching(
+        &[
+            "drill",
+            "--json",
+            "--store",
+            &store,
+            &id,
+            "--drill-url",
+            &pg.url("postgres"),
+            "-j",
+            "1",
+        ],
+        &[("DATABASE_URL", url.clone())],
+        "psql",
+        || {},
+    );
+    assert!(drill.status.success(), "{}", output_text(&drill));
+    let report: serde_json::Value = serde_json::from_slice(&drill.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{}", output_text(&drill));
+
+    let mut places: Vec<(String, String)> = vec![
+        ("backup output".into(), output_text(&o)),
+        ("drill output".into(), output_text(&drill)),
+    ];
+    places.extend(
+        children
+            .iter()
+            .chain(&drill_children)
+            .map(|c| ("a child's command line".to_string(), c.clone())),
+    );
+    places.extend(
+        texts(&store_dir)
+            .into_iter()
+            .filter(|(p, _)| !p.ends_with(".zst")),
+    );
+    assert!(
+        places.iter().any(|(p, _)| p.ends_with("manifest.json"))
+            && places.iter().any(|(p, _)| p.contains("/drills/")),
+        "{places:?}"
+    );
+    for (place, text) in &places {
+        assert!(
+            !text.contains(&secret),
+            "the password leaked into {place}:\n{text}"
+        );
+    }
+    // pg_dump still got the rest of the URL.
+    assert!(
+        children
+            .iter()
+            .any(|c| c.contains("pg_dump") && c.contains(&role) && c.contains("sslmode=disable")),
+        "{children:?}"
+    );
+}
+
+#[test]
+fn a_plugin_config_value_from_the_environment_is_scrubbed_where_it_is_quoted() {
+    let tag = std::process::id();
+    let secret = format!("Planted-Config-Secret-{tag}");
+    // The authorizer quotes a bad `allow` value in its error: the value
+    // comes from the environment, so it is a secret however it is used.
+    let policies = harness::policy_dir(
+        &["authorizer-signed"],
+        &[(
+            "auth.toml",
+            "world = \"authorizer\"\nwasm = \"authorizer_signed.wasm\"\n[grants]\nconfig = true\nlogging = true\nkeyvalue = { prefixes = [\"auth:\"] }\n[config]\nhmac_key = { env = \"FIREDRILL_TOKEN_KEY\" }\nallow = { env = \"FD_PLANTED_ALLOW\" }\n",
+        )],
+    );
+    let work = harness::tempdir("cfgsecret");
+    let port = harness::free_port();
+    let config = work.join("firedrill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\npolicies = \"{}\"\n[store]\nurl = \"file://{}\"\n\
+             [[source]]\nname = \"app\"\nurls = [\"{}\"]\nbackup = \"cron: 0 3 1 1 *\"\n",
+            policies.display(),
+            work.join("store").display(),
+            harness::postgres().url("postgres"),
+        ),
+    )
+    .unwrap();
+    let child = start_agent(
+        &config,
+        port,
+        &[
+            ("FIREDRILL_TOKEN_KEY", crate::api::KEY),
+            ("FD_PLANTED_ALLOW", &secret),
+            ("RUST_LOG", "info,firedrill=debug"),
+        ],
+    );
+    let token = crate::api::token_with(crate::api::KEY, "ann", "viewer", crate::api::now() + 600);
+    let r = crate::api::get(port, "/v1/backups", &token);
+    assert_eq!(r.status, 503, "{r:?}");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("config `allow`")
+            && message.contains("***")
+            && message.contains("is not a CIDR"),
+        "{message}"
+    );
+    let log = output_text(&harness::run_agent_for(child, 1));
+    for (place, text) in [("the API error", &r.body), ("the agent's output", &log)] {
+        assert!(
+            !text.contains(&secret),
+            "the config secret leaked into {place}:\n{text}"
+        );
+    }
+}

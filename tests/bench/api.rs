@@ -221,6 +221,7 @@ fn main() {
                 globals: false,
                 role_passwords: false,
                 planner: None,
+                plugin_sql: None,
                 guard: None,
                 progress: Default::default(),
             };

@@ -11,7 +11,8 @@
 //! allow and a sufficient role, and every decision is audited; with no
 //! authorizer loaded, or one that fails or overruns its deadline, the answer
 //! is 503 (fail closed); nothing here blocks a job; request bodies are
-//! capped and headers must arrive within a timeout.
+//! capped and headers must arrive within a timeout; open event streams are
+//! capped (`api.max_event_streams`, 429 past it).
 
 mod auth;
 mod routes;
@@ -29,6 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// Connections the kernel holds for the accept loop (capped by somaxconn).
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The largest request body accepted (JSON job requests are tiny).
 const MAX_BODY: usize = 64 * 1024;
@@ -63,6 +67,8 @@ pub struct ApiState {
     pub keyvalue: Option<KvTarget>,
     pub audit: Audit,
     pub auth: AuthStats,
+    /// One permit per open `/v1/events` stream (`api.max_event_streams`).
+    event_streams: Arc<tokio::sync::Semaphore>,
     requests: AtomicU64,
     next_id: AtomicU64,
 }
@@ -75,7 +81,11 @@ impl ApiState {
         keyvalue: Option<KvTarget>,
         audit: Audit,
     ) -> Arc<ApiState> {
+        let event_streams = Arc::new(tokio::sync::Semaphore::new(
+            agent.config().max_event_streams,
+        ));
         Arc::new(ApiState {
+            event_streams,
             agent,
             ready,
             authorization,
@@ -160,7 +170,16 @@ pub async fn serve(
     addr: SocketAddr,
     state: Arc<ApiState>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
+    // std's and mio's backlog of 128 resets part of a burst of clients (a
+    // dashboard reconnecting its viewers) before the accept loop sees them.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener: TcpListener = socket.listen(LISTEN_BACKLOG)?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {

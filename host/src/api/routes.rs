@@ -141,15 +141,16 @@ pub async fn route(
             &serde_json::json!({"principal": principal.name, "role": role_name(principal.role)}),
         )),
         Route::ListBackups => {
-            let shown = listings(state, q("source")).await?;
+            let (shown, ignored) = listings(state, q("source")).await?;
             Ok(json(
                 StatusCode::OK,
-                &serde_json::json!({ "backups": shown }),
+                &serde_json::json!({ "backups": shown, "ignored": ignored }),
             ))
         }
         Route::ListDrills => {
             let drills: Vec<_> = listings(state, q("source"))
                 .await?
+                .0
                 .into_iter()
                 .filter_map(|l| {
                     let d = l.last_drill?;
@@ -227,18 +228,31 @@ async fn trigger(
     Ok(r)
 }
 
-/// The store's backups, of one source if named.
+/// The store's backups that its keys vouch for, of one source if named,
+/// and the manifests and reports left out.
 async fn listings(
     state: &ApiState,
     source: Option<String>,
-) -> Result<Vec<arch::Listing>, ApiError> {
-    let all = arch::list_backups(state.agent.store())
+) -> Result<(Vec<arch::Listing>, Vec<arch::Ignored>), ApiError> {
+    let scan = arch::scan_backups(state.agent.store())
         .await
         .map_err(|e| ApiError::new(503, format!("the store cannot be listed: {e}")))?;
-    Ok(all
+    let ignored = scan
+        .ignored
         .into_iter()
-        .filter(|l| source.as_ref().is_none_or(|s| *s == l.source))
-        .collect())
+        .filter(|i| {
+            source
+                .as_ref()
+                .is_none_or(|s| i.object.split('/').next() == Some(s.as_str()))
+        })
+        .collect();
+    Ok((
+        scan.listings
+            .into_iter()
+            .filter(|l| source.as_ref().is_none_or(|s| *s == l.source))
+            .collect(),
+        ignored,
+    ))
 }
 
 /// Prometheus text exposition of the agent's counters.

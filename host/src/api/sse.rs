@@ -2,6 +2,10 @@
 //! `id:` is its position in the (capped) stream, so a client that
 //! reconnects with `Last-Event-ID` (or `?after=ID`; `after=0` for all that
 //! is kept) reads what it missed; without either it starts from now.
+//!
+//! At most `api.max_event_streams` streams are open at once (429 past it):
+//! each holds a task and a socket, though not a Redis connection, as every
+//! stream reads the agent's one shared tail of the event stream.
 
 use super::{ApiError, ApiState, Body};
 use crate::coord::EventCursor;
@@ -20,6 +24,15 @@ pub async fn stream(
     headers: &HeaderMap,
     after: Option<String>,
 ) -> Result<Response<Body>, ApiError> {
+    let permit = state.event_streams.clone().try_acquire_owned().map_err(|_| {
+        let cap = state.agent.config().max_event_streams;
+        let mut e = ApiError::new(
+            429,
+            format!("too many event streams open ({cap}, api.max_event_streams): close one or retry later"),
+        );
+        e.retry_after = Some(5);
+        e
+    })?;
     let coord = state.agent.coord().clone();
     let last = headers
         .get("last-event-id")
@@ -37,6 +50,8 @@ pub async fn stream(
     let mut reader = coord.events_reader().await.map_err(unavailable)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
+        // Held until the stream's task ends, that is until the client goes.
+        let _permit = permit;
         if tx
             .send(Bytes::from_static(b": firedrill events\n\n"))
             .await
@@ -45,7 +60,12 @@ pub async fn stream(
             return;
         }
         loop {
-            let batch = match reader.next(&cursor, KEEPALIVE).await {
+            let next = tokio::select! {
+                n = reader.next(&cursor, KEEPALIVE) => n,
+                // The client went away while nothing happened.
+                _ = tx.closed() => return,
+            };
+            let batch = match next {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = tx

@@ -1,7 +1,9 @@
 //! Objects as streams: bytes in -> zstd -> (age) -> sha256 -> multipart
 //! upload, and back: download -> sha256 -> (age) -> zstd -> bytes out, with
 //! the checksum and size checked when the stream ends. Memory is bounded by
-//! the part size and the zstd window, whatever the object's size.
+//! the part size and the zstd window, whatever the object's size; the
+//! decompressed output by the size the manifest records (or a cap), checked
+//! as it grows, so a few KiB of zstd cannot fill a disk or the memory.
 
 use super::age::{FileKey, Opener, Sealer};
 use super::manifest::ObjectRef;
@@ -19,6 +21,12 @@ const BATCH: usize = 128 << 10;
 /// Decompressed output comes in pieces of at most this size, whatever the
 /// compression ratio, so a reader's memory stays bounded.
 const OUT_PIECE: usize = 256 << 10;
+/// How far an object may decompress when its manifest predates the recorded
+/// decompressed size (`ObjectRef::raw`). Only schema scripts and globals are
+/// read without one (chunks and the RDB carry `raw_bytes`), and pg_dump's
+/// schema of even a very large catalog stays well under this; a few KiB of
+/// zstd can claim terabytes, so some bound must hold.
+pub const UNRECORDED_RAW_CAP: u64 = 256 << 20;
 
 pub struct ObjectWriter {
     /// The store, as errors name it.
@@ -129,6 +137,7 @@ impl ObjectWriter {
             path: rel.to_string(),
             size: self.stored,
             sha256: hex::encode(self.hasher.finalize()),
+            raw: Some(self.raw),
         })
     }
 
@@ -159,6 +168,8 @@ pub struct ObjectReader {
     frame_done: bool,
     /// Newlines seen in the decompressed bytes.
     pub rows: u64,
+    /// Decompressed bytes handed over so far.
+    raw: u64,
 }
 
 impl ObjectReader {
@@ -192,7 +203,23 @@ impl ObjectReader {
             more_output: false,
             frame_done: false,
             rows: 0,
+            raw: 0,
         })
+    }
+
+    /// Decompressed bytes must stay within the recorded size, or the cap.
+    fn check_growth(&self) -> Result<(), ArchiveError> {
+        match self.object.raw {
+            Some(n) if self.raw > n => Err(self.corrupt(format!(
+                "it decompresses to more than the {n} bytes the manifest records \
+                 (a decompression bomb, or a tampered object): stopped reading"
+            ))),
+            None if self.raw > UNRECORDED_RAW_CAP => Err(self.corrupt(format!(
+                "it decompresses to more than {UNRECORDED_RAW_CAP} bytes, the limit for an \
+                 object whose manifest records no decompressed size: stopped reading"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn corrupt(&self, reason: String) -> ArchiveError {
@@ -225,6 +252,8 @@ impl ObjectReader {
                 }
                 self.more_output = produced == OUT_PIECE;
                 if produced > 0 {
+                    self.raw += produced as u64;
+                    self.check_growth()?;
                     out.truncate(produced);
                     self.rows += memchr::memchr_iter(b'\n', &out).count() as u64;
                     return Ok(Some(out));
@@ -232,6 +261,12 @@ impl ObjectReader {
                 if self.input_done {
                     if !self.frame_done {
                         return Err(self.corrupt("the zstd stream ends early".into()));
+                    }
+                    if let Some(n) = self.object.raw.filter(|&n| n != self.raw) {
+                        return Err(self.corrupt(format!(
+                            "it decompresses to {} bytes, the manifest records {n}",
+                            self.raw
+                        )));
                     }
                     return Ok(None);
                 }
@@ -320,7 +355,15 @@ impl ObjectReader {
         Ok(bytes)
     }
 
-    /// Reads the whole object (for small ones: schema scripts).
+    /// Reads the object to its end, checking it, and keeps nothing: for an
+    /// object only vouched for (globals in a drill). Returns its raw size.
+    pub async fn check(mut self) -> Result<u64, ArchiveError> {
+        while self.next().await?.is_some() {}
+        Ok(self.raw)
+    }
+
+    /// Reads the whole object (for small ones: schema scripts), which is
+    /// bounded like every read: by the recorded size or the cap.
     pub async fn read_all(mut self) -> Result<Vec<u8>, ArchiveError> {
         let mut all = Vec::new();
         while let Some(p) = self.next().await? {

@@ -6,7 +6,8 @@
 //!
 //! Invariants: private keys are read from files, never from arguments or the
 //! environment's values, and never shown (`Debug` names public parts only);
-//! once any key is trusted, an unsigned or badly signed manifest is refused.
+//! once any key is trusted, an unsigned or badly signed manifest is refused,
+//! and neither it nor such a drill report counts for any decision.
 
 use super::age::{AgeError, Identity, Recipient};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -25,6 +26,31 @@ pub struct KeySettings {
     pub signing_key_file: Option<PathBuf>,
     /// Ed25519 public keys (base64) whose manifest signatures are accepted.
     pub verify_keys: Vec<String>,
+}
+
+impl KeySettings {
+    /// What an operator must hear once (at `config check` and at start-up)
+    /// about how far the store's contents can be trusted with these keys.
+    pub fn warnings(&self) -> Vec<String> {
+        match (&self.signing_key_file, self.verify_keys.is_empty()) {
+            (None, true) => vec![
+                "backups and drill reports are neither signed nor verified: anyone who can write \
+                 the store can add backups and drill reports that list, drill and prune will count \
+                 (and so steer retention into deleting genuine backups); set [store] signing_key_file \
+                 (FIREDRILL_SIGNING_KEY) where backups and drills run, and [store] verify_keys \
+                 (FIREDRILL_VERIFY_KEYS) on nodes that only read"
+                    .into(),
+            ],
+            (None, false) => vec![
+                "[store] verify_keys is set but signing_key_file is not: the backups and drill \
+                 reports this node writes are unsigned, so list, drill and prune here will ignore \
+                 them; set [store] signing_key_file (FIREDRILL_SIGNING_KEY) if this node backs up \
+                 or drills"
+                    .into(),
+            ],
+            (Some(_), _) => vec![],
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,12 @@ pub struct ObjectRef {
     pub size: u64,
     /// sha256 of the stored bytes, hex.
     pub sha256: String,
+    /// Bytes after decompression: a reader stops past it (a zstd bomb) and
+    /// refuses an object that ends short of it. Absent in manifests written
+    /// before the field, and in chunks and the RDB, whose entries carry
+    /// `raw_bytes` instead (see [`Chunk::bounded`], [`RedisEntry::bounded`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +32,16 @@ pub struct Chunk {
     pub rows: u64,
     /// COPY text bytes before compression.
     pub raw_bytes: u64,
+}
+
+impl Chunk {
+    /// The object with `raw_bytes` as its decompressed size, to read it by.
+    pub fn bounded(&self) -> ObjectRef {
+        ObjectRef {
+            raw: Some(self.raw_bytes),
+            ..self.object.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,18 +163,9 @@ pub fn header_path(generation: u32) -> String {
     format!("keys/{generation}.age")
 }
 
-/// An Ed25519 signature over the manifest's bytes as stored without it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signature {
-    pub algorithm: String,
-    /// The public key, base64.
-    pub key: String,
-    /// base64.
-    pub value: String,
-}
-
-/// Where the signature starts in a stored manifest.
-const SIGNATURE_MARK: &[u8] = b",\n  \"signature\": ";
+/// An Ed25519 signature over the manifest's bytes as stored without it
+/// (the format drill reports are signed in too).
+pub use super::signed::Signature;
 
 /// Keys, and keys with an expiry, in one logical database of a Redis server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +187,16 @@ pub struct RedisEntry {
     pub keys_after: std::collections::BTreeMap<String, KeyCount>,
 }
 
+impl RedisEntry {
+    /// The RDB object with `raw_bytes` as its decompressed size, to read it by.
+    pub fn bounded(&self) -> ObjectRef {
+        ObjectRef {
+            raw: Some(self.raw_bytes),
+            ..self.rdb.clone()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compression {
     pub algorithm: String,
@@ -195,28 +212,14 @@ impl Manifest {
         let mut m = self.clone();
         m.signature = None;
         let body = serde_json::to_vec_pretty(&m).expect("a manifest serializes");
-        let Some((key, value)) = sign(&body) else {
-            return body;
-        };
-        let sig = Signature {
-            algorithm: "ed25519".into(),
-            key,
-            value,
-        };
-        signed_bytes(&body, &sig)
+        super::signed::to_bytes(body, sign)
     }
 
     /// The bytes a stored manifest's signature covers, if the stored bytes
     /// are exactly those plus this manifest's signature (nothing added,
     /// nothing moved).
     pub fn unsigned_part(&self, stored: &[u8]) -> Option<Vec<u8>> {
-        let sig = self.signature.as_ref()?;
-        let at = stored
-            .windows(SIGNATURE_MARK.len())
-            .rposition(|w| w == SIGNATURE_MARK)?;
-        let mut body = stored[..at].to_vec();
-        body.extend_from_slice(b"\n}");
-        (signed_bytes(&body, sig) == stored).then_some(body)
+        super::signed::unsigned_part(stored, self.signature.as_ref()?)
     }
 
     /// Every object the manifest vouches for.
@@ -323,14 +326,6 @@ pub fn path_segment(s: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
-}
-
-fn signed_bytes(body: &[u8], sig: &Signature) -> Vec<u8> {
-    let mut out = body.strip_suffix(b"\n}").unwrap_or(body).to_vec();
-    out.extend_from_slice(SIGNATURE_MARK);
-    out.extend(serde_json::to_vec(sig).expect("a signature serializes"));
-    out.extend_from_slice(b"\n}");
     out
 }
 

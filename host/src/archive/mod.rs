@@ -17,12 +17,15 @@
 //! object read back is checked against the manifest's size and sha256, and a
 //! mismatch names the object; store URLs shown to people carry no credentials;
 //! a backup is read (drill, restore, rekey) only through [`open_backup`], which
-//! checks the signature and unwraps the key before any data is touched.
+//! checks the signature and unwraps the key before any data is touched; with
+//! keys trusted, what is listed (and so drilled, pruned, shown) is only what
+//! they vouch for, manifests and drill reports alike ([`scan_backups`]).
 
 pub mod age;
 pub mod chunk;
 pub mod keys;
 pub mod manifest;
+pub mod signed;
 pub mod store;
 
 pub use chunk::{ObjectReader, ObjectWriter};
@@ -158,55 +161,26 @@ pub async fn verified_manifest(
     source: &str,
     id: &str,
 ) -> Result<(Manifest, Option<String>), ArchiveError> {
-    let path = format!("{}{}", backup_dir(source, id), manifest::MANIFEST);
-    let bytes = store.get(&path).await?;
-    let manifest = parse_manifest(&path, &bytes, source, id)?;
-    let signed_by = check_signature(store.keys(), &path, &bytes, &manifest)?;
+    let (path, manifest, signed) = read_signed_manifest(store, source, id).await?;
+    let signed_by = signed.map_err(|p| ArchiveError::Signature {
+        object: path,
+        reason: p.explain("manifest"),
+    })?;
     Ok((manifest, signed_by))
 }
 
-fn check_signature(
-    keys: &Keys,
-    path: &str,
-    stored: &[u8],
-    m: &Manifest,
-) -> Result<Option<String>, ArchiveError> {
-    let refuse = |reason: &str| ArchiveError::Signature {
-        object: path.to_string(),
-        reason: reason.to_string(),
-    };
-    if keys.trusted.is_empty() {
-        return Ok(None);
-    }
-    let Some(sig) = &m.signature else {
-        return Err(refuse(
-            "the manifest is not signed, and this store's keys require signed manifests: \
-             it was written without a signing key, or its signature was removed",
-        ));
-    };
-    if sig.algorithm != "ed25519" {
-        return Err(refuse(&format!(
-            "unknown signature algorithm {:?}",
-            sig.algorithm
-        )));
-    }
-    let body = m.unsigned_part(stored).ok_or_else(|| {
-        refuse(
-            "the manifest was changed after it was signed (the signature is not its last member)",
-        )
-    })?;
-    if !keys.trusted.iter().any(|k| keys::key_id(k) == sig.key) {
-        return Err(refuse(&format!(
-            "signed by {}, which is not a trusted key (--verify-key, [store] verify_keys)",
-            sig.key
-        )));
-    }
-    if !keys.verify(&sig.key, &body, &sig.value) {
-        return Err(refuse(
-            "the signature does not match: the manifest was modified after it was signed",
-        ));
-    }
-    Ok(Some(sig.key.clone()))
+/// A backup's manifest (its path, its form checked) and what its signature
+/// says: the signer when keys trust any, or why it does not count.
+async fn read_signed_manifest(
+    store: &Store,
+    source: &str,
+    id: &str,
+) -> Result<(String, Manifest, Result<Option<String>, signed::Problem>), ArchiveError> {
+    let path = format!("{}{}", backup_dir(source, id), manifest::MANIFEST);
+    let bytes = store.get(&path).await?;
+    let manifest = parse_manifest(&path, &bytes, source, id)?;
+    let signed = signed::check(store.keys(), &bytes, manifest.signature.as_ref());
+    Ok((path, manifest, signed))
 }
 
 /// The backup's file key, unwrapped from its header with the store's identities.
@@ -284,6 +258,7 @@ pub async fn write_header(
         path: path.clone(),
         size: header.len() as u64,
         sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&header)),
+        raw: None,
     };
     store.put(&format!("{dir}{path}"), header).await?;
     Ok(manifest::Encryption {
@@ -324,7 +299,12 @@ pub struct Listing {
     pub databases: Vec<String>,
     pub tables: usize,
     pub seconds: Option<f64>,
-    /// The newest drill of this backup, if any.
+    /// The key that signed the manifest, when this store's keys trust any
+    /// signer (then every complete backup listed has one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+    /// The newest drill of this backup, if any (whose report this store's
+    /// keys accept).
     pub last_drill: Option<DrillSeen>,
 }
 
@@ -335,8 +315,104 @@ pub struct DrillSeen {
     pub passed: bool,
 }
 
-/// The newest drill report of a backup, as stored.
-pub async fn last_drill_report(store: &Store, source: &str, id: &str) -> Option<Vec<u8>> {
+/// A stored manifest or drill report that no decision counts: with keys
+/// trusted, it is unsigned, signed by a stranger or badly signed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ignored {
+    /// `manifest` or `report`.
+    pub kind: &'static str,
+    /// Its path in the store.
+    pub object: String,
+    /// `unsigned`, `signature by an untrusted key`, `bad signature`, `unreadable`.
+    pub reason: &'static str,
+}
+
+/// What the store holds that its keys vouch for, and what they do not.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Oldest first.
+    pub listings: Vec<Listing>,
+    pub ignored: Vec<Ignored>,
+}
+
+/// Says once per object (per process) that it is ignored and why, and
+/// counts it: a planted object shows up in the log and on `/metrics`
+/// without flooding either at every listing.
+fn ignore(kind: &'static str, object: &str, what: &str, problem: &signed::Problem) -> Ignored {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    // Bounded: past this many objects, start over (and say it again).
+    const REMEMBERED: usize = 100_000;
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let first = {
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(format!("{object}\n{}", problem.short()))
+    };
+    if first {
+        tracing::warn!(
+            object,
+            kind,
+            reason = problem.short(),
+            "ignored by list, drill and prune: {}",
+            problem.explain(what)
+        );
+        crate::telemetry::metrics::global().add(
+            crate::telemetry::metrics::UNTRUSTED_IGNORED,
+            &[("kind", kind)],
+            1.0,
+        );
+    }
+    Ignored {
+        kind,
+        object: object.to_string(),
+        reason: problem.short(),
+    }
+}
+
+/// A drill report's stored bytes, checked: when this store's keys trust any
+/// signer, it must be signed by one of them and describe `source`/`id`.
+pub fn check_report(
+    keys: &Keys,
+    stored: &[u8],
+    source: &str,
+    id: &str,
+) -> Result<Option<String>, signed::Problem> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        signature: Option<signed::Signature>,
+        #[serde(default)]
+        backup_id: String,
+        #[serde(default)]
+        source: String,
+    }
+    let e: Envelope = serde_json::from_slice(stored)
+        .map_err(|e| signed::Problem::Unreadable(format!("is not a drill report: {e}")))?;
+    let signer = signed::check(keys, stored, e.signature.as_ref())?;
+    // A genuine report copied next to another backup would vouch for it.
+    if signer.is_some() && (e.backup_id != id || e.source != source) {
+        return Err(signed::Problem::Unreadable(format!(
+            "describes {}/{}, not the backup it is stored with",
+            e.source, e.backup_id
+        )));
+    }
+    Ok(signer)
+}
+
+/// The newest drill report of a backup that this store's keys accept, as
+/// stored; reports they do not accept are skipped (and named in `ignored`).
+async fn newest_report(
+    store: &Store,
+    source: &str,
+    id: &str,
+    ignored: &mut Vec<Ignored>,
+) -> Option<(String, Vec<u8>)> {
     let dir = format!("{}drills/", backup_dir(source, id));
     let mut reports: Vec<String> = store
         .list(&dir)
@@ -346,17 +422,60 @@ pub async fn last_drill_report(store: &Store, source: &str, id: &str) -> Option<
         .filter(|n| n.ends_with(".json"))
         .collect();
     reports.sort();
-    store.get(&format!("{dir}{}", reports.pop()?)).await.ok()
+    while let Some(name) = reports.pop() {
+        let path = format!("{dir}{name}");
+        let Ok(bytes) = store.get(&path).await else {
+            continue;
+        };
+        match check_report(store.keys(), &bytes, source, id) {
+            Ok(_) => return Some((path, bytes)),
+            // Without keys, a report that is not even JSON was never counted.
+            Err(_) if store.keys().trusted.is_empty() => continue,
+            Err(p) => ignored.push(ignore("report", &path, "drill report", &p)),
+        }
+    }
+    None
 }
 
-async fn last_drill(store: &Store, source: &str, id: &str) -> Option<DrillSeen> {
+/// The newest drill report of a backup that this store's keys accept, as stored.
+pub async fn last_drill_report(store: &Store, source: &str, id: &str) -> Option<Vec<u8>> {
+    newest_report(store, source, id, &mut Vec::new())
+        .await
+        .map(|(_, b)| b)
+}
+
+/// A drill report of `source`/`id` stored at `path`, if this store's keys
+/// accept it (said and counted when they do not).
+pub async fn read_drill_report(
+    store: &Store,
+    source: &str,
+    id: &str,
+    path: &str,
+) -> Option<Vec<u8>> {
+    let bytes = store.get(path).await.ok()?;
+    match check_report(store.keys(), &bytes, source, id) {
+        Ok(_) => Some(bytes),
+        Err(_) if store.keys().trusted.is_empty() => Some(bytes),
+        Err(p) => {
+            ignore("report", path, "drill report", &p);
+            None
+        }
+    }
+}
+
+async fn last_drill(
+    store: &Store,
+    source: &str,
+    id: &str,
+    ignored: &mut Vec<Ignored>,
+) -> Option<DrillSeen> {
     #[derive(serde::Deserialize)]
     struct Outcome {
         passed: bool,
         #[serde(default)]
         report: String,
     }
-    let bytes = last_drill_report(store, source, id).await?;
+    let (_, bytes) = newest_report(store, source, id, ignored).await?;
     let o: Outcome = serde_json::from_slice(&bytes).ok()?;
     Some(DrillSeen {
         report: o.report,
@@ -364,10 +483,21 @@ async fn last_drill(store: &Store, source: &str, id: &str) -> Option<DrillSeen> 
     })
 }
 
-/// Every backup in the store, oldest first; incomplete ones (no manifest:
-/// in progress or abandoned) are listed as such, never as complete.
+/// Every backup in the store that its keys vouch for, oldest first;
+/// incomplete ones (no manifest: in progress or abandoned) are listed as
+/// such, never as complete.
 pub async fn list_backups(store: &Store) -> Result<Vec<Listing>, ArchiveError> {
-    let mut out = Vec::new();
+    Ok(scan_backups(store).await?.listings)
+}
+
+/// [`list_backups`], with what was left out and why. When this store's keys
+/// trust any signer, a backup whose manifest is unsigned, signed by another
+/// key, badly signed or unreadable is not listed (so no drill picks it and
+/// no prune deletes it), and a drill report that is not accepted does not
+/// count as a drill.
+pub async fn scan_backups(store: &Store) -> Result<Scan, ArchiveError> {
+    let mut scan = Scan::default();
+    let keyed = !store.keys().trusted.is_empty();
     for source in store.list("").await? {
         let Some(source) = source.strip_suffix('/') else {
             continue;
@@ -380,8 +510,13 @@ pub async fn list_backups(store: &Store) -> Result<Vec<Listing>, ArchiveError> {
                 continue;
             }
             let created = manifest::id_time(id).unwrap_or(0);
-            let listing = match read_manifest(store, source, id).await {
-                Ok(m) => Listing {
+            let listing = match read_signed_manifest(store, source, id).await {
+                Ok((object, _, Err(problem))) => {
+                    scan.ignored
+                        .push(ignore("manifest", &object, "manifest", &problem));
+                    continue;
+                }
+                Ok((_, m, Ok(signed_by))) => Listing {
                     id: id.into(),
                     source: source.into(),
                     created,
@@ -390,7 +525,8 @@ pub async fn list_backups(store: &Store) -> Result<Vec<Listing>, ArchiveError> {
                     databases: m.databases.iter().map(|d| d.name.clone()).collect(),
                     tables: m.table_count(),
                     seconds: Some(m.timings.seconds),
-                    last_drill: last_drill(store, source, id).await,
+                    signed_by,
+                    last_drill: last_drill(store, source, id, &mut scan.ignored).await,
                 },
                 Err(ArchiveError::Missing { .. }) => {
                     let objects = store.list_recursive(&backup_dir(source, id)).await?;
@@ -403,19 +539,32 @@ pub async fn list_backups(store: &Store) -> Result<Vec<Listing>, ArchiveError> {
                         databases: vec![],
                         tables: 0,
                         seconds: None,
+                        signed_by: None,
                         last_drill: None,
                     }
                 }
+                Err(ArchiveError::BadManifest { object, reason }) if keyed => {
+                    let problem = signed::Problem::Unreadable(format!(
+                        "is not a firedrill manifest: {reason}"
+                    ));
+                    scan.ignored
+                        .push(ignore("manifest", &object, "manifest", &problem));
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
-            out.push(listing);
+            scan.listings.push(listing);
         }
     }
-    out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-    Ok(out)
+    scan.listings
+        .sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    Ok(scan)
 }
 
-/// Finds a complete backup by id, or the newest complete one (of `source`, if given).
+/// Finds a complete backup by id, or the newest complete one (of `source`,
+/// if given). Only backups this store's keys vouch for are candidates for
+/// "the newest"; one named by id whose manifest they refuse is still found,
+/// so that opening it says why it is refused.
 pub async fn find_backup(
     store: &Store,
     id: Option<&str>,
@@ -428,15 +577,29 @@ pub async fn find_backup(
             )));
         }
     }
-    let all = list_backups(store).await?;
-    let found = all
+    let scan = scan_backups(store).await?;
+    let found = scan
+        .listings
         .iter()
         .rev()
         .filter(|l| l.complete)
         .filter(|l| source.is_none_or(|s| l.source == s))
-        .find(|l| id.is_none_or(|i| l.id == i));
-    match (found, id) {
-        (Some(l), _) => Ok((l.source.clone(), l.id.clone())),
+        .find(|l| id.is_none_or(|i| l.id == i))
+        .map(|l| (l.source.clone(), l.id.clone()));
+    let refused = || {
+        let id = id?;
+        scan.ignored
+            .iter()
+            .filter(|i| i.kind == "manifest")
+            .find_map(|i| {
+                let (src, rest) = i.object.split_once('/')?;
+                let this = rest.strip_suffix(&format!("/{}", manifest::MANIFEST))?;
+                (this == id && source.is_none_or(|s| s == src))
+                    .then(|| (src.to_string(), this.to_string()))
+            })
+    };
+    match (found.or_else(refused), id) {
+        (Some(found), _) => Ok(found),
         (None, Some(id)) => Err(ArchiveError::NoSuchBackup(id.to_string())),
         (None, None) => Err(ArchiveError::NoBackups(
             source

@@ -1,7 +1,9 @@
 //! `wasi:keyvalue/store` and `wasi:keyvalue/atomics` on Redis, scoped to key
 //! prefixes.
 //!
-//! Grant: `keyvalue = { prefixes = ["ratelimit:", "revoked:"], expire = "10m" }`.
+//! Grant: `keyvalue = { prefixes = ["ratelimit:", "revoked:"], expire = "10m" }`,
+//! and optionally `max_bytes` (default 4MiB): a larger value is refused by
+//! `get` before it is read.
 //! With `expire`, every key the plugin writes (set, increment) expires that
 //! long after it was first written, so counters cannot pile up. The plugin
 //! opens the bucket `""` (or `"default"`); every key it touches must start
@@ -28,7 +30,17 @@ pub struct KeyvalueGrant {
     /// How long written keys live, e.g. "10m"; none keeps them.
     #[serde(default)]
     pub expire: Option<String>,
+    /// The largest value `get` returns, e.g. "1MiB".
+    #[serde(default)]
+    pub max_bytes: Option<String>,
 }
+
+/// The largest value `get` returns unless the grant says.
+const MAX_BYTES: u64 = 4 << 20;
+
+/// GET, but only a value no longer than ARGV[1]; else its length (an
+/// integer), so that a huge value is never sent to the host.
+const GET_BOUNDED: &str = "local n = redis.call('STRLEN', KEYS[1]) if n > tonumber(ARGV[1]) then return n end return redis.call('GET', KEYS[1])";
 
 /// INCRBY, and an expiry on a key that has none (one round trip, atomic).
 const INCREMENT_EXPIRING: &str = "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return v";
@@ -42,6 +54,13 @@ impl KeyvalueGrant {
         if let Some(e) = &self.expire {
             if humantime::parse_duration(e).map_or(true, |d| d.as_millis() == 0) {
                 return Some(format!("`expire` {e:?} is not a duration (e.g. 10m)"));
+            }
+        }
+        if let Some(b) = &self.max_bytes {
+            if crate::runtime::policy::parse_size(b).map_or(true, |n| n == 0) {
+                return Some(format!(
+                    "`max_bytes` {b:?} is not a size above 0 (e.g. 1MiB)"
+                ));
             }
         }
         if self.prefixes.iter().any(|p| p.is_empty()) {
@@ -59,6 +78,13 @@ impl KeyvalueGrant {
             .map(|d| d.as_millis() as u64)
     }
 
+    fn max_bytes(&self) -> u64 {
+        self.max_bytes
+            .as_deref()
+            .and_then(|b| crate::runtime::policy::parse_size(b).ok())
+            .unwrap_or(MAX_BYTES)
+    }
+
     fn allows(&self, key: &str) -> bool {
         self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
@@ -73,10 +99,11 @@ pub struct KvTarget {
 }
 
 impl KvTarget {
-    /// `url`: `redis://[user:password@]host:port/db`. Keys are stored as `namespace + key`.
+    /// `url`: `redis[s]://[user:password@]host:port/db[?ca=/path/ca.pem]`
+    /// (see `coord::redis_client`). Keys are stored as `namespace + key`.
     pub fn new(url: &str, namespace: &str) -> Result<KvTarget, redis::RedisError> {
         Ok(KvTarget {
-            client: redis::Client::open(url)?,
+            client: crate::coord::redis_client(url)?,
             namespace: namespace.into(),
             idle: Arc::default(),
         })
@@ -203,8 +230,19 @@ impl store::HostBucket for KeyvalueCap {
         _: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(self.run(&key, |c, k| {
-            c.arg("GET").arg(k);
+        let max = self.grant.as_ref().map_or(MAX_BYTES, |g| g.max_bytes());
+        let reply = self.run::<redis::Value>(&key, |c, k| {
+            c.arg("EVAL").arg(GET_BOUNDED).arg(1).arg(k).arg(max);
+        });
+        Ok(reply.and_then(|v| match v {
+            redis::Value::Nil => Ok(None),
+            redis::Value::BulkString(b) => Ok(Some(b)),
+            redis::Value::Int(n) => Err(Error::Other(format!(
+                "the value of {key:?} is {n} bytes: more than the grant's max_bytes ({max} bytes)"
+            ))),
+            other => Err(Error::Other(format!(
+                "redis: unexpected reply to GET {key:?}: {other:?}"
+            ))),
         }))
     }
 
@@ -320,6 +358,7 @@ mod tests {
         let g = KeyvalueGrant {
             prefixes: vec!["rl:".into(), "revoked:".into()],
             expire: None,
+            max_bytes: None,
         };
         assert!(g.allows("rl:alice") && g.allows("revoked:42"));
         assert!(!g.allows("r") && !g.allows("other:rl:x"));
@@ -327,6 +366,7 @@ mod tests {
         let grant = |prefixes: Vec<&str>, expire: Option<&str>| KeyvalueGrant {
             prefixes: prefixes.into_iter().map(String::from).collect(),
             expire: expire.map(String::from),
+            max_bytes: None,
         };
         assert!(grant(vec![], None).problem().is_some());
         assert!(grant(vec![""], None).problem().is_some());
@@ -348,6 +388,7 @@ mod tests {
         let grant = KeyvalueGrant {
             prefixes: vec!["ok:".into()],
             expire: None,
+            max_bytes: None,
         };
         // The target points nowhere: a denied key must be refused without connecting.
         let target = KvTarget::new("redis://127.0.0.1:1/", "t:").unwrap();

@@ -2,13 +2,26 @@
 //! grant names, in its own transaction.
 //!
 //! Grant: `sql = { database = "drill" }` (or `"source"`), read-only unless
-//! `write = true`. The call's [`SqlTarget`] says which real database that
-//! scope is for this call; a grant for another scope reaches nothing.
+//! `write = true`; `max_rows` (default 100000) and `max_bytes` (default
+//! 16MiB) bound one statement's result; `allow_superuser = true` lets a
+//! `source` grant run as a role that is (or can become) a superuser. The
+//! call's [`SqlTarget`] says which real database that scope is for this call;
+//! a grant for another scope reaches nothing.
+//!
+//! Who the statements run as is the first bound, not this file: a drill's
+//! target is a per-drill role with SELECT on the drill database only (see
+//! `jobs::drill_role`), a source's is the role the operator named in
+//! `plugin_sql_url`, checked here at connect.
 //!
 //! Read-only is enforced by the server, not by parsing SQL: every statement
 //! runs inside `BEGIN READ ONLY` after a snapshot has been taken (so it cannot
 //! switch the transaction to read-write) and is rolled back. Each statement
 //! gets `statement_timeout` = what is left of the plugin's deadline.
+//!
+//! Results stream in: the rows and their bytes are counted as they arrive
+//! and the statement is cancelled as soon as either passes the grant's
+//! limit. One row is whole in memory before it can be counted (the client
+//! library reads a DataRow message at once; PostgreSQL caps a field at 1GB).
 
 use super::bindings::firedrill::plugin::sql::{self, Column, Error, Rows, Value};
 use super::CapState;
@@ -19,8 +32,12 @@ use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker};
 
-/// At most this many rows come back from one statement.
+/// At most this many rows come back from one statement, unless the grant says.
 const MAX_ROWS: usize = 100_000;
+/// At most this many bytes of values, unless the grant says.
+const MAX_BYTES: u64 = 16 << 20;
+/// A statement's text and parameters.
+const MAX_STATEMENT_BYTES: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +55,55 @@ pub struct SqlGrant {
     pub database: SqlScope,
     #[serde(default)]
     pub write: bool,
+    /// A `source` grant refuses a role that is, or can become, a superuser
+    /// (or runs programs or reads/writes files on the server) unless this says so.
+    #[serde(default)]
+    pub allow_superuser: bool,
+    /// The most rows one statement may return.
+    #[serde(default)]
+    pub max_rows: Option<usize>,
+    /// The most bytes of values one statement may return, e.g. "16MiB".
+    #[serde(default)]
+    pub max_bytes: Option<String>,
 }
+
+impl SqlGrant {
+    /// A problem with the grant itself, for the policy loader.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(b) = &self.max_bytes {
+            match crate::runtime::policy::parse_size(b) {
+                Err(e) => return Some(format!("`max_bytes`: {e}")),
+                Ok(0) => return Some("`max_bytes` is 0: no result could come back".into()),
+                Ok(_) => {}
+            }
+        }
+        if self.max_rows == Some(0) {
+            return Some("`max_rows` is 0: no result could come back".into());
+        }
+        if self.allow_superuser && self.database != SqlScope::Source {
+            return Some(
+                "`allow_superuser` applies to `database = \"source\"` only: a drill's role is made by firedrill".into(),
+            );
+        }
+        None
+    }
+
+    fn max_rows(&self) -> usize {
+        self.max_rows.unwrap_or(MAX_ROWS)
+    }
+
+    fn max_bytes(&self) -> u64 {
+        self.max_bytes
+            .as_deref()
+            .and_then(|b| crate::runtime::policy::parse_size(b).ok())
+            .unwrap_or(MAX_BYTES)
+    }
+}
+
+/// Whether the connected role is a superuser or can act as one (membership
+/// lets it `SET ROLE`), or may run programs or touch the server's files.
+const POWERFUL_ROLE: &str = "SELECT EXISTS (SELECT 1 FROM pg_roles r WHERE pg_has_role(session_user, r.oid, 'MEMBER') \
+     AND (r.rolsuper OR r.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files')))";
 
 /// The real database behind a scope, for one call.
 #[derive(Clone)]
@@ -75,6 +140,11 @@ impl SqlCap {
         };
         let target = match &self.target {
             Some(t) if t.scope == grant.database => t.clone(),
+            _ if grant.database == SqlScope::Source => {
+                return Err(Error::NotGranted(
+                    "no source database is open to this call: plugins reach a source only as the role its plugin_sql_url names".into(),
+                ))
+            }
             _ => {
                 return Err(Error::NotGranted(format!(
                     "no {:?} database is open to this call",
@@ -93,12 +163,32 @@ impl SqlCap {
                 .map_err(|e: postgres::Error| Error::Connection(e.to_string()))?;
             cfg.connect_timeout(left.min(CONNECT_TIMEOUT));
             cfg.application_name("firedrill-plugin");
-            self.conn = Some(
-                cfg.connect(NoTls)
-                    .map_err(|e| Error::Connection(e.to_string()))?,
-            );
+            let mut conn = cfg
+                .connect(NoTls)
+                .map_err(|e| Error::Connection(e.to_string()))?;
+            if target.scope == SqlScope::Source && !grant.allow_superuser {
+                let powerful: bool = conn
+                    .query_one(POWERFUL_ROLE, &[])
+                    .map_err(query_error)?
+                    .get(0);
+                if powerful {
+                    return Err(Error::NotGranted(
+                        "the source's plugin role is a superuser (or can become one, or may run programs or files on the server): name a role of its own in the source's plugin_sql_url, or set allow_superuser = true on the policy's sql grant".into(),
+                    ));
+                }
+            }
+            self.conn = Some(conn);
         }
+        let statement_bytes = statement.len() + params.iter().map(value_size).sum::<usize>();
+        if statement_bytes > MAX_STATEMENT_BYTES {
+            return Err(Error::Conversion(format!(
+                "the statement and its parameters are {statement_bytes} bytes: more than {}",
+                human(MAX_STATEMENT_BYTES as u64)
+            )));
+        }
+        let (max_rows, max_bytes) = (grant.max_rows(), grant.max_bytes());
         let conn = self.conn.as_mut().expect("connected above");
+        let cancel = conn.cancel_token();
         let mut tx = conn
             .build_transaction()
             .read_only(!grant.write)
@@ -137,14 +227,22 @@ impl SqlCap {
         if stmt.columns().is_empty() {
             out.affected = tx.execute(&stmt, &refs).map_err(query_error)?;
         } else {
-            let rows = tx.query(&stmt, &refs).map_err(query_error)?;
-            if rows.len() > MAX_ROWS {
-                return Err(Error::Conversion(format!(
-                    "{} rows: more than {MAX_ROWS}; add a LIMIT or aggregate in SQL",
-                    rows.len()
-                )));
-            }
-            for row in &rows {
+            use postgres::fallible_iterator::FallibleIterator;
+            let mut rows = tx.query_raw(&stmt, refs).map_err(query_error)?;
+            let mut bytes = 0u64;
+            let mut over = None;
+            while let Some(row) = rows.next().map_err(query_error)? {
+                for i in 0..row.len() {
+                    bytes += row.try_get::<_, RawSize>(i).map_or(0, |r| r.0) as u64;
+                }
+                if out.rows.len() >= max_rows {
+                    over = Some(format!("more than {max_rows} rows"));
+                } else if bytes > max_bytes {
+                    over = Some(format!("more than {} of values", human(max_bytes)));
+                }
+                if over.is_some() {
+                    break;
+                }
                 let mut values = Vec::with_capacity(row.len());
                 for i in 0..row.len() {
                     let v: AnyValue = row.try_get(i).map_err(|e| {
@@ -158,6 +256,15 @@ impl SqlCap {
                 }
                 out.rows.push(values);
             }
+            if let Some(over) = over {
+                // The server would go on producing rows the client then
+                // discards: stop it, so that the rollback answers at once.
+                drop(rows);
+                let _ = cancel.cancel_query(NoTls);
+                return Err(Error::Conversion(format!(
+                    "the result has {over}; add a LIMIT or aggregate in SQL (the grant's max_rows / max_bytes set the limits)"
+                )));
+            }
         }
         if grant.write {
             tx.commit().map_err(query_error)?;
@@ -165,6 +272,41 @@ impl SqlCap {
             tx.rollback().map_err(query_error)?;
         }
         Ok(out)
+    }
+}
+
+/// How many bytes a value of any type takes on the wire.
+struct RawSize(usize);
+
+impl<'a> FromSql<'a> for RawSize {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        Ok(RawSize(raw.len()))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
+        Ok(RawSize(0))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Text(s) | Value::Numeric(s) | Value::Json(s) | Value::Uuid(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        _ => 8,
+    }
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -436,6 +578,32 @@ mod tests {
     }
 
     #[test]
+    fn grants_name_their_own_mistakes() {
+        let grant = |toml: &str| -> SqlGrant { toml::from_str(toml).unwrap() };
+        let g = grant("database = \"drill\"");
+        assert_eq!((g.max_rows(), g.max_bytes()), (100_000, 16 << 20));
+        assert!(g.problem().is_none());
+        let g = grant(
+            "database = \"source\"\nmax_bytes = \"2MiB\"\nmax_rows = 5\nallow_superuser = true",
+        );
+        assert_eq!((g.max_rows(), g.max_bytes()), (5, 2 << 20));
+        assert!(g.problem().is_none());
+        assert!(grant("database = \"drill\"\nallow_superuser = true")
+            .problem()
+            .unwrap()
+            .contains("source"));
+        assert!(grant("database = \"drill\"\nmax_bytes = \"lots\"")
+            .problem()
+            .unwrap()
+            .contains("max_bytes"));
+        assert!(grant("database = \"drill\"\nmax_rows = 0")
+            .problem()
+            .is_some());
+        assert!(toml::from_str::<SqlGrant>("database = \"drill\"\nsuperuser = true").is_err());
+        assert_eq!(human(16 << 20), "16 MiB");
+    }
+
+    #[test]
     fn nothing_without_a_grant_or_a_target() {
         let far = Instant::now() + Duration::from_secs(5);
         let mut cap = SqlCap::new(None, None, far);
@@ -446,6 +614,9 @@ mod tests {
         let grant = SqlGrant {
             database: SqlScope::Drill,
             write: false,
+            allow_superuser: false,
+            max_rows: None,
+            max_bytes: None,
         };
         let source = SqlTarget {
             scope: SqlScope::Source,

@@ -272,7 +272,11 @@ impl Catalog {
             let dir = format!("{}drills/", arch::backup_dir(&l.source, &l.id));
             for name in store.list(&dir).await.unwrap_or_default() {
                 if name.ends_with(".json") {
-                    if let Ok(bytes) = store.get(&format!("{dir}{name}")).await {
+                    // With keys trusted, only reports they vouch for.
+                    let path = format!("{dir}{name}");
+                    if let Some(bytes) =
+                        arch::read_drill_report(store, &l.source, &l.id, &path).await
+                    {
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                             drills.push((format!("{dir}{name}"), v));
                         }

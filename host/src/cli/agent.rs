@@ -30,6 +30,9 @@ pub fn check(args: Args) -> anyhow::Result<ExitCode> {
     match load(args.config.as_deref()) {
         Ok(c) => {
             print!("{}", c.describe());
+            for w in c.keys.warnings() {
+                eprintln!("firedrill: warning: {w}");
+            }
             println!("configuration valid");
             Ok(ExitCode::SUCCESS)
         }
@@ -120,6 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => None,
         };
         eprint!("{}", config.describe());
+        for w in config.keys.warnings() {
+            tracing::warn!("{w}");
+        }
         let listen = config.listen;
         let agent = Arc::new(
             Agent::new(

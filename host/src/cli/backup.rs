@@ -51,6 +51,10 @@ pub struct Args {
     /// A policies directory whose dump-planner decides what to dump.
     #[arg(long, env = "FIREDRILL_POLICIES")]
     policies: Option<PathBuf>,
+    /// The role a dump planner's `source` sql grant connects as (not the
+    /// backup role); its database is swapped for each one dumped.
+    #[arg(long, env = "FIREDRILL_PLUGIN_SQL_URL", hide_env_values = true)]
+    plugin_sql_url: Option<String>,
     /// Print one JSON object (id, bytes, tables, seconds ...).
     #[arg(long)]
     json: bool,
@@ -104,6 +108,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         globals: !args.no_globals,
         role_passwords: args.role_passwords,
         planner,
+        plugin_sql: args
+            .plugin_sql_url
+            .as_deref()
+            .map(PgUrl::parse)
+            .transpose()?,
         guard: None,
         progress: Default::default(),
     };

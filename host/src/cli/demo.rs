@@ -60,8 +60,8 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
     println!("firedrill demo");
     let cluster = LocalCluster::start(work, &[]).context("starting a throwaway PostgreSQL")?;
     println!(
-        "  postgres   a throwaway cluster on 127.0.0.1:{}",
-        cluster.port()
+        "  postgres   a throwaway cluster on a private socket in {}",
+        cluster.dir().display()
     );
     let urls = rt.block_on(async {
         let admin = cluster.url("postgres").connect().await?;
@@ -96,6 +96,7 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
         globals: true,
         role_passwords: false,
         planner: None,
+        plugin_sql: None,
         guard: None,
         progress: Default::default(),
     };

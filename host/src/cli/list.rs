@@ -14,7 +14,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
-    let listings = super::runtime(1)?.block_on(archive::list_backups(&store))?;
+    let scan = super::runtime(1)?.block_on(archive::scan_backups(&store))?;
+    let listings = scan.listings;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&listings)?);
         return Ok(ExitCode::SUCCESS);
@@ -45,5 +46,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     println!("{}: {} backups", store.display(), listings.len());
+    if !scan.ignored.is_empty() {
+        // Named one by one in the log; this says they exist.
+        println!(
+            "{} manifest(s) and {} drill report(s) ignored: not signed by a trusted key (see the warnings)",
+            scan.ignored.iter().filter(|i| i.kind == "manifest").count(),
+            scan.ignored.iter().filter(|i| i.kind == "report").count(),
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,7 @@
 //!
 //! [api]
 //! audit_log = "/var/log/firedrill/audit.jsonl"   # default: the log, target "audit"
+//! max_event_streams = 64             # /v1/events open at once, 429 past it (FIREDRILL_MAX_EVENT_STREAMS)
 //!
 //! [catalog]                          # optional: history in Postgres (FIREDRILL_CATALOG_URL)
 //! url = "postgres://firedrill@catalog-db/firedrill"   # `firedrill catalog migrate` first
@@ -39,6 +40,10 @@
 //! [[source]]
 //! name = "app"
 //! urls = ["postgres://backup@db/app", "postgres://backup@db/auth"]   # or one redis://
+//! plugin_sql_url = "postgres://planner@db/app"  # the role a dump planner's `source` sql
+//!                                    # grant runs as (never the backup role); the
+//!                                    # database is swapped per dumped database
+//!                                    # (FIREDRILL_PLUGIN_SQL_URL, first source)
 //! backup = "1h"                      # or "cron: 0 3 * * *"
 //! drill = "6h"
 //! prune = "1d"
@@ -79,6 +84,9 @@ pub struct ConfigError {
     pub setting: String,
     pub message: String,
 }
+
+/// `/v1/events` streams open at once unless `api.max_event_streams` says.
+pub const DEFAULT_MAX_EVENT_STREAMS: usize = 64;
 
 fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -159,6 +167,7 @@ struct RawCoordination {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     audit_log: Option<PathBuf>,
+    max_event_streams: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +191,7 @@ struct RawSource {
     name: Option<String>,
     #[serde(default)]
     urls: Vec<String>,
+    plugin_sql_url: Option<String>,
     backup: Option<String>,
     drill: Option<String>,
     prune: Option<String>,
@@ -214,6 +224,8 @@ pub struct Config {
     pub coordination: crate::coord::CoordOptions,
     /// Where each API authorization decision is appended (JSON lines).
     pub audit_log: Option<PathBuf>,
+    /// `/v1/events` streams open at once; past it the API answers 429.
+    pub max_event_streams: usize,
     /// Job history, drill results and the audit log, in schema `firedrill`.
     pub catalog: Option<PgUrl>,
     pub sources: Vec<SourceConfig>,
@@ -232,6 +244,8 @@ pub struct SourceConfig {
     pub urls: Vec<PgUrl>,
     /// A Redis server, backed up whole.
     pub redis: Option<RedisUrl>,
+    /// The role a dump planner's `source` sql grant connects as.
+    pub plugin_sql: Option<PgUrl>,
     pub backup: Schedule,
     pub drill: Option<Schedule>,
     pub prune: Option<Schedule>,
@@ -292,6 +306,11 @@ impl Config {
                     urls: vec![url],
                     ..Default::default()
                 }),
+            }
+        }
+        if let Some(url) = var("FIREDRILL_PLUGIN_SQL_URL") {
+            if let Some(s) = raw.sources.first_mut() {
+                s.plugin_sql_url = Some(url);
             }
         }
         for (k, slot) in [
@@ -467,6 +486,31 @@ impl Config {
                 .filter(|_| redis.is_none())
                 .map(|u| PgUrl::parse(u).map_err(|e| bad(at("urls"), e.to_string())))
                 .collect::<Result<Vec<_>, _>>()?;
+            let plugin_sql = match s.plugin_sql_url.as_deref().filter(|u| !u.trim().is_empty()) {
+                None => None,
+                Some(_) if redis.is_some() => {
+                    return Err(bad(
+                        at("plugin_sql_url"),
+                        "a Redis source has no SQL: remove the setting",
+                    ))
+                }
+                Some(u) => {
+                    let p =
+                        PgUrl::parse(u).map_err(|e| bad(at("plugin_sql_url"), e.to_string()))?;
+                    // Plugins must never act as the backup role.
+                    if let Some(same) = urls.iter().find(|b| b.user() == p.user()) {
+                        return Err(bad(
+                            at("plugin_sql_url"),
+                            format!(
+                                "connects as {:?}, the role the backups run as ({}): create a role of its own for plugins (e.g. CREATE ROLE planner LOGIN; GRANT pg_read_all_stats TO planner)",
+                                p.user(),
+                                same.redacted()
+                            ),
+                        ));
+                    }
+                    Some(p)
+                }
+            };
             let schedule = |k: &str, v: Option<String>| {
                 v.map(|v| Schedule::parse(&v).map_err(|e| bad(at(k), e)))
                     .transpose()
@@ -483,6 +527,7 @@ impl Config {
                 name,
                 urls,
                 redis,
+                plugin_sql,
                 backup,
                 drill: schedule("drill", s.drill)?,
                 prune: schedule("prune", s.prune)?,
@@ -564,6 +609,24 @@ impl Config {
                 "no plugin could load: list the keys that sign plugins in agent.trusted_plugin_keys",
             ));
         }
+        let max_event_streams = match var("FIREDRILL_MAX_EVENT_STREAMS") {
+            Some(v) => v.trim().parse().map_err(|_| {
+                bad(
+                    "FIREDRILL_MAX_EVENT_STREAMS",
+                    format!("{v:?} is not a number of streams"),
+                )
+            })?,
+            None => raw
+                .api
+                .max_event_streams
+                .unwrap_or(DEFAULT_MAX_EVENT_STREAMS),
+        };
+        if !(1..=100_000).contains(&max_event_streams) {
+            return Err(bad(
+                "api.max_event_streams",
+                format!("{max_event_streams}: use 1 to 100000 (each stream holds a connection and a task)"),
+            ));
+        }
         Ok(Config {
             listen,
             policies: raw.agent.policies,
@@ -599,6 +662,7 @@ impl Config {
             retention_days: raw.retention.days,
             coordination,
             audit_log: raw.api.audit_log,
+            max_event_streams,
             catalog,
             sources,
         })
@@ -616,6 +680,7 @@ impl Config {
                     .iter()
                     .filter_map(|u| u.password())
                     .chain(s.redis.iter().filter_map(|r| url_password(r.secret_url())))
+                    .chain(s.plugin_sql.iter().filter_map(|u| u.password()))
             })
             .collect();
         out.extend(
@@ -683,7 +748,7 @@ impl Config {
         });
         for s in &self.sources {
             out.push_str(&format!(
-                "source     {}: {} (backup {:?}, drill {:?}, prune {:?})\n",
+                "source     {}: {}{} (backup {:?}, drill {:?}, prune {:?})\n",
                 s.name,
                 s.urls
                     .iter()
@@ -691,6 +756,10 @@ impl Config {
                     .chain(s.redis.iter().map(|r| r.redacted()))
                     .collect::<Vec<_>>()
                     .join(", "),
+                s.plugin_sql
+                    .as_ref()
+                    .map(|u| format!("; plugin sql as {}", u.user()))
+                    .unwrap_or_default(),
                 s.backup,
                 s.drill,
                 s.prune
@@ -722,6 +791,42 @@ mod tests {
             .collect();
         let raw: RawConfig = toml::from_str(toml).map_err(|e| bad("file", e.to_string()))?;
         Config::build(raw, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn plugin_sql_is_a_role_of_its_own_and_never_shown() {
+        let base = "[store]\nurl = \"file:///b\"\n[[source]]\nname = \"app\"\nurls = [\"postgres://backup:b4ck@db/app\"]\nbackup = \"1h\"\n";
+        let c = load(
+            &format!("{base}plugin_sql_url = \"postgres://planner:pl4n@db/app\"\n"),
+            &[],
+        )
+        .unwrap();
+        let p = c.sources[0].plugin_sql.as_ref().unwrap();
+        assert_eq!(p.user(), "planner");
+        assert!(c.secrets().contains(&"pl4n".to_string()));
+        let shown = c.describe();
+        assert!(
+            shown.contains("plugin sql as planner") && !shown.contains("pl4n"),
+            "{shown}"
+        );
+        // From the environment, for the first source.
+        let c = load(
+            base,
+            &[("FIREDRILL_PLUGIN_SQL_URL", "postgres://env@db/app")],
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].plugin_sql.as_ref().unwrap().user(), "env");
+        // The backup role is refused, naming the setting and without its password.
+        let e = load(
+            &format!("{base}plugin_sql_url = \"postgres://backup:b4ck@db/app\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "source[0].plugin_sql_url");
+        assert!(
+            e.message.contains("backups run as") && !e.to_string().contains("b4ck"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -830,6 +935,23 @@ mod tests {
             e.setting == "coordination.redis_url" && !e.message.contains("coord-pw"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn event_streams_are_capped_by_file_or_environment() {
+        let base = "[store]\nurl = \"file:///b\"\n[[source]]\nname = \"a\"\nurls = [\"postgres://db/a\"]\nbackup = \"1h\"\n";
+        assert_eq!(
+            load(base, &[]).unwrap().max_event_streams,
+            DEFAULT_MAX_EVENT_STREAMS
+        );
+        let toml = format!("[api]\nmax_event_streams = 5\n{base}");
+        assert_eq!(load(&toml, &[]).unwrap().max_event_streams, 5);
+        let c = load(&toml, &[("FIREDRILL_MAX_EVENT_STREAMS", "7")]).unwrap();
+        assert_eq!(c.max_event_streams, 7);
+        let e = load(&format!("[api]\nmax_event_streams = 0\n{base}"), &[]).unwrap_err();
+        assert_eq!(e.setting, "api.max_event_streams", "{e}");
+        let e = load(base, &[("FIREDRILL_MAX_EVENT_STREAMS", "many")]).unwrap_err();
+        assert_eq!(e.setting, "FIREDRILL_MAX_EVENT_STREAMS", "{e}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! in-process counter); a lease whose renewal failed reports itself lost and
 //! its holder's commit check fails; a slot marked done is never run again by
 //! anyone; nothing here holds a Redis connection across a job (commands are
-//! short, except an events reader's blocking read on its own connection).
+//! short, except the one shared blocking read of the event stream's tail on
+//! its own connection).
 //! Agent keys live under `<namespace>` and plugin keys under
 //! `<namespace>plugin:`, so no plugin grant reaches a lock.
 
@@ -95,6 +96,8 @@ struct Redis {
     conn: redis::aio::MultiplexedConnection,
     /// For messages: the URL without its password.
     shown: String,
+    /// The one tail of the event stream that every events reader shares.
+    events: events::Hub,
 }
 
 impl Coordinator {
@@ -108,7 +111,7 @@ impl Coordinator {
                     url: shown.clone(),
                     message: e.to_string(),
                 };
-                let client = redis::Client::open(url.as_str()).map_err(err)?;
+                let client = redis_client(url).map_err(err)?;
                 let conn = client
                     .get_multiplexed_async_connection_with_config(&short_commands())
                     .await
@@ -119,6 +122,7 @@ impl Coordinator {
                     client,
                     conn,
                     shown,
+                    events: events::Hub::default(),
                 })
             }
         };
@@ -149,6 +153,56 @@ impl Coordinator {
     fn key(&self, parts: &[&str]) -> String {
         format!("{}{}", self.inner.opts.namespace, parts.join(":"))
     }
+}
+
+/// A client for the coordination (and keyvalue) Redis. `rediss://` is TLS
+/// with the server's certificate always checked: against the system roots
+/// (or the PEM bundle named by `SSL_CERT_FILE`), or only against the PEM CA
+/// file named by a `?ca=/path/ca.pem` parameter, as for Redis sources. The
+/// redis crate's `#insecure` fragment is refused: a MITM could then answer
+/// "not revoked" or hand out leases.
+pub fn redis_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+    let invalid = |detail: String| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "invalid Redis URL",
+            detail,
+        ))
+    };
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| invalid(format!("{e} (expected redis:// or rediss://)")))?;
+    if parsed.fragment().is_some() {
+        return Err(invalid(
+            "a #fragment (such as #insecure) is not accepted: certificates are always checked; name a private CA with ?ca=/path/ca.pem".into(),
+        ));
+    }
+    let ca = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "ca")
+        .map(|(_, v)| v.into_owned());
+    let Some(ca) = ca else {
+        return redis::Client::open(url);
+    };
+    if parsed.scheme() != "rediss" {
+        return Err(invalid(format!("ca={ca} is only for TLS: use rediss://")));
+    }
+    let rest: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "ca")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed.set_query(None);
+    if !rest.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(rest);
+    }
+    let pem = std::fs::read(&ca).map_err(|e| invalid(format!("ca={ca}: {e}")))?;
+    redis::Client::build_with_tls(
+        parsed.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
 }
 
 fn short_commands() -> redis::AsyncConnectionConfig {

@@ -46,6 +46,10 @@ pub struct BackupOptions {
     pub role_passwords: bool,
     /// The dump-planner plugin; none dumps everything.
     pub planner: Option<Arc<Plugin>>,
+    /// The role the planner's `source` sql grant connects as (the source's
+    /// `plugin_sql_url`; its database is swapped for each one dumped). None:
+    /// such a grant is refused, naming the setting.
+    pub plugin_sql: Option<PgUrl>,
     /// The lease this backup runs under: its token goes into the manifest,
     /// and the manifest is written only while the lease is still held.
     pub guard: Option<CommitGuard>,
@@ -213,12 +217,26 @@ async fn dump_database(
     let (info, extras) = describe(&leader, &db, &opts.source, &version, version_num).await?;
     let plan = match &opts.planner {
         Some(p) => {
-            let (p, info, url) = (p.clone(), info.clone(), url.clone());
+            // Never the backup role's URL: the operator's role for plugins, or none.
+            let plugin_sql = opts.plugin_sql.as_ref().map(|u| u.with_database(&db));
+            let wants_source = p
+                .policy()
+                .grants
+                .sql
+                .as_ref()
+                .is_some_and(|g| g.database == SqlScope::Source);
+            if wants_source && plugin_sql.is_none() {
+                return Err(JobError::Config(format!(
+                    "the dump planner {} has a `sql = {{ database = \"source\" }}` grant: set plugin_sql_url on the source (FIREDRILL_PLUGIN_SQL_URL, or --plugin-sql-url) to a role of its own for plugins, never the backup role",
+                    p.name()
+                )));
+            }
+            let (p, info) = (p.clone(), info.clone());
             tokio::task::spawn_blocking(move || {
                 let ctx = CallContext {
-                    sql: Some(SqlTarget {
+                    sql: plugin_sql.map(|u| SqlTarget {
                         scope: SqlScope::Source,
-                        url: url.secret_url().to_string(),
+                        url: u.secret_url().to_string(),
                     }),
                     ..Default::default()
                 };
@@ -544,6 +562,8 @@ async fn dump_section(
     let mut cmd = url.command("pg_dump")?;
     cmd.arg(format!("--section={section}"))
         .arg(format!("--snapshot={snapshot}"))
+        // A restore applies the script itself, as UTF-8 (`sql_script`).
+        .arg("--encoding=UTF8")
         .arg("--no-password");
     for (s, t) in excluded {
         cmd.arg(format!("--exclude-table={}.{}", ident(s), ident(t)));
@@ -768,7 +788,12 @@ async fn copy_table(
 #[tracing::instrument(name = "backup.upload", skip_all, fields(object = rel))]
 async fn close_chunk(w: ObjectWriter, rel: &str) -> Result<Chunk, JobError> {
     let (rows, raw_bytes) = (w.rows, w.raw);
-    let object = w.finish(rel).await?;
+    // The chunk records its decompressed size as `raw_bytes` (flattened
+    // next to the object's fields), so the object does not repeat it.
+    let object = ObjectRef {
+        raw: None,
+        ..w.finish(rel).await?
+    };
     Ok(Chunk {
         object,
         rows,

@@ -11,7 +11,7 @@ use super::redis::{info_field, keyspace, RedisUrl};
 use super::status::Progress;
 use super::JobError;
 use crate::archive::manifest::{self, Compression, Manifest, RedisEntry, Timings};
-use crate::archive::{ObjectWriter, Store};
+use crate::archive::{ObjectRef, ObjectWriter, Store};
 use crate::coord::CommitGuard;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -54,7 +54,11 @@ pub async fn run(store: &Store, opts: &RedisBackupOptions) -> Result<BackupSumma
             return Err(e);
         }
     };
-    let rdb = out.finish(RDB_OBJECT).await?;
+    // `raw_bytes` records the decompressed size beside it.
+    let rdb = ObjectRef {
+        raw: None,
+        ..out.finish(RDB_OBJECT).await?
+    };
     let keys_after = keyspace(&info.info("keyspace").await?);
     let m = Manifest {
         format: manifest::FORMAT.into(),

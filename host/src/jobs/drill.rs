@@ -6,7 +6,9 @@
 //! the globals too); run the built-in checks (tables present, row counts as
 //! counted at backup time, indexes valid and present, constraints present,
 //! sequence positions), the verifier plugins (each with a read-only sql grant
-//! on the drill database only) and the SQL assertions; measure the restore
+//! on the drill database only) and the SQL assertions, both as a role made
+//! for that drill database (`drill_role`), never as the drill's own, often
+//! superuser, role; measure the restore
 //! time (RTO) and the backup's age (RPO); write `drills/<timestamp>.json`.
 //!
 //! Invariants: the drill databases (and a local cluster) are removed on every
@@ -131,9 +133,22 @@ pub struct DrillReport {
     /// Where the report is stored, relative to the store's root.
     #[serde(default)]
     pub report: String,
+    /// Always last: the manifest's signature scheme
+    /// ([`crate::archive::signed`]), by the store's signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<manifest::Signature>,
 }
 
 impl DrillReport {
+    /// The report as stored: pretty JSON, signed as a manifest is
+    /// ([`manifest::Manifest::to_bytes`]) when `keys` hold a signing key.
+    pub fn to_bytes(&self, keys: &arch::Keys) -> Vec<u8> {
+        let mut r = self.clone();
+        r.signature = None;
+        let body = serde_json::to_vec_pretty(&r).expect("a report serializes");
+        arch::signed::to_bytes(body, |b| keys.sign(b))
+    }
+
     pub fn failed_checks(&self) -> impl Iterator<Item = &Check> {
         self.checks.iter().filter(|c| c.status == Status::Fail)
     }
@@ -144,6 +159,8 @@ impl DrillReport {
 #[derive(Default)]
 pub struct DrillSession {
     databases: Mutex<Vec<PgUrl>>,
+    /// The drill server (as the drill's own role) and a role made on it.
+    roles: Mutex<Vec<(PgUrl, String)>>,
     local: Mutex<Option<LocalCluster>>,
     pub(super) redis: Mutex<Option<super::drill_redis::LocalRedis>>,
 }
@@ -153,12 +170,19 @@ impl DrillSession {
         Arc::new(DrillSession::default())
     }
 
-    /// Drops every drill database and stops the local cluster.
+    /// Drops every drill database and its role, and stops the local cluster.
     pub async fn cleanup(&self) {
         let dbs: Vec<PgUrl> = std::mem::take(&mut *self.databases.lock().unwrap());
         for db in dbs {
             if let Err(e) = restore::drop_database(&db).await {
                 tracing::error!(database = %db.database(), "cannot drop the drill database: {e}");
+            }
+        }
+        // After the databases: the roles' grants go with them.
+        let roles: Vec<(PgUrl, String)> = std::mem::take(&mut *self.roles.lock().unwrap());
+        for (server, role) in roles {
+            if let Err(e) = super::drill_role::drop(&server, &role).await {
+                tracing::error!(role = %role, "cannot drop the drill's role: {e}");
             }
         }
         let local = self.local.lock().unwrap().take();
@@ -202,6 +226,7 @@ pub async fn run(
         plugins: opts.verifiers.iter().map(|p| p.version()).collect(),
         error: None,
         report: String::new(),
+        signature: None,
     };
     tracing::info!(backup = %id, source = %source, "drill started");
     report
@@ -235,12 +260,14 @@ pub async fn run(
     if let Some(guard) = &opts.guard {
         guard.check().await?;
     }
-    store
-        .put(
-            &path,
-            serde_json::to_vec_pretty(&report).expect("a report serializes"),
-        )
-        .await?;
+    if store.keys().signing.is_none() && !store.keys().trusted.is_empty() {
+        tracing::warn!(
+            report = %path,
+            "the drill report is not signed (no signing key: --signing-key, [store] signing_key_file); \
+             with verify keys configured, list, drill and prune will not count this drill"
+        );
+    }
+    store.put(&path, report.to_bytes(store.keys())).await?;
     tracing::info!(backup = %id, passed = report.passed, rto = report.rto_seconds, "drill finished");
     Ok(report)
 }
@@ -391,7 +418,9 @@ async fn drill(
         }
     };
     if let Some(globals) = &manifest.globals {
-        backup.reader(store, globals).await?.read_all().await?;
+        // Checked whole, never applied (a drill restores into a server whose
+        // roles it does not own), and streamed: nothing of it is kept.
+        backup.reader(store, globals).await?.check().await?;
         report.checks.push(pass(
             "globals.checksum",
             format!("{} checks out", globals.path),
@@ -440,19 +469,31 @@ async fn drill(
             report.started,
             previous.as_ref(),
         );
+        drop(client);
+        // Plugins and assertions run as a role that can read this database
+        // and do nothing else; the drill's own role may be superuser.
+        let role = super::drill_role::create(&target).await?;
+        session
+            .roles
+            .lock()
+            .unwrap()
+            .push((server.clone(), role.name.clone()));
         for plugin in &opts.verifiers {
             report
                 .checks
-                .extend(run_verifier(plugin, drill_call(&target), &ctx, &prefix).await);
+                .extend(run_verifier(plugin, drill_call(&role.url), &ctx, &prefix).await);
         }
-        for a in opts
+        let assertions: Vec<&Assertion> = opts
             .assertions
             .iter()
             .filter(|a| a.database.as_deref().map_or(i == 0, |d| d == entry.name))
-        {
-            report.checks.push(run_assertion(&client, a, &prefix).await);
+            .collect();
+        if !assertions.is_empty() {
+            let client = role.url.connect().await?;
+            for a in assertions {
+                report.checks.push(run_assertion(&client, a, &prefix).await);
+            }
         }
-        drop(client);
         // Dropped now rather than at the end: one drill database at a time.
         restore::drop_database(&target).await?;
         session
@@ -460,6 +501,12 @@ async fn drill(
             .lock()
             .unwrap()
             .retain(|d| d.database() != drill_db);
+        super::drill_role::drop(&server, &role.name).await?;
+        session
+            .roles
+            .lock()
+            .unwrap()
+            .retain(|(_, r)| *r != role.name);
     }
     Ok(())
 }
@@ -485,7 +532,8 @@ fn marker() -> String {
 }
 
 /// Drops drill databases left by crashed runs: those this host made whose
-/// process is gone, and any older than a week.
+/// process is gone, and any older than a week; then the drill roles whose
+/// database is gone.
 pub async fn sweep_orphans(server: &PgUrl) {
     let Ok(admin) = server.with_database("postgres").connect().await else {
         return;
@@ -528,6 +576,8 @@ pub async fn sweep_orphans(server: &PgUrl) {
                 .await;
         }
     }
+    // Their roles, and any other whose database is gone.
+    super::drill_role::sweep_orphans(&admin).await;
 }
 
 pub(super) fn pass(name: &str, detail: String) -> Check {
@@ -948,5 +998,86 @@ mod tests {
             "20261122t210000z_k3x9qa"
         );
         assert!(format!("{DRILL_PREFIX}{}_12", sanitize("20261122T210000Z-k3x9qa")).len() < 64);
+    }
+
+    #[test]
+    fn reports_are_signed_like_manifests_and_tampering_shows() {
+        use crate::archive::{check_report, signed::Problem, Keys};
+        let keys = |seed: [u8; 32]| {
+            let k = ed25519_dalek::SigningKey::from_bytes(&seed);
+            Keys {
+                trusted: vec![k.verifying_key()],
+                signing: Some(k),
+                ..Default::default()
+            }
+        };
+        let (ours, stranger) = (keys([7; 32]), keys([9; 32]));
+        let reader = Keys {
+            trusted: ours.trusted.clone(),
+            ..Default::default()
+        };
+        let (src, id) = ("app", "20261122T210000Z-k3x9qa");
+        let report = DrillReport {
+            format: REPORT_FORMAT.into(),
+            backup_id: id.into(),
+            source: src.into(),
+            started: 1,
+            finished: 2,
+            passed: false,
+            rto_seconds: 1.5,
+            rpo_seconds: 60,
+            backup_bytes: 10,
+            backup_rows: 3,
+            target: "local".into(),
+            databases: vec![],
+            checks: vec![pass("tables", "3 tables, each present".into())],
+            plugins: vec![],
+            error: Some("row count of public.t: 3, 4 at the backup".into()),
+            report: format!("{src}/{id}/drills/19700101T000001Z.json"),
+            signature: None,
+        };
+        let stored = report.to_bytes(&ours);
+        let back: DrillReport = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(back.signature.as_ref().unwrap().algorithm, "ed25519");
+        assert_eq!(back.to_bytes(&ours), stored, "signing is deterministic");
+        let signer = crate::archive::keys::key_id(&ours.trusted[0]);
+        assert_eq!(check_report(&reader, &stored, src, id), Ok(Some(signer)));
+        // Without trusted keys nothing is checked.
+        assert_eq!(check_report(&Keys::default(), &stored, src, id), Ok(None));
+
+        // Failed turned into passed.
+        let text = String::from_utf8(stored.clone()).unwrap();
+        let forged = text.replacen("\"passed\": false", "\"passed\": true", 1);
+        assert_ne!(forged, text);
+        assert!(matches!(
+            check_report(&reader, forged.as_bytes(), src, id),
+            Err(Problem::Bad(r)) if r.contains("modified after it was signed")
+        ));
+        // The signature cut off.
+        let unsigned = report.to_bytes(&Keys::default());
+        assert_eq!(
+            check_report(&reader, &unsigned, src, id),
+            Err(Problem::Unsigned)
+        );
+        // Signed, by a key the reader does not trust.
+        assert!(matches!(
+            check_report(&reader, &report.to_bytes(&stranger), src, id),
+            Err(Problem::Untrusted(_))
+        ));
+        // A member appended after the signature.
+        let appended = format!("{}, \"passed\": true}}", text.trim_end_matches('}'));
+        assert!(matches!(
+            check_report(&reader, appended.as_bytes(), src, id),
+            Err(Problem::Bad(_))
+        ));
+        // A genuine report copied next to another backup vouches for nothing there.
+        assert!(matches!(
+            check_report(&reader, &stored, src, "20261123T210000Z-aaaaaa"),
+            Err(Problem::Unreadable(r)) if r.contains("not the backup it is stored with")
+        ));
+        assert!(matches!(
+            check_report(&reader, b"not json", src, id),
+            Err(Problem::Unreadable(_))
+        ));
     }
 }

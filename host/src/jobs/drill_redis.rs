@@ -1,8 +1,12 @@
 //! Drilling a Redis backup: the snapshot is downloaded (checksum checked),
-//! a throwaway `redis-server` on a random local port loads it, the key
-//! counts are compared with what the backup saw, and the verifier plugins
-//! run with a keyvalue grant on that instance only. The instance and its
-//! directory are removed by the drill's session, always.
+//! a throwaway `redis-server` loads it, the key counts are compared with
+//! what the backup saw, and the verifier plugins run with a keyvalue grant
+//! on that instance only. The instance and its directory are removed by the
+//! drill's session, always.
+//!
+//! The instance holds production data: no TCP, a Unix socket (mode 0700) in
+//! a 0700 directory made with mkdtemp semantics, and a random password,
+//! given to the server in a 0600 config file (never on its command line).
 
 use super::drill::{
     pass, run_verifier, verdict, DrillOptions, DrillReport, DrillSession, DrillTarget,
@@ -52,13 +56,12 @@ pub(super) async fn drill(
     };
     report.target = "local redis-server".into();
     let clock = Instant::now();
-    let dir = parent.join(format!(
-        "firedrill-redis-drill-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| JobError::Internal(format!("{}: {e}", dir.display())))?;
+    let dir = private_dir(&parent).map_err(|e| {
+        JobError::Internal(format!(
+            "cannot create a directory in {}: {e}",
+            parent.display()
+        ))
+    })?;
     opts.progress.phase("downloading the snapshot");
     let manifest = &backup.manifest;
     if let Err(e) = download(store, backup, entry, &dir).await {
@@ -70,24 +73,18 @@ pub(super) async fn drill(
         format!("{} checks out ({} bytes)", entry.rdb.path, entry.raw_bytes),
     ));
     opts.progress.phase("loading the snapshot");
-    let port = free_port()?;
+    let password = hex::encode(rand::random::<[u8; 24]>());
+    let socket = dir.join("redis.sock");
+    let conf = dir.join("redis.conf");
+    if let Err(e) = write_private(&conf, &server_config(&dir, &socket, &password)) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(JobError::Internal(format!("{}: {e}", conf.display())));
+    }
     let mut cmd = std::process::Command::new(redis_server());
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ])
-    .arg("--dir")
-    .arg(&dir)
-    .args(["--dbfilename", "dump.rdb", "--logfile", "redis.log"])
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    cmd.arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let child = super::local_pg::spawn_kept(cmd).map_err(|e| JobError::Tool {
         tool: "redis-server".into(),
         message: format!("cannot start it ({e}); install the redis-server package"),
@@ -96,7 +93,7 @@ pub(super) async fn drill(
         child,
         dir: dir.clone(),
     });
-    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}/")).expect("a local URL");
+    let url = socket_url(&socket, &password);
     let restored = wait_loaded(&url, session, &dir).await?;
     report.rto_seconds = clock.elapsed().as_secs_f64();
 
@@ -108,7 +105,7 @@ pub(super) async fn drill(
     let ctx = wit::DrillContext {
         backup_id: manifest.id.clone(),
         source: manifest.source.clone(),
-        database: format!("redis://127.0.0.1:{port}"),
+        database: "local redis-server (private socket)".into(),
         backup_created: manifest.timings.started,
         drill_started: report.started,
         tables: vec![],
@@ -137,7 +134,7 @@ async fn download(
     entry: &RedisEntry,
     dir: &Path,
 ) -> Result<(), JobError> {
-    let mut reader = backup.reader(store, &entry.rdb).await?;
+    let mut reader = backup.reader(store, &entry.bounded()).await?;
     let file = dir.join("dump.rdb");
     let mut out = tokio::fs::File::create(&file)
         .await
@@ -243,11 +240,45 @@ fn key_checks(
         .collect()
 }
 
-fn free_port() -> Result<u16, JobError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| JobError::Internal(format!("no free port: {e}")))
+/// mkdtemp: a fresh random name, created 0700, never an existing path.
+fn private_dir(parent: &Path) -> std::io::Result<PathBuf> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("firedrill-redis-drill-{}-", std::process::id()))
+        .rand_bytes(10)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(parent)?
+        .keep())
+}
+
+/// The server's settings: no TCP, its socket and data in `dir`, a password.
+fn server_config(dir: &Path, socket: &Path, password: &str) -> String {
+    // Quoted: a path may hold spaces.
+    let quote = |p: &Path| format!("\"{}\"", p.display().to_string().replace(['\\', '"'], ""));
+    format!(
+        "port 0\nunixsocket {}\nunixsocketperm 700\nrequirepass {password}\nsave \"\"\nappendonly no\ndir {}\ndbfilename dump.rdb\nlogfile redis.log\n",
+        quote(socket),
+        quote(dir)
+    )
+}
+
+/// Created 0600, refusing an existing file.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+/// `redis+unix:///path?pass=...`: what the redis crate and [`RedisUrl`] both read.
+fn socket_url(socket: &Path, password: &str) -> RedisUrl {
+    let mut url = url::Url::parse("redis+unix:///").expect("a URL");
+    url.set_path(&socket.display().to_string());
+    url.query_pairs_mut().append_pair("pass", password);
+    RedisUrl::parse(url.as_str()).expect("a socket URL")
 }
 
 /// `FIREDRILL_REDIS_SERVER`, else `redis-server` on the PATH.
@@ -260,6 +291,81 @@ fn redis_server() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_drill_server_listens_on_its_socket_only_and_wants_its_password() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = private_dir(parent.path()).unwrap();
+        let socket = dir.join("redis.sock");
+        let conf = dir.join("redis.conf");
+        write_private(&conf, &server_config(&dir, &socket, "s3cret-pass")).unwrap();
+        assert!(
+            write_private(&conf, "").is_err(),
+            "an existing file is refused"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&conf).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let mut cmd = std::process::Command::new(redis_server());
+        cmd.arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = super::super::local_pg::spawn_kept(cmd).unwrap();
+        let server = LocalRedis {
+            child,
+            dir: dir.clone(),
+        };
+        let url = socket_url(&socket, "s3cret-pass");
+        let start = Instant::now();
+        let mut conn = loop {
+            match url.connect().await {
+                Ok(c) => break c,
+                Err(e) if start.elapsed() > Duration::from_secs(20) => panic!("{e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let port = conn.command(&[b"CONFIG", b"GET", b"port"]).await.unwrap();
+        assert_eq!(
+            port,
+            super::super::redis::Reply::Array(vec![
+                super::super::redis::Reply::Bulk(Some(b"port".to_vec())),
+                super::super::redis::Reply::Bulk(Some(b"0".to_vec()))
+            ]),
+            "no TCP"
+        );
+        // The same socket without the password, or with another: refused.
+        let mut anon = RedisUrl::parse(&format!("redis+unix://{}", socket.display()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let r = anon.command(&[b"GET", b"x"]).await.unwrap();
+        assert!(
+            matches!(&r, super::super::redis::Reply::Error(e) if e.starts_with("NOAUTH")),
+            "{r:?}"
+        );
+        let e = socket_url(&socket, "guess")
+            .connect()
+            .await
+            .err()
+            .expect("a wrong password got in");
+        assert!(!e.to_string().contains("guess"), "{e}");
+        // The keyvalue capability's client reads the same URL.
+        let mut kv = redis::Client::open(url.secret_url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let pong: String = redis::cmd("PING").query(&mut kv).unwrap();
+        assert_eq!(pong, "PONG");
+        server.stop();
+        assert!(!dir.exists());
+    }
 
     #[test]
     fn key_counts_allow_for_expiry_and_writes_during_the_snapshot() {

@@ -8,22 +8,34 @@
 //! A cluster's directory names its owner by pid *and* start time: pids are
 //! reused (a restarted container numbers its processes from 1 again), and a
 //! reused pid must not keep a dead run's cluster alive, nor get its signal.
+//!
+//! Private by default: a drill's cluster holds restored production data, so
+//! it listens on a Unix socket only, in a 0700 directory made with mkdtemp
+//! semantics (an unpredictable name; an existing path or a planted symlink
+//! is refused, never reused), and every connection needs the superuser's
+//! random password, which lives only in the URL [`LocalCluster::url`]
+//! returns. TCP (with trust authentication) is for the tests and benchmarks
+//! that stand in for a production server: [`LocalCluster::start_tcp`].
 
 use super::pg::{pg_tool, PgUrl};
 use super::JobError;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "firedrill-local-";
 const STARTUP: Duration = Duration::from_secs(60);
+/// The socket's name is `.s.PGSQL.<port>`; in a directory of its own any will do.
+const SOCKET_PORT: u16 = 5432;
 
 pub struct LocalCluster {
     dir: PathBuf,
     port: u16,
+    /// Also listening on 127.0.0.1:`port` (trust authentication).
+    tcp: bool,
+    password: String,
     pid: u32,
     stopped: bool,
     bin: PathBuf,
@@ -31,11 +43,23 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts a cluster in a new directory under `parent`, listening on
-    /// 127.0.0.1 at a free port, trust authentication for `postgres`.
+    /// Starts a private cluster in a new directory under `parent`: a Unix
+    /// socket in that directory only, scram-sha-256 authentication with a
+    /// random password for `postgres` (in [`LocalCluster::url`] only).
     /// `settings` are extra `name=value` server settings. Blocking.
     pub fn start(parent: &Path, settings: &[&str]) -> Result<LocalCluster, JobError> {
-        static N: AtomicU32 = AtomicU32::new(0);
+        Self::start_with(parent, settings, false)
+    }
+
+    /// Like [`LocalCluster::start`], and also listening on 127.0.0.1 at a
+    /// free port where `postgres` connects without a password: only for
+    /// tests and benchmarks standing in for a production server, never for
+    /// a drill.
+    pub fn start_tcp(parent: &Path, settings: &[&str]) -> Result<LocalCluster, JobError> {
+        Self::start_with(parent, settings, true)
+    }
+
+    fn start_with(parent: &Path, settings: &[&str], tcp: bool) -> Result<LocalCluster, JobError> {
         let fail = |m: String| JobError::Tool {
             tool: "local postgres".into(),
             message: m,
@@ -46,30 +70,62 @@ impl LocalCluster {
         }
         let bin = initdb.parent().unwrap_or(Path::new("/")).to_path_buf();
         let me = std::process::id();
-        let dir = parent.join(format!(
-            "{PREFIX}{me}.{}-{}",
-            start_time(me).unwrap_or(0),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        // mkdtemp: a fresh random name, created 0700, never an existing path.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{PREFIX}{me}.{}-", start_time(me).unwrap_or(0)))
+            .rand_bytes(10)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(parent)
+            .map_err(|e| {
+                fail(format!(
+                    "cannot create a directory in {}: {e}",
+                    parent.display()
+                ))
+            })?
+            .keep();
         set_mode(&dir, 0o700);
+        let password = hex::encode(rand::random::<[u8; 24]>());
+        let pwfile = dir.join("pwfile");
+        let written = {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&pwfile)
+                .and_then(|mut f| f.write_all(password.as_bytes()))
+        };
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(fail(format!("cannot write {}: {e}", pwfile.display())));
+        }
         let data = dir.join("data");
         let mut init = Command::new(&initdb);
-        init.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
+        init.arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth-local=scram-sha-256"])
+            .arg(if tcp {
+                "--auth-host=trust"
+            } else {
+                "--auth-host=scram-sha-256"
+            })
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["-E", "UTF8", "--no-sync"]);
         init.stdout(Stdio::null()).stderr(Stdio::piped());
-        as_postgres_user(&mut init, &[&dir])?;
-        let out = init
-            .output()
-            .map_err(|e| fail(format!("cannot run initdb: {e}")))?;
+        let owned = as_postgres_user(&mut init, &[&dir, &pwfile]);
+        let out = owned.and_then(|_| {
+            init.output()
+                .map_err(|e| fail(format!("cannot run initdb: {e}")))
+        });
+        let _ = std::fs::remove_file(&pwfile);
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         if !out.status.success() {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(fail(format!(
@@ -77,13 +133,19 @@ impl LocalCluster {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| fail(e.to_string()))?
-            .port();
+        let port = if tcp {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| fail(e.to_string()))?
+                .port()
+        } else {
+            SOCKET_PORT
+        };
         let mut cluster = LocalCluster {
             dir,
             port,
+            tcp,
+            password,
             pid: 0,
             stopped: false,
             bin,
@@ -115,9 +177,15 @@ impl LocalCluster {
             .arg("-p")
             .arg(self.port.to_string());
         let socket_dir = format!("unix_socket_directories={}", self.dir.display());
+        let listen = if self.tcp {
+            "listen_addresses=127.0.0.1"
+        } else {
+            "listen_addresses="
+        };
         for s in [
-            "listen_addresses=127.0.0.1",
+            listen,
             &socket_dir,
+            "unix_socket_permissions=0700",
             "fsync=off",
             "synchronous_commit=off",
             "full_page_writes=off",
@@ -134,12 +202,16 @@ impl LocalCluster {
         as_postgres_user(&mut cmd, &[&self.dir, &log])?;
         let mut child = spawn_kept(cmd).map_err(|e| fail(format!("cannot start postgres: {e}")))?;
         self.pid = child.id();
-        let conninfo = format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
-            self.port
-        );
+        let mut ready = postgres::Config::new();
+        ready
+            .host_path(&self.dir)
+            .port(self.port)
+            .user("postgres")
+            .password(&self.password)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(2));
         let start = Instant::now();
-        while postgres::Client::connect(&conninfo, postgres::NoTls).is_err() {
+        while ready.connect(postgres::NoTls).is_err() {
             let exited = child.try_wait().ok().flatten();
             if exited.is_some() || start.elapsed() > STARTUP {
                 let said = std::fs::read_to_string(&log).unwrap_or_default();
@@ -158,17 +230,37 @@ impl LocalCluster {
         self.launch()
     }
 
+    /// The TCP port of a [`LocalCluster::start_tcp`] cluster (a private
+    /// one has none: this is then the number in its socket's name).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The directory holding the cluster, its data and its socket.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
+    /// `postgres` on database `db`: over TCP without a password for a
+    /// [`LocalCluster::start_tcp`] cluster, else over the private socket
+    /// with the password (the socket directory percent-encoded as the host,
+    /// which libpq and tokio-postgres both read).
     pub fn url(&self, db: &str) -> PgUrl {
-        PgUrl::parse(&format!("postgres://postgres@127.0.0.1:{}/{db}", self.port))
-            .expect("a valid URL")
+        let url = if self.tcp {
+            format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        } else {
+            format!(
+                "postgres://postgres:{}@{}:{}/{db}",
+                self.password,
+                socket_host(&self.dir),
+                self.port
+            )
+        };
+        PgUrl::parse(&url).expect("a valid URL")
     }
 
     /// Stops the server at once (the data is throwaway) and removes its directory.
@@ -224,6 +316,21 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A socket directory as a URL's host: every byte but [A-Za-z0-9_.~-] percent-encoded.
+fn socket_host(dir: &Path) -> String {
+    dir.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// When process `pid` started (clock ticks since boot), if it exists.
@@ -342,5 +449,62 @@ mod tests {
         LocalCluster::sweep_orphans(parent.path());
         assert!(ours.exists() && legacy.exists());
         assert!(!dead.exists());
+    }
+}
+
+#[cfg(test)]
+mod private_cluster {
+    use super::*;
+
+    #[test]
+    fn a_private_cluster_answers_only_on_its_socket_with_its_password() {
+        let parent = tempfile::tempdir().unwrap();
+        let c = LocalCluster::start(parent.path(), &[]).unwrap();
+        let dir = c.dir().to_path_buf();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(&format!("{PREFIX}{}.", std::process::id())),
+            "{name}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(!dir.join("pwfile").exists(), "the password file is removed");
+        let url = c.url("postgres");
+        assert_eq!(url.server(), "local-5432");
+        let mut client = postgres::Client::connect(url.secret_url(), postgres::NoTls).unwrap();
+        let listen: String = client
+            .query_one("SHOW listen_addresses", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(listen, "", "no TCP");
+        for password in [None, Some("wrong")] {
+            let mut cfg = postgres::Config::new();
+            cfg.host_path(&dir)
+                .port(SOCKET_PORT)
+                .user("postgres")
+                .dbname("postgres");
+            if let Some(p) = password {
+                cfg.password(p);
+            }
+            assert!(cfg.connect(postgres::NoTls).is_err(), "{password:?} got in");
+        }
+        // libpq reads the same URL (the socket directory as its host).
+        let out = Command::new(pg_tool("psql").unwrap())
+            .env("PGPASSWORD", url.password().unwrap())
+            .arg(format!("--dbname={}", url.without_password()))
+            .args(["-XtAc", "SELECT 40 + 2"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "42",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        drop(c);
+        assert!(!dir.exists());
     }
 }

@@ -16,6 +16,7 @@ pub mod backup;
 pub mod backup_redis;
 pub mod drill;
 pub mod drill_redis;
+pub mod drill_role;
 pub mod local_pg;
 pub mod pg;
 pub mod prune;
@@ -23,6 +24,7 @@ pub mod redis;
 pub mod rekey;
 pub mod restore;
 pub mod scheduler;
+pub mod sql_script;
 pub mod status;
 
 use crate::archive::ArchiveError;
@@ -46,6 +48,12 @@ pub enum JobError {
     TargetNotEmpty { database: String, objects: i64 },
     #[error("dump plan: {0}")]
     Plan(String),
+    /// A schema script that firedrill refuses to execute (see `sql_script`).
+    #[error("{object}: {source}")]
+    Script {
+        object: String,
+        source: sql_script::ScriptError,
+    },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]

@@ -53,26 +53,83 @@ impl PgUrl {
         PgUrl { url }
     }
 
+    /// The same server and database as another role: user and password
+    /// replaced, and any `user`/`password` parameter that would override them dropped.
+    pub fn with_login(&self, user: &str, password: &str) -> PgUrl {
+        let mut url = self.url.clone();
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| !matches!(k.as_ref(), "user" | "password" | "passfile"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !kept.is_empty() {
+            url.query_pairs_mut().extend_pairs(kept);
+        }
+        let _ = url.set_username(&percent_encode(user));
+        let _ = url.set_password(Some(&percent_encode(password)));
+        PgUrl { url }
+    }
+
     /// For connecting (holds the password).
     pub fn secret_url(&self) -> &str {
         self.url.as_str()
     }
 
-    /// The password, for PGPASSWORD.
+    /// The role the URL logs in as ("" for libpq's default, the OS user).
+    pub fn user(&self) -> String {
+        percent_decode(self.url.username())
+    }
+
+    /// The password, for PGPASSWORD: a `password` parameter (libpq prefers
+    /// it when both are given), else the one in the userinfo.
     pub fn password(&self) -> Option<String> {
+        if let Some((_, p)) = self.url.query_pairs().find(|(k, _)| k == "password") {
+            return Some(p.into_owned());
+        }
         self.url.password().map(percent_decode)
     }
 
-    /// For command lines: no password (it goes through PGPASSWORD).
-    pub fn without_password(&self) -> String {
+    /// The URL with each secret parameter dropped (no `mask`) or masked.
+    fn without_secret_parameters(&self, mask: Option<&str>) -> Url {
         let mut url = self.url.clone();
+        if !url
+            .query_pairs()
+            .any(|(k, _)| crate::telemetry::redact::SECRET_PARAMETERS.contains(&k.as_ref()))
+        {
+            return url;
+        }
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                match crate::telemetry::redact::SECRET_PARAMETERS.contains(&k.as_ref()) {
+                    // sslpassword has no environment variable: masked for
+                    // people, kept for the tools (see `command`).
+                    true if mask.is_none() && k == "sslpassword" => Some((k, v)),
+                    true => mask.map(|m| (k, m.into())),
+                    false => Some((k, v)),
+                }
+            })
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !kept.is_empty() {
+            url.query_pairs_mut().extend_pairs(kept);
+        }
+        url
+    }
+
+    /// For command lines: no password, in the userinfo or as a `password`
+    /// parameter (it goes through PGPASSWORD).
+    pub fn without_password(&self) -> String {
+        let mut url = self.without_secret_parameters(None);
         let _ = url.set_password(None);
         url.to_string()
     }
 
-    /// For people.
+    /// For people: every password masked, in the userinfo or as a parameter.
     pub fn redacted(&self) -> String {
-        let mut url = self.url.clone();
+        let mut url = self.without_secret_parameters(Some("***"));
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
@@ -81,11 +138,14 @@ impl PgUrl {
 
     /// `host:port`, for naming a source.
     pub fn server(&self) -> String {
-        format!(
-            "{}-{}",
-            self.url.host_str().unwrap_or("local"),
-            self.url.port().unwrap_or(5432)
-        )
+        let host = self.url.host_str().map(percent_decode).unwrap_or_default();
+        // A Unix socket's directory (often random) does not name a server.
+        let host = if host.is_empty() || host.starts_with('/') {
+            "local"
+        } else {
+            &host
+        };
+        format!("{host}-{}", self.url.port().unwrap_or(5432))
     }
 
     pub async fn connect(&self) -> Result<tokio_postgres::Client, JobError> {
@@ -256,5 +316,40 @@ mod tests {
         assert_eq!(u.server(), "db-5433");
         assert!(PgUrl::parse("mysql://x/y").is_err());
         assert_eq!(format!("{u:?}"), u.redacted());
+    }
+
+    #[test]
+    fn a_password_parameter_goes_to_pgpassword_and_nowhere_else() {
+        let u = PgUrl::parse(
+            "postgres://app@db:5433/app?sslmode=disable&password=s%26cr3t&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(u.password().as_deref(), Some("s&cr3t"));
+        for shown in [u.without_password(), u.redacted(), format!("{u:?}")] {
+            assert!(!shown.contains("cr3t"), "{shown}");
+            assert!(
+                shown.contains("sslmode=disable") && shown.contains("application_name=x"),
+                "{shown}"
+            );
+        }
+        assert!(u.redacted().contains("password=***"), "{}", u.redacted());
+        assert!(!u.without_password().contains("password"));
+        // Both forms at once: the parameter is the one libpq uses.
+        let both = PgUrl::parse("postgres://app:inner@db/app?password=outer").unwrap();
+        assert_eq!(both.password().as_deref(), Some("outer"));
+        assert!(!both.redacted().contains("inner") && !both.redacted().contains("outer"));
+        if let Ok(cmd) = u.command("psql") {
+            let cmd = cmd.as_std();
+            let args: Vec<String> = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            assert!(args.iter().all(|a| !a.contains("cr3t")), "{args:?}");
+            let env: Vec<_> = cmd.get_envs().collect();
+            assert!(env.contains(&(
+                std::ffi::OsStr::new("PGPASSWORD"),
+                Some(std::ffi::OsStr::new("s&cr3t"))
+            )));
+        }
     }
 }

@@ -6,6 +6,13 @@
 //! abandon age is a leftover and goes); at most so many deletions per run.
 //! A deletion removes the manifest first, so a half-deleted backup is never
 //! listed as complete.
+//!
+//! With keys trusted, the plan is made from what they vouch for only
+//! ([`arch::list_backups`]): a backup whose manifest is unsigned or badly
+//! signed is neither shown to the plugin nor deleted (a planted one is
+//! garbage that is safe to leave; deleting what cannot be verified is not),
+//! and a drill report that is not signed by a trusted key does not make a
+//! backup "drilled and passed" for the guard.
 
 use super::JobError;
 use crate::archive::{self as arch, manifest, Listing, Store};

@@ -25,7 +25,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const PIECE: usize = 256 << 10;
 
 /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS,
-/// checked against the system's roots or the PEM file given as `?ca=PATH`.
+/// checked against the system's roots or the PEM file given as `?ca=PATH`,
+/// or `redis+unix:///path/to/socket?pass=PASSWORD` (the redis crate's form;
+/// a drill's private redis-server).
 #[derive(Clone)]
 pub struct RedisUrl {
     url: url::Url,
@@ -41,6 +43,12 @@ impl RedisUrl {
     pub fn parse(s: &str) -> Result<RedisUrl, String> {
         let shown = crate::config::redact_url(s);
         let url = url::Url::parse(s).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
+        if url.scheme() == "redis+unix" {
+            if !url.path().starts_with('/') || url.path().len() < 2 {
+                return Err(format!("{shown:?} names no socket path"));
+            }
+            return Ok(RedisUrl { url });
+        }
         if !matches!(url.scheme(), "redis" | "rediss") {
             return Err(format!(
                 "{shown:?}: expected redis:// or rediss://, not {}://",
@@ -64,7 +72,46 @@ impl RedisUrl {
     }
 
     pub fn redacted(&self) -> String {
+        if self.is_unix() {
+            let mut url = self.url.clone();
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "pass" {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.set_query(None);
+            if !pairs.is_empty() {
+                url.query_pairs_mut().extend_pairs(pairs);
+            }
+            return url.to_string();
+        }
         crate::config::redact_url(self.url.as_str())
+    }
+
+    fn is_unix(&self) -> bool {
+        self.url.scheme() == "redis+unix"
+    }
+
+    /// A `redis+unix` URL's socket path and `pass`/`user` parameters.
+    fn unix_parts(&self) -> (String, Option<String>, Option<String>) {
+        let param = |name: &str| {
+            self.url
+                .query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+                .filter(|v| !v.is_empty())
+        };
+        (
+            percent_decode(self.url.path()),
+            param("pass"),
+            param("user"),
+        )
     }
 
     /// The full URL, password included: only for clients that need it.
@@ -89,6 +136,24 @@ impl RedisUrl {
             url: self.redacted(),
             message,
         };
+        if self.is_unix() {
+            let (path, password, user) = self.unix_parts();
+            let stream =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(&path))
+                    .await
+                    .map_err(|_| err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+                    .map_err(|e| err(e.to_string()))?;
+            let mut conn = Conn {
+                io: BufReader::with_capacity(PIECE, Box::new(stream)),
+                shown: self.redacted(),
+            };
+            if let Some(password) = password {
+                conn.auth(user.as_deref().unwrap_or(""), &password)
+                    .await
+                    .map_err(err)?;
+            }
+            return Ok(conn);
+        }
         let stream =
             tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
                 .await
@@ -111,18 +176,26 @@ impl RedisUrl {
             .filter(|p| !p.is_empty());
         if let Some(password) = password {
             let user = percent_decode(self.url.username());
-            let reply = if user.is_empty() {
-                conn.command(&[b"AUTH", password.as_bytes()]).await?
-            } else {
-                conn.command(&[b"AUTH", user.as_bytes(), password.as_bytes()])
-                    .await?
-            };
-            if let Reply::Error(e) = reply {
-                // The server's words (WRONGPASS ...) never contain the password.
-                return Err(err(format!("authentication refused: {e}")));
-            }
+            conn.auth(&user, &password).await.map_err(err)?;
         }
         Ok(conn)
+    }
+}
+
+impl Conn {
+    async fn auth(&mut self, user: &str, password: &str) -> Result<(), String> {
+        let reply = if user.is_empty() {
+            self.command(&[b"AUTH", password.as_bytes()]).await
+        } else {
+            self.command(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+                .await
+        }
+        .map_err(|e| e.to_string())?;
+        if let Reply::Error(e) = reply {
+            // The server's words (WRONGPASS ...) never contain the password.
+            return Err(format!("authentication refused: {e}"));
+        }
+        Ok(())
     }
 }
 
@@ -443,6 +516,16 @@ mod tests {
         let e = RedisUrl::parse("http://:s3cret@cache/").unwrap_err();
         assert!(e.contains("redis://") && !e.contains("s3cret"), "{e}");
         assert!(RedisUrl::parse("rediss://cache/?ca=/etc/ca.pem").is_ok());
+        let u = RedisUrl::parse("redis+unix:///run/fd/redis.sock?pass=s3cret").unwrap();
+        assert_eq!(u.redacted(), "redis+unix:///run/fd/redis.sock?pass=***");
+        assert_eq!(
+            u.unix_parts(),
+            (
+                "/run/fd/redis.sock".to_string(),
+                Some("s3cret".to_string()),
+                None
+            )
+        );
     }
 
     #[tokio::test]

@@ -1,13 +1,17 @@
 //! Restores one database of a backup: create the target database, apply
-//! pre-data with psql, load every chunk with parallel `COPY ... FROM STDIN`,
-//! then post-data (indexes and constraints after the data).
+//! pre-data (statement by statement over our own connection: see
+//! `sql_script`), load every chunk with parallel `COPY ... FROM STDIN`, then
+//! post-data (indexes and constraints after the data).
 //!
 //! Invariants: every object is checked against the manifest while it is read
-//! (a chunk is committed only after its checksum and row count check out); a
+//! (a chunk is committed only after its checksum and row count check out; a
+//! schema script is checked whole before its first statement runs); nothing
+//! of a backup reaches a shell-capable client (psql); a
 //! failure names the object and drops the database this restore created; an
 //! existing database that holds anything is never touched without `force`.
 
-use super::pg::{ident, PgUrl, Tool};
+use super::pg::{ident, PgUrl};
+use super::sql_script;
 use super::status::Progress;
 use super::JobError;
 use crate::archive::manifest::{DatabaseEntry, Manifest, TableEntry, TableMode};
@@ -17,7 +21,6 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
 
 #[derive(Clone)]
 pub struct RestoreOptions {
@@ -229,47 +232,36 @@ async fn set_sequences(entry: &DatabaseEntry, target: &PgUrl) -> Result<(), JobE
     Ok(())
 }
 
-/// Runs a schema script through psql, which also understands the
-/// meta-commands pg_dump may write (`\restrict` / `\unrestrict`).
+/// Applies a schema script (pre-data, post-data) over firedrill's own
+/// connection, never through psql, whose meta-commands (`\!`, `\o |cmd`)
+/// would run a tampered backup's shell commands on this host. The object is
+/// read whole first, so its size, checksum and decompressed size are known
+/// good before the first statement runs; then each statement goes alone
+/// through the extended protocol (which refuses two commands in one), in
+/// order, on one session, so pg_dump's leading `SET`s hold for the rest.
 async fn apply_sql(
     store: &Store,
     backup: &Backup,
     object: &ObjectRef,
     target: &PgUrl,
 ) -> Result<(), JobError> {
-    let mut reader = backup.reader(store, object).await?;
-    let mut cmd = target.command("psql")?;
-    cmd.args([
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "--no-password",
-        "-f",
-        "-",
-    ])
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::null());
-    let mut psql = Tool::spawn(cmd, "psql")?;
-    let mut stdin = psql.child.stdin.take().expect("piped");
-    // The whole script is checked before psql sees its end: a corrupt object
-    // stops here and psql gets a truncated script, which ON_ERROR_STOP or the
-    // kill below makes harmless.
-    let fed: Result<(), JobError> = async {
-        while let Some(piece) = reader.next().await? {
-            if stdin.write_all(&piece).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
+    let script = backup.reader(store, object).await?.read_all().await?;
+    let statements = sql_script::split(&script).map_err(|source| JobError::Script {
+        object: object.path.clone(),
+        source,
+    })?;
+    let db = target.database();
+    let client = target.connect().await?;
+    for st in statements {
+        client.execute_typed(st.sql, &[]).await.map_err(|e| {
+            JobError::sql(
+                &db,
+                &format!("apply {} (the statement at line {})", object.path, st.line),
+                e,
+            )
+        })?;
     }
-    .await;
-    if let Err(e) = fed {
-        let _ = psql.child.kill().await;
-        return Err(e);
-    }
-    drop(stdin);
-    psql.wait(&format!("applying {}: ", object.path)).await
+    Ok(())
 }
 
 async fn load_worker(
@@ -300,7 +292,7 @@ async fn load_worker(
             .await
             .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
         futures::pin_mut!(sink);
-        let mut reader = backup.reader(store, &chunk.object).await?;
+        let mut reader = backup.reader(store, &chunk.bounded()).await?;
         // Nothing is committed until the object has checked out whole.
         while let Some(piece) = reader.next().await? {
             sink.send(bytes::Bytes::from(piece))

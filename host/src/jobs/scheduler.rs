@@ -461,6 +461,7 @@ impl Agent {
                     globals: true,
                     role_passwords: false,
                     planner: of_world(World::DumpPlanner).into_iter().next(),
+                    plugin_sql: source.plugin_sql.clone(),
                     guard: Some(guard),
                     progress,
                 };

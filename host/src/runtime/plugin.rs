@@ -43,6 +43,10 @@ impl Plugin {
     /// Reads, verifies, compiles and links the policy's wasm. Every refusal
     /// names the policy file and the field to fix.
     pub fn load(runtime: &Runtime, policy: Policy) -> Result<Plugin, PolicyError> {
+        // Before anything can run or fail: a `{ env = ... }` value the
+        // plugin logs, or an error quotes, leaves the process scrubbed. On
+        // every load, so a reload's new values are known too.
+        crate::telemetry::redactor().add_known(policy.config.secrets().map(str::to_string));
         let file = policy.file.clone();
         let err = |field: &str, m: String| PolicyError::new(&file, Some(field), m);
         if policy.limits.memory > runtime.max_memory() {

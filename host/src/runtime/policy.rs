@@ -16,7 +16,9 @@
 //! [grants]
 //! logging = true
 //! config = true
-//! sql = { database = "drill" }      # read-only unless write = true
+//! sql = { database = "drill" }      # read-only unless write = true; also
+//!                                   # max_rows (100000), max_bytes ("16MiB"), and for
+//!                                   # "source" allow_superuser (default false)
 //!
 //! [config]
 //! "assert.orders-fresh" = "SELECT max(created_at) > now() - interval '1 day' FROM orders"
@@ -200,6 +202,9 @@ impl Policy {
                 Some("limits.memory"),
                 "must be at least 1MiB",
             ));
+        }
+        if let Some(p) = raw.grants.sql.as_ref().and_then(|g| g.problem()) {
+            return Err(PolicyError::new(file, Some("grants.sql"), p));
         }
         if let Some(kv) = &raw.grants.keyvalue {
             if let Some(p) = kv.problem() {

@@ -139,6 +139,13 @@ metric!(
     Histogram,
     "Time spent waiting for a job's lease, by job kind."
 );
+metric!(
+    UNTRUSTED_IGNORED,
+    "firedrill.untrusted_objects_ignored",
+    "",
+    Counter,
+    "Stored manifests and drill reports that signing keys do not vouch for, ignored by list, drill and prune, by kind (manifest, report); each object counted once."
+);
 
 pub const ALL: &[&Desc] = &[
     BACKUP_DURATION,
@@ -153,6 +160,7 @@ pub const ALL: &[&Desc] = &[
     PLUGIN_DURATION,
     RELOADS,
     LOCK_WAIT,
+    UNTRUSTED_IGNORED,
 ];
 
 /// Upper bounds of histogram buckets, in seconds: from a plugin call's

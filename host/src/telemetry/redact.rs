@@ -95,10 +95,12 @@ impl Redactor {
         *self.plugin.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(source));
     }
 
-    /// Stage 1 only: the secrets the host knows.
+    /// Stage 1 only: the secrets the host knows, and any URL's password
+    /// parameter (a URL given at run time, a restore target say, is not
+    /// known in advance).
     pub fn scrub(&self, line: &str) -> String {
         let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = line.to_string();
+        let mut out = mask_url_parameters(line, &self.mask);
         for s in known.iter() {
             if out.contains(s.as_str()) {
                 out = out.replace(s.as_str(), &self.mask);
@@ -149,9 +151,50 @@ impl Redactor {
     }
 }
 
-/// The password of a URL (`scheme://user:password@host`), if it has one.
+/// URL query parameters that carry a secret (libpq: `password`, the client
+/// key's `sslpassword`).
+pub const SECRET_PARAMETERS: [&str; 2] = ["password", "sslpassword"];
+
+/// Masks the value of every `?password=` / `&sslpassword=` ... in `line`, up
+/// to the next `&`, `#`, whitespace or quote.
+fn mask_url_parameters(line: &str, mask: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    'scan: while let Some(i) = rest.find(['?', '&']) {
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + 1..];
+        for name in SECRET_PARAMETERS {
+            let Some(after) = rest
+                .get(..name.len() + 1)
+                .filter(|p| p.eq_ignore_ascii_case(&format!("{name}=")))
+                .map(|_| &rest[name.len() + 1..])
+            else {
+                continue;
+            };
+            let end = after
+                .find(|c: char| {
+                    matches!(c, '&' | '#' | '"' | '\'' | '<' | '>') || c.is_whitespace()
+                })
+                .unwrap_or(after.len());
+            out.push_str(&rest[..name.len() + 1]);
+            if end > 0 {
+                out.push_str(mask);
+            }
+            rest = &after[end..];
+            continue 'scan;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The password of a URL: `scheme://user:password@host`, or a `password`
+/// query parameter (which libpq prefers when both are given).
 pub fn url_password(url: &str) -> Option<String> {
     let u = url::Url::parse(url).ok()?;
+    if let Some((_, p)) = u.query_pairs().find(|(k, _)| k == "password") {
+        return Some(p.into_owned());
+    }
     let p = u.password()?.as_bytes();
     let mut out = Vec::with_capacity(p.len());
     let mut i = 0;
@@ -199,5 +242,30 @@ mod tests {
             Some("a b+c")
         );
         assert_eq!(url_password("postgres://u@h/x"), None);
+        assert_eq!(
+            url_password("postgres://u@h/x?sslmode=require&password=s%26cret").as_deref(),
+            Some("s&cret")
+        );
+    }
+
+    #[test]
+    fn password_parameters_of_any_url_are_masked() {
+        let r = Redactor::new();
+        assert_eq!(
+            r.scrub("dial postgres://u@h:5/db?password=SECRET failed"),
+            "dial postgres://u@h:5/db?password=*** failed"
+        );
+        assert_eq!(
+            r.scrub("\"postgres://u@h/db?sslmode=require&PASSWORD=SECRET&x=1\""),
+            "\"postgres://u@h/db?sslmode=require&PASSWORD=***&x=1\""
+        );
+        assert_eq!(
+            r.scrub("u@h/db?sslpassword=SECRET#f and ?password= and a&b"),
+            "u@h/db?sslpassword=***#f and ?password= and a&b"
+        );
+        assert_eq!(
+            r.scrub("?passwords=kept&mypassword=kept"),
+            "?passwords=kept&mypassword=kept"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! Redis (through the keyvalue grant), IP allow and deny lists.
 //!
 //! Config (all optional but one key):
-//! - `hmac_key`: the HMAC-SHA256 secret (give it as `{ env = "NAME" }`);
+//! - `hmac_key`: the HMAC-SHA256 secret (give it as `{ env = "NAME" }`), at
+//!   least 32 bytes (a shorter one answers 503 naming the setting);
 //!   `ed25519_public_key`: base64 of an Ed25519 public key. At least one.
 //! - `allow`, `deny`: comma-separated CIDRs (`10.0.0.0/8, ::1/128`). A peer
 //!   in `deny` is refused; with `allow` set, a peer outside it is refused.
@@ -158,12 +159,12 @@ fn bearer(facts: &RequestFacts) -> Option<&str> {
 }
 
 fn decide(facts: &RequestFacts) -> Result<Decision, String> {
-    let mut verifier = Verifier {
-        hmac: Config::get("hmac_key")
-            .filter(|k| !k.is_empty())
-            .map(String::into_bytes),
-        ..Default::default()
-    };
+    let mut verifier = Verifier::default();
+    if let Some(k) = Config::get("hmac_key").filter(|k| !k.is_empty()) {
+        verifier = verifier
+            .with_hmac(k.as_bytes())
+            .map_err(|e| format!("config `hmac_key`: {e}"))?;
+    }
     if let Some(k) = Config::get("ed25519_public_key").filter(|k| !k.is_empty()) {
         verifier = verifier
             .with_ed25519_base64(&k)

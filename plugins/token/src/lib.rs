@@ -79,9 +79,7 @@ impl SigningKey {
     }
 
     pub fn hmac(secret: &[u8]) -> Result<SigningKey, TokenError> {
-        if secret.len() < 32 {
-            return Err(TokenError::BadKey("an HMAC secret needs at least 32 bytes"));
-        }
+        check_hmac(secret)?;
         Ok(SigningKey::Hmac(secret.to_vec()))
     }
 
@@ -100,6 +98,20 @@ impl SigningKey {
             STANDARD.encode(k.verifying_key().to_bytes()),
         )
     }
+}
+
+/// The shortest HMAC secret accepted, for issuing and for verifying: a short
+/// one can be guessed offline from a single token.
+pub const MIN_HMAC_KEY: usize = 32;
+
+const SHORT_HMAC: &str =
+    "an HMAC secret needs at least 32 bytes (generate one: openssl rand -base64 32)";
+
+fn check_hmac(secret: &[u8]) -> Result<(), TokenError> {
+    if secret.len() < MIN_HMAC_KEY {
+        return Err(TokenError::BadKey(SHORT_HMAC));
+    }
+    Ok(())
 }
 
 /// 32 key bytes from base64, or `BadKey(why)`.
@@ -140,6 +152,13 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// An HMAC secret, refused when shorter than [`MIN_HMAC_KEY`].
+    pub fn with_hmac(mut self, secret: &[u8]) -> Result<Verifier, TokenError> {
+        check_hmac(secret)?;
+        self.hmac = Some(secret.to_vec());
+        Ok(self)
+    }
+
     /// An Ed25519 public key: base64 of 32 bytes.
     pub fn with_ed25519_base64(mut self, text: &str) -> Result<Verifier, TokenError> {
         let bytes = key_bytes(text, "an Ed25519 public key is base64 of 32 bytes")?;
@@ -173,6 +192,8 @@ impl Verifier {
                     .hmac
                     .as_ref()
                     .ok_or_else(|| TokenError::NoKeyFor(claims.alg.clone()))?;
+                // A verifier built field by field is held to the same floor.
+                check_hmac(secret)?;
                 let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
                 mac.update(signed);
                 mac.verify_slice(&sig).is_ok()
@@ -211,6 +232,25 @@ mod tests {
             jti: "t1".into(),
             alg: String::new(),
         }
+    }
+
+    #[test]
+    fn hmac_secrets_shorter_than_32_bytes_are_refused_both_ways() {
+        let short = [7u8; 31];
+        let e = SigningKey::hmac(&short).err().expect("31 bytes accepted");
+        assert!(e.to_string().contains("at least 32 bytes"), "{e}");
+        assert!(Verifier::default().with_hmac(&short).is_err());
+        assert!(SigningKey::hmac(&[7u8; 32]).is_ok());
+        // A token made with a 32-byte key does not verify under a
+        // verifier someone filled in with a short key.
+        let t = issue(claims(100), &SigningKey::hmac(&[7u8; 32]).unwrap());
+        let v = Verifier {
+            hmac: Some(short.to_vec()),
+            ..Default::default()
+        };
+        assert!(matches!(v.verify(&t, 50), Err(TokenError::BadKey(_))));
+        let v = Verifier::default().with_hmac(&[7u8; 32]).unwrap();
+        assert_eq!(v.verify(&t, 50).unwrap().sub, "alice");
     }
 
     #[test]

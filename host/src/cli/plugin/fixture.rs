@@ -259,8 +259,13 @@ fn verify(plugin: &Plugin, args: &Args) -> anyhow::Result<Vec<wit::CheckResult>>
                 server.redacted()
             )
         })?;
+    // The verifier reads as a role of its own, as in a drill.
+    let mut role = None;
     let result = (|| {
         let tables = rt.block_on(load(&url, &args.fixture))?;
+        let r = rt.block_on(firedrill::jobs::drill_role::create(&url))?;
+        let role_url = r.url.clone();
+        role = Some(r);
         let now = firedrill::archive::manifest::unix_now();
         let drill = wit::DrillContext {
             backup_id: "plugin-test".into(),
@@ -275,7 +280,7 @@ fn verify(plugin: &Plugin, args: &Args) -> anyhow::Result<Vec<wit::CheckResult>>
         let ctx = CallContext {
             sql: Some(SqlTarget {
                 scope: SqlScope::Drill,
-                url: url.secret_url().to_string(),
+                url: role_url.secret_url().to_string(),
             }),
             ..Default::default()
         };
@@ -285,11 +290,18 @@ fn verify(plugin: &Plugin, args: &Args) -> anyhow::Result<Vec<wit::CheckResult>>
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
         ident(&db)
     )));
-    if let Some(mut c) = cluster {
-        c.stop();
-    }
     if let Err(e) = dropped {
         eprintln!("firedrill: could not drop the throwaway database {db}: {e}");
+    } else if let Some(r) = role {
+        if let Err(e) = rt.block_on(firedrill::jobs::drill_role::drop(&server, &r.name)) {
+            eprintln!(
+                "firedrill: could not drop the throwaway role {}: {e}",
+                r.name
+            );
+        }
+    }
+    if let Some(mut c) = cluster {
+        c.stop();
     }
     result
 }
