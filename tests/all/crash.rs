@@ -6,10 +6,11 @@ use crate::backup_restore::{backup_id, seeded};
 use crate::harness::{self, firedrill, output_text};
 use firedrill::archive::{self as arch, Store};
 use rand::Rng;
+use sha2::Digest;
 use std::time::{Duration, Instant};
 
 /// Every complete backup in the store: its manifest reads, and every object
-/// it lists exists with the size it records.
+/// it lists exists with the size and sha256 it records.
 fn check_complete_ones(store: &str) -> (usize, usize) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -26,11 +27,20 @@ fn check_complete_ones(store: &str) -> (usize, usize) {
             let stored: std::collections::HashMap<String, u64> =
                 s.list_recursive(&dir).await.unwrap().into_iter().collect();
             for o in m.objects() {
-                let got = stored.get(&format!("{dir}{}", o.path)).copied();
+                let path = format!("{dir}{}", o.path);
+                let got = stored.get(&path).copied();
                 assert_eq!(
                     got,
                     Some(o.size),
                     "{} of complete backup {} is missing or short",
+                    o.path,
+                    l.id
+                );
+                let bytes = s.get(&path).await.unwrap();
+                assert_eq!(
+                    hex::encode(sha2::Sha256::digest(&bytes)),
+                    o.sha256,
+                    "{} of complete backup {} is not what its manifest records",
                     o.path,
                     l.id
                 );
@@ -87,10 +97,12 @@ fn a_backup_killed_at_random_points_never_looks_complete() {
     }
     let (complete, incomplete) = check_complete_ones(&store);
     eprintln!("50 kills over a {full:?} backup: {complete} complete ({finished_anyway} finished before the kill, 1 before the loop), {incomplete} incomplete");
-    assert_eq!(
-        complete,
-        1 + finished_anyway,
-        "a killed backup is listed as complete"
+    // A kill that lands after the manifest is written but before the
+    // process exits leaves a complete backup: whole, as checked above. What
+    // must never happen is a complete-looking backup that is not.
+    assert!(
+        complete >= 1 + finished_anyway,
+        "a backup that finished is not listed as complete"
     );
     assert!(incomplete > 0, "no kill landed mid-backup");
 

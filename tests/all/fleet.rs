@@ -344,73 +344,14 @@ struct TlsRedis {
 impl TlsRedis {
     fn start() -> TlsRedis {
         let dir = harness::tempdir("tls-redis");
-        let openssl = |args: &[&str]| {
-            let o = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl");
-            assert!(
-                o.status.success(),
-                "openssl {args:?}: {}",
-                harness::output_text(&o)
-            );
-        };
-        for ca in ["ca", "other-ca"] {
-            openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-subj",
-                &format!("/CN=firedrill test {ca}"),
-                "-days",
-                "2",
-            ]);
-        }
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
+        harness::self_signed_ca(&dir, "ca");
+        harness::self_signed_ca(&dir, "other-ca");
+        harness::issue_cert(
+            &dir,
+            "server",
             "/CN=localhost",
-        ]);
-        std::fs::write(
-            dir.join("san.ext"),
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
+        );
         let port = harness::free_port();
         let child = std::process::Command::new("redis-server")
             .args([
@@ -430,11 +371,11 @@ impl TlsRedis {
                 "no",
             ])
             .arg("--tls-cert-file")
-            .arg(dir.join("server.pem"))
+            .arg(dir.join("server.crt"))
             .arg("--tls-key-file")
             .arg(dir.join("server.key"))
             .arg("--tls-ca-cert-file")
-            .arg(dir.join("ca.pem"))
+            .arg(dir.join("ca.crt"))
             .arg("--dir")
             .arg(&dir)
             .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
@@ -451,8 +392,8 @@ impl TlsRedis {
         }
         TlsRedis {
             port,
-            ca: dir.join("ca.pem"),
-            other_ca: dir.join("other-ca.pem"),
+            ca: dir.join("ca.crt"),
+            other_ca: dir.join("other-ca.crt"),
             child,
         }
     }

@@ -383,71 +383,17 @@ fn a_large_dataset_streams_in_bounded_memory() {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1 (openssl CLI): (dir, ca.pem).
+/// A CA and a server certificate for 127.0.0.1 and localhost: (dir, ca.crt).
 fn certificates() -> (PathBuf, PathBuf) {
     let dir = harness::tempdir("tls");
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=firedrill test CA",
-        "-days",
-        "2",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
+    harness::self_signed_ca(&dir, "ca");
+    harness::issue_cert(
+        &dir,
+        "server",
         "/CN=localhost",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    let ca = dir.join("ca.pem");
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    );
+    let ca = dir.join("ca.crt");
     (dir, ca)
 }
 
@@ -460,11 +406,11 @@ fn a_server_behind_tls_backs_up_over_rediss() {
         "--tls-port",
         &tls_port,
         "--tls-cert-file",
-        &file("server.pem"),
+        &file("server.crt"),
         "--tls-key-file",
         &file("server.key"),
         "--tls-ca-cert-file",
-        &file("ca.pem"),
+        &file("ca.crt"),
         "--tls-auth-clients",
         "no",
         "--requirepass",

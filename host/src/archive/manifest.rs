@@ -97,6 +97,38 @@ pub struct DatabaseEntry {
     /// Why the plan looks as it does (from the dump planner).
     #[serde(default)]
     pub plan_notes: Vec<String>,
+    /// The large objects' data (their metadata, owners and grants are in
+    /// pre-data). Absent when there were none, and in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_objects: Option<LargeObjects>,
+}
+
+/// The large objects of a database at backup time. Their data is COPY text
+/// of `(oid, offset, bytes)` rows, each at most [`LO_SLICE`] bytes of one
+/// object, in (oid, offset) order, cut into chunks at row boundaries; an
+/// empty object has no row (pre-data's `lo_create` makes it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LargeObjects {
+    /// Objects, empty ones included.
+    pub count: u64,
+    /// Their bytes (not the COPY text's).
+    pub bytes: u64,
+    pub chunks: Vec<LargeObjectChunk>,
+}
+
+/// Bytes of one large object per data row.
+pub const LO_SLICE: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LargeObjectChunk {
+    #[serde(flatten)]
+    pub chunk: Chunk,
+    /// sha256 of the COPY text (before compression): a drill reads the
+    /// restored objects back the same way and compares.
+    pub raw_sha256: String,
+    /// The first and last (oid, offset) rows it holds.
+    pub first: (u32, i64),
+    pub last: (u32, i64),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,11 +262,18 @@ impl Manifest {
             .chain(self.globals.iter())
             .chain(self.redis.iter().map(|r| &r.rdb))
             .chain(self.databases.iter().flat_map(|d| {
-                [&d.pre_data, &d.post_data].into_iter().chain(
-                    d.tables
-                        .iter()
-                        .flat_map(|t| t.chunks.iter().map(|c| &c.object)),
-                )
+                [&d.pre_data, &d.post_data]
+                    .into_iter()
+                    .chain(
+                        d.tables
+                            .iter()
+                            .flat_map(|t| t.chunks.iter().map(|c| &c.object)),
+                    )
+                    .chain(
+                        d.large_objects
+                            .iter()
+                            .flat_map(|l| l.chunks.iter().map(|c| &c.chunk.object)),
+                    )
             }))
     }
 

@@ -7,6 +7,7 @@
 //!   <database>/schema/pre-data.sql.zst
 //!   <database>/schema/post-data.sql.zst
 //!   <database>/data/<schema>.<table>/<nnnnn>.copy.zst   COPY text, chunked
+//!   <database>/large-objects/<nnnnn>.lo.zst   large objects' bytes, COPY text, chunked
 //!   drills/<timestamp>.json                one report per drill (written after the manifest)
 //!   keys/<generation>.age                  encrypted backups: the age header (file key
 //!                                          wrapped per recipient); every other object is

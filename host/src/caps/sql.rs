@@ -26,7 +26,6 @@
 use super::bindings::firedrill::plugin::sql::{self, Column, Error, Rows, Value};
 use super::CapState;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
-use postgres::NoTls;
 use serde::{Deserialize, Serialize};
 use std::error::Error as StdError;
 use std::time::{Duration, Instant};
@@ -118,6 +117,8 @@ pub(crate) struct SqlCap {
     target: Option<SqlTarget>,
     deadline: Instant,
     conn: Option<postgres::Client>,
+    /// The connection's TLS, for cancel requests.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl SqlCap {
@@ -131,6 +132,7 @@ impl SqlCap {
             target,
             deadline,
             conn: None,
+            tls: None,
         }
     }
 
@@ -157,15 +159,16 @@ impl SqlCap {
             return Err(Error::Timeout);
         }
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut cfg: postgres::Config = target
-                .url
-                .parse()
-                .map_err(|e: postgres::Error| Error::Connection(e.to_string()))?;
-            cfg.connect_timeout(left.min(CONNECT_TIMEOUT));
-            cfg.application_name("firedrill-plugin");
-            let mut conn = cfg
-                .connect(NoTls)
-                .map_err(|e| Error::Connection(e.to_string()))?;
+            // The agent's own TLS settings for this URL (see `jobs::pg_tls`).
+            let how =
+                crate::jobs::pg_tls::PgConnect::from_url(&target.url).map_err(Error::Connection)?;
+            let mut conn = how
+                .connect_blocking(|cfg| {
+                    cfg.connect_timeout(left.min(CONNECT_TIMEOUT));
+                    cfg.application_name("firedrill-plugin");
+                })
+                .map_err(Error::Connection)?;
+            self.tls = Some(how.tls());
             if target.scope == SqlScope::Source && !grant.allow_superuser {
                 let powerful: bool = conn
                     .query_one(POWERFUL_ROLE, &[])
@@ -260,7 +263,9 @@ impl SqlCap {
                 // The server would go on producing rows the client then
                 // discards: stop it, so that the rollback answers at once.
                 drop(rows);
-                let _ = cancel.cancel_query(NoTls);
+                if let Some(tls) = self.tls.clone() {
+                    let _ = cancel.cancel_query(tls);
+                }
                 return Err(Error::Conversion(format!(
                     "the result has {over}; add a LIMIT or aggregate in SQL (the grant's max_rows / max_bytes set the limits)"
                 )));

@@ -182,6 +182,9 @@ struct Job {
     columns: Vec<String>,
     indexes: Vec<String>,
     constraints: Vec<String>,
+    /// An extension's configuration table: the rows its extension marked
+    /// as the user's (`pg_extension_config_dump`'s filter, `WHERE ...`).
+    condition: Option<String>,
 }
 
 /// What the backup needs about a table beyond what the planner sees.
@@ -190,7 +193,12 @@ struct TableExtra {
     copy_columns: Vec<String>,
     indexes: Vec<String>,
     constraints: Vec<String>,
+    condition: Option<String>,
 }
+
+/// Every backup session: a row-level security policy that applies to the
+/// backup role makes a read of that table fail instead of hiding rows.
+const NO_ROW_SECURITY: &str = "SET row_security = off;";
 
 /// Ranges of heap pages can be scanned on their own from PostgreSQL 14 on.
 const TID_RANGE_SCANS: i32 = 140_000;
@@ -204,8 +212,11 @@ async fn dump_database(
 ) -> Result<(DatabaseEntry, String), JobError> {
     let db = url.database();
     let leader = url.connect().await?;
+    // A policy must fail the backup, never hide rows from it (as in pg_dump).
     leader
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .batch_execute(&format!(
+            "{NO_ROW_SECURITY} BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+        ))
         .await
         .map_err(|e| JobError::sql(&db, "start the snapshot transaction", e))?;
     let row = leader
@@ -253,10 +264,15 @@ async fn dump_database(
         },
     };
     let (mut jobs, excluded) = apply_plan(&info, &plan)?;
+    refuse_row_security(&leader, &db, &jobs).await?;
     for job in &mut jobs {
         if let Some(e) = extras.get(&(job.schema.clone(), job.name.clone())) {
             job.indexes = e.indexes.clone();
             job.constraints = e.constraints.clone();
+            if e.condition.is_some() {
+                job.condition = e.condition.clone();
+                job.columns = e.copy_columns.clone();
+            }
         }
     }
     if version_num >= TID_RANGE_SCANS && opts.jobs > 1 {
@@ -269,7 +285,7 @@ async fn dump_database(
     let queue: Arc<Mutex<VecDeque<Job>>> = Arc::new(Mutex::new(jobs.into_iter().collect()));
     let workers = (0..opts.jobs.max(1))
         .map(|_| copy_worker(store, &db_dir, url, &snapshot, queue.clone(), opts));
-    let (pre, post, tables) = tokio::try_join!(
+    let (pre, post, tables, large_objects) = tokio::try_join!(
         dump_section(
             store,
             &db_dir,
@@ -291,6 +307,7 @@ async fn dump_database(
             opts.compression_level
         ),
         futures::future::try_join_all(workers),
+        super::large_objects::dump(store, &db_dir, url, &snapshot, opts),
     )?;
     let _ = leader.batch_execute("COMMIT").await;
     let tables = merge_ranges(tables.into_iter().flatten().collect());
@@ -303,9 +320,61 @@ async fn dump_database(
             tables,
             sequences,
             plan_notes: plan.notes,
+            large_objects,
         },
         version,
     ))
+}
+
+/// Fails before anything is copied when a table whose data is backed up has
+/// a row-level security policy that applies to the backup role: its COPY
+/// would fail (row_security is off), so every such table is named at once.
+async fn refuse_row_security(
+    client: &tokio_postgres::Client,
+    db: &str,
+    jobs: &[Job],
+) -> Result<(), JobError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, current_user::text
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relrowsecurity AND row_security_active(c.oid)
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| JobError::sql(db, "look for row-level security policies", e))?;
+    let hit: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .filter(|(s, t)| {
+            jobs.iter()
+                .any(|j| j.mode == TableMode::Full && &j.schema == s && &j.name == t)
+        })
+        .collect();
+    match (hit.is_empty(), rows.first()) {
+        (false, Some(r)) => {
+            let tables: Vec<String> = hit.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+            Err(row_security_refusal(db, &tables.join(", "), r.get(2)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A table the backup role would read only part of: which, and the fix.
+fn row_security_refusal(db: &str, tables: &str, role: &str) -> JobError {
+    let (noun, verb) = match tables.contains(", ") {
+        true => ("tables", "have"),
+        false => ("table", "has"),
+    };
+    JobError::Sql {
+        database: db.into(),
+        what: format!("back up {tables}"),
+        message: format!(
+            "{noun} {tables} {verb} row-level security and role {role} is subject to it: grant BYPASSRLS to the backup role (ALTER ROLE {} BYPASSRLS) or use a superuser; a backup without it would hold only the rows the policy shows",
+            ident(role)
+        ),
+    }
 }
 
 /// The database as the dump planner sees it.
@@ -327,10 +396,13 @@ async fn describe(
                          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
                (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint,
                ARRAY(SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid ORDER BY 1),
-               ARRAY(SELECT con.conname::text FROM pg_constraint con WHERE con.conrelid = c.oid ORDER BY 1)
+               ARRAY(SELECT con.conname::text FROM pg_constraint con WHERE con.conrelid = c.oid ORDER BY 1),
+               (SELECT x.extcondition[array_position(x.extconfig, c.oid)] FROM pg_extension x WHERE c.oid = ANY (x.extconfig) LIMIT 1)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
-          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+          AND (NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+               -- An extension's member, but its data is the user's (as pg_dump does).
+               OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
         ORDER BY 1, 2");
     let rows = client
         .query(&tables_sql, &[])
@@ -353,6 +425,9 @@ async fn describe(
                     .collect(),
                 indexes: r.get(6),
                 constraints: r.get(7),
+                condition: r
+                    .get::<_, Option<String>>(8)
+                    .filter(|c| !c.trim().is_empty()),
             },
         );
         tables.push(wit::TableInfo {
@@ -409,6 +484,7 @@ fn split_large_tables(
         let parts = (heap / chunk_bytes.max(1)).min(workers as u64);
         if job.mode != TableMode::Full
             || parts < 2
+            || job.condition.is_some()
             || extra.is_none_or(|e| e.copy_columns.is_empty())
         {
             out.push(job);
@@ -465,7 +541,8 @@ async fn sequences(
         LEFT JOIN pg_class t ON t.oid = d.refobjid
         LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
         WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
-          AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
+          AND (NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
+               OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
         ORDER BY 1, 2";
     let rows = client
         .query(SEQUENCES, &[])
@@ -539,6 +616,7 @@ fn apply_plan(
                 columns: vec![],
                 indexes: vec![],
                 constraints: vec![],
+                condition: None,
             }),
         }
     }
@@ -671,9 +749,14 @@ async fn copy_worker(
     let db = url.database();
     let client = url.connect().await?;
     client
-        .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .batch_execute(&format!("{NO_ROW_SECURITY} BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"))
         .await
         .map_err(|e| JobError::sql(&db, "import the snapshot", e))?;
+    let role: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(|e| JobError::sql(&db, "read the backup role's name", e))?
+        .get(0);
     let mut done = Vec::new();
     loop {
         let Some(job) = queue.lock().unwrap().pop_front() else {
@@ -690,7 +773,7 @@ async fn copy_worker(
             constraints: job.constraints.clone(),
         };
         if job.mode == TableMode::Full {
-            copy_table(store, db_dir, &client, &db, &job, &mut entry, opts).await?;
+            copy_table(store, db_dir, &client, &db, &role, &job, &mut entry, opts).await?;
         }
         opts.progress.add_done(1);
         opts.progress
@@ -701,12 +784,14 @@ async fn copy_worker(
     Ok(done)
 }
 
+#[allow(clippy::too_many_arguments)]
 #[tracing::instrument(name = "backup.copy", skip_all, fields(table = %entry.qualified()))]
 async fn copy_table(
     store: &Store,
     db_dir: &str,
     client: &tokio_postgres::Client,
     db: &str,
+    role: &str,
     job: &Job,
     entry: &mut TableEntry,
     opts: &BackupOptions,
@@ -718,6 +803,18 @@ async fn copy_table(
     );
     let qualified = format!("{}.{}", ident(&job.schema), ident(&job.name));
     let (query, prefix) = match job.range {
+        // Not split (`split_large_tables`): config tables are small.
+        None if job.condition.is_some() => {
+            let columns: Vec<String> = job.columns.iter().map(|c| ident(c)).collect();
+            (
+                format!(
+                    "COPY (SELECT {} FROM ONLY {qualified} {}) TO STDOUT",
+                    columns.join(", "),
+                    job.condition.as_deref().unwrap_or_default()
+                ),
+                String::new(),
+            )
+        }
         None => (format!("COPY {qualified} TO STDOUT"), String::new()),
         Some((i, from, to)) => {
             let columns: Vec<String> = job.columns.iter().map(|c| ident(c)).collect();
@@ -730,10 +827,16 @@ async fn copy_table(
             )
         }
     };
-    let stream = client
-        .copy_out(&query)
-        .await
-        .map_err(|e| JobError::sql(db, &format!("copy {}", entry.qualified()), e))?;
+    let stream = client.copy_out(&query).await.map_err(|e| {
+        // A policy that appeared after `refuse_row_security` looked.
+        let rls = e.as_db_error().is_some_and(|d| {
+            d.code().code() == "42501" && d.message().contains("row-level security")
+        });
+        match rls {
+            true => row_security_refusal(db, &entry.qualified(), role),
+            false => JobError::sql(db, &format!("copy {}", entry.qualified()), e),
+        }
+    })?;
     futures::pin_mut!(stream);
     let chunk_path = |n: usize| format!("{table_dir}{prefix}{n:05}.copy.zst");
     let full =

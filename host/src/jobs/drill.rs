@@ -598,6 +598,30 @@ pub(super) fn verdict(name: String, ok: bool, detail: String) -> Check {
     }
 }
 
+/// The filter of each extension configuration table that has one: the
+/// backup copied only the rows it selects (as pg_dump does), and the rows
+/// the extension's own script inserted at restore do not match it. Read
+/// from the drill database, which holds only what the restore put there.
+async fn extension_conditions(
+    client: &tokio_postgres::Client,
+) -> Result<std::collections::HashMap<(String, String), String>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, x.extcondition[array_position(x.extconfig, c.oid)]
+             FROM pg_extension x CROSS JOIN LATERAL unnest(x.extconfig) AS cfg(oid)
+             JOIN pg_class c ON c.oid = cfg.oid JOIN pg_namespace n ON n.oid = c.relnamespace",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            let condition: Option<String> = r.get(2);
+            let condition = condition.filter(|c| !c.trim().is_empty())?;
+            Some(((r.get(0), r.get(1)), condition))
+        })
+        .collect())
+}
+
 /// The checks every drill runs; returns the restored row counts.
 #[tracing::instrument(name = "drill.checks", skip_all, fields(database = drill_db))]
 async fn builtin_checks(
@@ -630,15 +654,24 @@ async fn builtin_checks(
             format!("missing: {}", missing.join(", "))
         },
     ));
+    let conditions = extension_conditions(client)
+        .await
+        .map_err(|e| sql("list the extensions' configuration tables", e))?;
     let mut counts = Vec::new();
     for t in &entry.tables {
         if missing.contains(&t.qualified()) {
             continue;
         }
+        let condition = conditions
+            .get(&(t.schema.clone(), t.name.clone()))
+            .map(String::as_str)
+            .unwrap_or_default();
+        // ONLY: the backup copied this table's own rows, never its
+        // inheritance children's (each child is a table of its own).
         let n: i64 = client
             .query_one(
                 &format!(
-                    "SELECT count(*) FROM {}.{}",
+                    "SELECT count(*) FROM ONLY {}.{} {condition}",
                     ident(&t.schema),
                     ident(&t.name)
                 ),
@@ -755,6 +788,7 @@ async fn builtin_checks(
             ));
         }
     }
+    super::large_objects::check(client, drill_db, entry, prefix, checks).await?;
     checks.push(verdict(
         format!("{prefix}sequences"),
         off.is_empty(),

@@ -48,7 +48,7 @@ impl LocalCluster {
     /// random password for `postgres` (in [`LocalCluster::url`] only).
     /// `settings` are extra `name=value` server settings. Blocking.
     pub fn start(parent: &Path, settings: &[&str]) -> Result<LocalCluster, JobError> {
-        Self::start_with(parent, settings, false)
+        Self::start_with(None, parent, settings, false)
     }
 
     /// Like [`LocalCluster::start`], and also listening on 127.0.0.1 at a
@@ -56,15 +56,34 @@ impl LocalCluster {
     /// tests and benchmarks standing in for a production server, never for
     /// a drill.
     pub fn start_tcp(parent: &Path, settings: &[&str]) -> Result<LocalCluster, JobError> {
-        Self::start_with(parent, settings, true)
+        Self::start_with(None, parent, settings, true)
     }
 
-    fn start_with(parent: &Path, settings: &[&str], tcp: bool) -> Result<LocalCluster, JobError> {
+    /// [`LocalCluster::start_tcp`] with the server binaries (initdb,
+    /// postgres) in `bin` rather than the installed ones: for tests that need
+    /// a server build of their own (e.g. one with extensions of their own).
+    pub fn start_tcp_from(
+        bin: &Path,
+        parent: &Path,
+        settings: &[&str],
+    ) -> Result<LocalCluster, JobError> {
+        Self::start_with(Some(bin.join("initdb")), parent, settings, true)
+    }
+
+    fn start_with(
+        initdb: Option<PathBuf>,
+        parent: &Path,
+        settings: &[&str],
+        tcp: bool,
+    ) -> Result<LocalCluster, JobError> {
         let fail = |m: String| JobError::Tool {
             tool: "local postgres".into(),
             message: m,
         };
-        let initdb = pg_tool("initdb")?;
+        let initdb = match initdb {
+            Some(initdb) => initdb,
+            None => pg_tool("initdb")?,
+        };
         if !initdb.exists() {
             return Err(fail("no PostgreSQL server binaries (initdb) found: install the postgresql package, or set FIREDRILL_PG_BIN".into()));
         }

@@ -4,7 +4,6 @@
 
 use super::JobError;
 use std::path::PathBuf;
-use tokio_postgres::NoTls;
 use url::Url;
 
 /// A connection URL, kept whole for connecting and shown only redacted.
@@ -32,6 +31,8 @@ impl PgUrl {
                 url.scheme()
             )));
         }
+        super::pg_tls::check_url(&url)
+            .map_err(|e| JobError::Config(format!("database URL: {e}")))?;
         Ok(PgUrl { url })
     }
 
@@ -103,9 +104,10 @@ impl PgUrl {
             .query_pairs()
             .filter_map(|(k, v)| {
                 match crate::telemetry::redact::SECRET_PARAMETERS.contains(&k.as_ref()) {
-                    // sslpassword has no environment variable: masked for
-                    // people, kept for the tools (see `command`).
-                    true if mask.is_none() && k == "sslpassword" => Some((k, v)),
+                    // sslpassword has no environment variable, and a
+                    // command line is readable by every local user: it
+                    // never goes to a tool (firedrill refuses encrypted
+                    // keys before any tool starts, see `pg_tls`).
                     true => mask.map(|m| (k, m.into())),
                     false => Some((k, v)),
                 }
@@ -148,17 +150,17 @@ impl PgUrl {
         format!("{host}-{}", self.url.port().unwrap_or(5432))
     }
 
+    /// Connects with the URL's TLS settings (see `pg_tls`).
     pub async fn connect(&self) -> Result<tokio_postgres::Client, JobError> {
-        let (client, conn) = tokio_postgres::connect(self.secret_url(), NoTls)
+        let failed = |message| JobError::Connect {
+            url: self.redacted(),
+            message,
+        };
+        super::pg_tls::PgConnect::from_url(self.secret_url())
+            .map_err(failed)?
+            .connect()
             .await
-            .map_err(|e| JobError::Connect {
-                url: self.redacted(),
-                message: e.to_string(),
-            })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+            .map_err(failed)
     }
 
     /// The databases of this server that accept connections, templates aside.
@@ -333,6 +335,15 @@ mod tests {
             );
         }
         assert!(u.redacted().contains("password=***"), "{}", u.redacted());
+        // A key's password has no environment variable: it never reaches a tool.
+        let key =
+            PgUrl::parse("postgres://app@db/app?sslmode=verify-full&sslpassword=k3y").unwrap();
+        assert!(
+            !key.without_password().contains("k3y"),
+            "{}",
+            key.without_password()
+        );
+        assert!(key.without_password().contains("sslmode=verify-full"));
         assert!(!u.without_password().contains("password"));
         // Both forms at once: the parameter is the one libpq uses.
         let both = PgUrl::parse("postgres://app:inner@db/app?password=outer").unwrap();

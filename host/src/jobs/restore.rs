@@ -206,6 +206,7 @@ async fn load(
     let workers = (0..opts.jobs.max(1))
         .map(|_| load_worker(store, backup, &opts.target, queue.clone(), &opts.progress));
     let counts = futures::future::try_join_all(workers).await?;
+    super::large_objects::restore(store, backup, entry, &opts.target, &opts.progress).await?;
     set_sequences(entry, &opts.target).await?;
     apply_sql(store, backup, &entry.post_data, &opts.target).await?;
     Ok(counts

@@ -1,0 +1,569 @@
+//! TLS for every PostgreSQL connection the agent makes (source, drill,
+//! catalog, plugin sql), with libpq's settings and meaning: `sslmode`
+//! (disable, allow, prefer, require, verify-ca, verify-full), `sslrootcert`
+//! (a file, or `system`), `sslcert`/`sslkey`, from the URL or else from
+//! `PGSSLMODE`/`PGSSLROOTCERT`/`PGSSLCERT`/`PGSSLKEY`, and libpq's default
+//! files under `~/.postgresql/`. The client tools (pg_dump, psql) are libpq
+//! themselves: they get the same URL and inherit the same environment.
+//!
+//! tokio-postgres knows only disable/prefer/require and refuses the other
+//! ssl* parameters, so they are taken out of the URL here and the TLS is
+//! ours: one rustls configuration per connection, verifying what libpq
+//! verifies. Unix sockets never use TLS (as libpq).
+//!
+//! `sslpassword` (an encrypted client key) is not supported: rustls reads
+//! only plain keys, and an encrypted one is refused naming the fix.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_postgres::config::{Host, SslMode as WireMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::rustls::{
+    self,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    client::WebPkiServerVerifier,
+    crypto::CryptoProvider,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+/// The parameters handled here, never passed to tokio-postgres.
+const OURS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// `where_` names the setting for the error (`sslmode` or `PGSSLMODE`).
+    pub fn parse(value: &str, where_: &str) -> Result<SslMode, String> {
+        Ok(match value {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                "{where_}={other:?} is not an sslmode: use disable, allow, prefer, require, verify-ca or verify-full"
+            ))
+            }
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+/// Checks the URL's own `sslmode` (at configuration time, so that a typo
+/// stops the agent from starting rather than a job at night).
+pub fn check_url(url: &url::Url) -> Result<(), String> {
+    if let Some((_, v)) = url.query_pairs().find(|(k, _)| k == "sslmode") {
+        SslMode::parse(&v, "sslmode")?;
+    }
+    Ok(())
+}
+
+enum Roots {
+    File(PathBuf),
+    System,
+}
+
+/// How to connect to one URL: tokio-postgres's settings plus the TLS.
+#[derive(Clone)]
+pub struct PgConnect {
+    config: tokio_postgres::Config,
+    /// The wire modes to try in turn (libpq's allow and prefer try twice).
+    attempts: Vec<WireMode>,
+    tls: MakeRustlsConnect,
+}
+
+impl PgConnect {
+    /// Reads `url` (libpq's URL form) and the PGSSL* environment.
+    pub fn from_url(url: &str) -> Result<PgConnect, String> {
+        Self::from_url_env(url, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    fn from_url_env(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PgConnect, String> {
+        let mut parsed = url::Url::parse(url).map_err(|e| format!("database URL: {e}"))?;
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let param = |name: &str, var: &str| -> Option<(String, String)> {
+            match pairs.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => Some((v.clone(), name.to_string())),
+                None => env(var).map(|v| (v, var.to_string())),
+            }
+        };
+        let root = param("sslrootcert", "PGSSLROOTCERT").map(|(v, _)| match v.as_str() {
+            "system" => Roots::System,
+            _ => Roots::File(PathBuf::from(v)),
+        });
+        let mode = match param("sslmode", "PGSSLMODE") {
+            Some((v, setting)) => SslMode::parse(&v, &setting)?,
+            // libpq: the system roots are only worth checking with the name.
+            None if matches!(root, Some(Roots::System)) => SslMode::VerifyFull,
+            None => SslMode::Prefer,
+        };
+        if matches!(root, Some(Roots::System)) && mode != SslMode::VerifyFull {
+            return Err(format!(
+                "weak sslmode={} may not be used with sslrootcert=system (use sslmode=verify-full)",
+                mode.name()
+            ));
+        }
+        let cert = param("sslcert", "PGSSLCERT").map(|(v, _)| PathBuf::from(v));
+        let key = param("sslkey", "PGSSLKEY").map(|(v, _)| PathBuf::from(v));
+        let kept: Vec<&(String, String)> = pairs
+            .iter()
+            .filter(|(k, _)| !OURS.contains(&k.as_str()))
+            .collect();
+        parsed.set_query(None);
+        if !kept.is_empty() {
+            parsed
+                .query_pairs_mut()
+                .extend_pairs(kept.iter().map(|(k, v)| (k, v)));
+        }
+        let config: tokio_postgres::Config = parsed
+            .as_str()
+            .parse()
+            .map_err(|e: tokio_postgres::Error| format!("database URL: {e}"))?;
+        let sockets_only = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)))
+            && !config.get_hosts().is_empty();
+        let (attempts, tls) = if mode == SslMode::Disable || sockets_only {
+            (vec![WireMode::Disable], plain_connector()?)
+        } else {
+            let attempts = match mode {
+                SslMode::Allow => vec![WireMode::Disable, WireMode::Require],
+                SslMode::Prefer => vec![WireMode::Prefer, WireMode::Disable],
+                _ => vec![WireMode::Require],
+            };
+            (attempts, connector(mode, root, cert, key, env)?)
+        };
+        Ok(PgConnect {
+            config,
+            attempts,
+            tls,
+        })
+    }
+
+    /// The connector, for cancel requests.
+    pub fn tls(&self) -> MakeRustlsConnect {
+        self.tls.clone()
+    }
+
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, String> {
+        let mut failed = Vec::new();
+        for mode in &self.attempts {
+            let mut config = self.config.clone();
+            config.ssl_mode(*mode);
+            match config.connect(self.tls.clone()).await {
+                Ok((client, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    return Ok(client);
+                }
+                Err(e) => {
+                    let again = retry(&e);
+                    failed.push((*mode, full_error(&e)));
+                    if !again {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(describe(failed))
+    }
+
+    /// The same for the blocking `postgres` client; `adjust` sets what the
+    /// caller adds (timeouts, application name).
+    pub fn connect_blocking(
+        &self,
+        adjust: impl Fn(&mut postgres::Config),
+    ) -> Result<postgres::Client, String> {
+        let mut failed = Vec::new();
+        for mode in &self.attempts {
+            let mut config = postgres::Config::from(self.config.clone());
+            config.ssl_mode(*mode);
+            adjust(&mut config);
+            match config.connect(self.tls.clone()) {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    let again = retry(&e);
+                    failed.push((*mode, full_error(&e)));
+                    if !again {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(describe(failed))
+    }
+}
+
+/// libpq's allow and prefer try the other way after the server refused
+/// the session (pg_hba.conf, authentication) or the TLS handshake failed,
+/// not when the server cannot be reached at all.
+fn retry(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some() || e.to_string().contains("TLS")
+}
+
+/// tokio-postgres's Display says only "error performing TLS handshake":
+/// the cause (which certificate check failed) is what the operator needs.
+fn full_error(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s = format!("{s}: {c}");
+        }
+        source = cause.source();
+    }
+    s
+}
+
+fn describe(failed: Vec<(WireMode, String)>) -> String {
+    if failed.len() == 1 {
+        return failed
+            .into_iter()
+            .next()
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+    }
+    failed
+        .into_iter()
+        .map(|(mode, m)| match mode {
+            WireMode::Disable => format!("without TLS: {m}"),
+            _ => format!("with TLS: {m}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// For sslmode=disable and sockets: never used for a handshake.
+fn plain_connector() -> Result<MakeRustlsConnect, String> {
+    let provider = provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// libpq's default files, used when neither the URL nor the environment names one.
+fn default_file(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let home = env("HOME")?;
+    let p = Path::new(&home).join(".postgresql").join(name);
+    p.exists().then_some(p)
+}
+
+fn connector(
+    mode: SslMode,
+    root: Option<Roots>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<MakeRustlsConnect, String> {
+    let provider = provider();
+    let root = root.or_else(|| default_file("root.crt", env).map(Roots::File));
+    let verifier: Arc<dyn ServerCertVerifier> = match root {
+        // libpq checks the chain whenever it has a root certificate, even
+        // under require; the host name only under verify-full.
+        Some(root) => {
+            let mut store = RootCertStore::empty();
+            match root {
+                Roots::System => {
+                    for cert in rustls_native_certs::load_native_certs().certs {
+                        let _ = store.add(cert);
+                    }
+                    if store.is_empty() {
+                        return Err("sslrootcert=system: no system root certificates found (install ca-certificates, or name the CA's file in sslrootcert)".into());
+                    }
+                }
+                Roots::File(path) => {
+                    let certs = CertificateDer::pem_file_iter(&path)
+                        .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                    for cert in certs {
+                        let cert =
+                            cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                        store
+                            .add(cert)
+                            .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                    }
+                    if store.is_empty() {
+                        return Err(format!(
+                            "sslrootcert {}: no certificate in the file",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                .build()
+                .map_err(|e| format!("sslrootcert: {e}"))?;
+            if mode == SslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(AnyName(webpki))
+            }
+        }
+        None if mode.verifies() => {
+            return Err(format!(
+                "sslmode={} needs the server's root certificate: set sslrootcert to the CA's file (or sslrootcert=system for a publicly signed server)",
+                mode.name()
+            ))
+        }
+        None => Arc::new(Unverified(provider.clone())),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let cert = cert.or_else(|| default_file("postgresql.crt", env));
+    let config = match cert {
+        Some(cert) => {
+            let key = key
+                .or_else(|| default_file("postgresql.key", env))
+                .ok_or_else(|| {
+                    format!(
+                        "sslcert {} has no key: set sslkey to its private key's file",
+                        cert.display()
+                    )
+                })?;
+            let chain = CertificateDer::pem_file_iter(&cert)
+                .map_err(|e| format!("sslcert {}: {e}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("sslcert {}: {e}", cert.display()))?;
+            builder
+                .with_client_auth_cert(chain, read_key(&key)?)
+                .map_err(|e| {
+                    format!("sslcert {} / sslkey {}: {e}", cert.display(), key.display())
+                })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// The client key, with libpq's rule on its permissions.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("sslkey {}: {e}", path.display()))?;
+    let loose = if meta.uid() == 0 {
+        meta.mode() & 0o037 != 0
+    } else {
+        meta.mode() & 0o077 != 0
+    };
+    if meta.is_file() && loose {
+        return Err(format!(
+            "sslkey {} has group or world access: chmod 0600 it (or 0640 if owned by root)",
+            path.display()
+        ));
+    }
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        let encrypted = std::fs::read_to_string(path)
+            .map(|s| s.contains("ENCRYPTED"))
+            .unwrap_or(false);
+        if encrypted {
+            format!(
+                "sslkey {} is encrypted, and sslpassword is not supported: decrypt it (openssl pkey -in KEY -out PLAIN) and keep it 0600",
+                path.display()
+            )
+        } else {
+            format!("sslkey {}: {e}", path.display())
+        }
+    })
+}
+
+/// verify-ca (and require with a root certificate): the chain must end at
+/// a trusted root, and any host name will do.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // webpki checks the name only after the chain: a name error means the chain is good.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// require/prefer/allow without a root certificate: encrypted, not
+/// authenticated (libpq's meaning). The handshake's signatures are still
+/// checked, so the session is bound to the certificate shown.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_none(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn every_libpq_sslmode_is_read_and_an_unknown_one_is_an_error_naming_it() {
+        for m in ["disable", "allow", "prefer", "require"] {
+            let c = PgConnect::from_url_env(&format!("postgres://u@db/x?sslmode={m}"), &env_none)
+                .unwrap();
+            let want = match m {
+                "disable" => vec![WireMode::Disable],
+                "allow" => vec![WireMode::Disable, WireMode::Require],
+                "prefer" => vec![WireMode::Prefer, WireMode::Disable],
+                _ => vec![WireMode::Require],
+            };
+            assert_eq!(c.attempts, want, "{m}");
+        }
+        let e = PgConnect::from_url_env("postgres://u@db/x?sslmode=verify_full", &env_none)
+            .err()
+            .unwrap();
+        assert!(e.contains("sslmode=\"verify_full\""), "{e}");
+        let env = |k: &str| (k == "PGSSLMODE").then(|| "bogus".to_string());
+        let e = PgConnect::from_url_env("postgres://u@db/x", &env)
+            .err()
+            .unwrap();
+        assert!(e.contains("PGSSLMODE"), "{e}");
+        // The URL wins over the environment.
+        assert!(PgConnect::from_url_env("postgres://u@db/x?sslmode=require", &env).is_ok());
+        // Verifying without a root certificate is refused, naming the setting.
+        let e = PgConnect::from_url_env("postgres://u@db/x?sslmode=verify-ca", &env_none)
+            .err()
+            .unwrap();
+        assert!(e.contains("sslrootcert"), "{e}");
+        let e = PgConnect::from_url_env(
+            "postgres://u@db/x?sslmode=require&sslrootcert=system",
+            &env_none,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("verify-full"), "{e}");
+        // Sockets never use TLS, as libpq.
+        let c = PgConnect::from_url_env("postgres://u@%2Ftmp%2Fs/x?sslmode=require", &env_none)
+            .unwrap();
+        assert_eq!(c.attempts, vec![WireMode::Disable]);
+    }
+
+    #[test]
+    fn a_missing_sslrootcert_file_is_named() {
+        let e = PgConnect::from_url_env(
+            "postgres://u@db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            &env_none,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("sslrootcert /nonexistent/ca.pem"), "{e}");
+    }
+}
