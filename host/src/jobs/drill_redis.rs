@@ -73,7 +73,7 @@ pub(super) async fn drill(
         format!("{} checks out ({} bytes)", entry.rdb.path, entry.raw_bytes),
     ));
     opts.progress.phase("loading the snapshot");
-    let password = hex::encode(rand::random::<[u8; 24]>());
+    let password = super::local_pg::random_password();
     let socket = dir.join("redis.sock");
     let conf = dir.join("redis.conf");
     if let Err(e) = write_private(&conf, &server_config(&dir, &socket, &password)) {
@@ -240,14 +240,11 @@ fn key_checks(
         .collect()
 }
 
-/// mkdtemp: a fresh random name, created 0700, never an existing path.
 fn private_dir(parent: &Path) -> std::io::Result<PathBuf> {
-    Ok(tempfile::Builder::new()
-        .prefix(&format!("firedrill-redis-drill-{}-", std::process::id()))
-        .rand_bytes(10)
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir_in(parent)?
-        .keep())
+    super::local_pg::private_dir(
+        parent,
+        &format!("firedrill-redis-drill-{}-", std::process::id()),
+    )
 }
 
 /// The server's settings: no TCP, its socket and data in `dir`, a password.

@@ -72,7 +72,7 @@ pub async fn create(admin: &PgUrl) -> Result<DrillRole, JobError> {
         .map(|r| r.get(0))
         .collect();
     let name = role_name(&db);
-    let password = hex::encode(rand::random::<[u8; 24]>());
+    let password = super::local_pg::random_password();
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     let role = ident(&name);
     let mut ddl = format!(

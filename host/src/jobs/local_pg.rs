@@ -89,21 +89,18 @@ impl LocalCluster {
         }
         let bin = initdb.parent().unwrap_or(Path::new("/")).to_path_buf();
         let me = std::process::id();
-        // mkdtemp: a fresh random name, created 0700, never an existing path.
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{PREFIX}{me}.{}-", start_time(me).unwrap_or(0)))
-            .rand_bytes(10)
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir_in(parent)
-            .map_err(|e| {
-                fail(format!(
-                    "cannot create a directory in {}: {e}",
-                    parent.display()
-                ))
-            })?
-            .keep();
+        let dir = private_dir(
+            parent,
+            &format!("{PREFIX}{me}.{}-", start_time(me).unwrap_or(0)),
+        )
+        .map_err(|e| {
+            fail(format!(
+                "cannot create a directory in {}: {e}",
+                parent.display()
+            ))
+        })?;
         set_mode(&dir, 0o700);
-        let password = hex::encode(rand::random::<[u8; 24]>());
+        let password = random_password();
         let pwfile = dir.join("pwfile");
         let written = {
             use std::io::Write;
@@ -376,6 +373,22 @@ fn stop_pid(pid: u32) {
         unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// mkdtemp: a fresh random name under `parent`, created 0700, never an
+/// existing path or a symlink. For the drill servers' private directories.
+pub(super) fn private_dir(parent: &Path, prefix: &str) -> std::io::Result<PathBuf> {
+    Ok(tempfile::Builder::new()
+        .prefix(prefix)
+        .rand_bytes(10)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(parent)?
+        .keep())
+}
+
+/// A password for a throwaway server or role: 192 random bits, hex.
+pub(super) fn random_password() -> String {
+    hex::encode(rand::random::<[u8; 24]>())
 }
 
 fn set_mode(p: &Path, mode: u32) {
