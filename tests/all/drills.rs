@@ -150,6 +150,48 @@ fn a_local_drill_starts_and_removes_its_own_cluster() {
     );
 }
 
+/// A real database's objects belong to its own roles, which a throwaway
+/// cluster does not have: the local drill creates them (without login)
+/// instead of failing a correct backup.
+#[test]
+fn a_local_drill_creates_the_roles_the_schema_names() {
+    let pg = harness::postgres();
+    let db = pg.fresh_database("owned");
+    let (owner, reader, writer) = (
+        format!("{db}_Owner \"x\""),
+        format!("{db}_reader"),
+        format!("{db}_writer"),
+    );
+    let q = |r: &str| format!("\"{}\"", r.replace('"', "\"\""));
+    pg.client(&db)
+        .batch_execute(&format!(
+            "CREATE ROLE {o}; CREATE ROLE {r}; CREATE ROLE {w};
+             CREATE SCHEMA app AUTHORIZATION {o};
+             CREATE TABLE app.items (id int PRIMARY KEY, name text);
+             ALTER TABLE app.items OWNER TO {o};
+             INSERT INTO app.items SELECT g, 'n' || g FROM generate_series(1, 50) g;
+             GRANT SELECT ON app.items TO {r}, {w};
+             GRANT UPDATE ON app.items TO {w};",
+            o = q(&owner),
+            r = q(&reader),
+            w = q(&writer)
+        ))
+        .unwrap();
+    let (store, _) = file_store();
+    let id = backup_id(
+        &["--database-url", &pg.url(&db), "--store", &store, "--no-globals"],
+        &[],
+    );
+    let tmp = harness::tempdir("localroles");
+    let (o, r) = drill(
+        &["--store", &store, &id, "--local"],
+        &[("TMPDIR", tmp.display().to_string())],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(r["passed"], true, "{r:#}");
+    assert_eq!(r["databases"][0]["tables"][0]["rows"], 50, "{r:#}");
+}
+
 #[test]
 fn every_kind_of_corruption_fails_the_drill_naming_it() {
     let pg = harness::postgres();

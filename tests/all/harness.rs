@@ -352,7 +352,11 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(faults: Faults) -> FaultProxy {
-        let upstream = s3().port;
+        FaultProxy::start_to(s3().port, faults)
+    }
+
+    /// A fault proxy in front of any HTTP server on 127.0.0.1 (a store).
+    pub fn start_to(upstream: u16, faults: Faults) -> FaultProxy {
         let port = free_port();
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let proxy = FaultProxy {
@@ -934,3 +938,342 @@ pub fn issue_cert(dir: &Path, name: &str, subject: &str, ext: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+// ----- PostgreSQL of a given major version (tests/all/versions.rs) ----------
+
+/// The bin directory of PostgreSQL `major` for the version matrix: Debian's
+/// packages for the machine's own major, else `scripts/setup`'s
+/// `target/tools/pg<major>/bin`. A missing one fails the test, never skips it.
+pub fn pg_bin(major: u32) -> PathBuf {
+    let candidates = [
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+        root().join(format!("target/tools/pg{major}/bin")),
+    ];
+    candidates
+        .iter()
+        .find(|d| d.join("initdb").exists() && d.join("pg_dump").exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no PostgreSQL {major} (server and client tools) in {} or {}: run scripts/setup",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
+        .clone()
+}
+
+/// A private cluster of its own from the binaries in `bin` (the agent's
+/// throwaway-cluster code, over TCP on a free port), stopped and removed
+/// when dropped (and by the exit hook, if the test dies first).
+pub struct PostgresFrom {
+    pub pg: Postgres,
+    _cluster: firedrill::jobs::local_pg::LocalCluster,
+}
+
+impl Drop for PostgresFrom {
+    fn drop(&mut self) {
+        // The cluster stops itself next; its pid must not be signalled at exit.
+        let pid = self._cluster.pid();
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _)| *p != pid);
+    }
+}
+
+impl std::ops::Deref for PostgresFrom {
+    type Target = Postgres;
+    fn deref(&self) -> &Postgres {
+        &self.pg
+    }
+}
+
+pub fn postgres_from(bin: &Path) -> PostgresFrom {
+    let cluster = firedrill::jobs::local_pg::LocalCluster::start_tcp_from(
+        bin,
+        scratch(),
+        &["max_connections=50"],
+    )
+    .unwrap_or_else(|e| panic!("PostgreSQL from {}: {e}", bin.display()));
+    CHILDREN
+        .lock()
+        .unwrap()
+        .push((cluster.pid(), libc::SIGQUIT));
+    PostgresFrom {
+        pg: Postgres {
+            port: cluster.port(),
+            bin: bin.to_path_buf(),
+        },
+        _cluster: cluster,
+    }
+}
+
+// ----- GCS (fake-gcs-server) and Azure Blob Storage (Azurite) ----------------
+// Both installed by scripts/setup into target/tools; one of each per run.
+
+pub struct Gcs {
+    pub port: u16,
+}
+
+impl Gcs {
+    /// A new, empty bucket (the emulator takes JSON API calls without auth).
+    pub fn bucket(&self, prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let r = http(
+            self.port,
+            "POST",
+            "/storage/v1/b",
+            &[("content-type", "application/json")],
+            &format!("{{\"name\":\"{name}\"}}"),
+        );
+        assert_eq!(r.status, 200, "creating GCS bucket {name}: {}", r.body);
+        name
+    }
+
+    /// The environment every Google client reads for an emulator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{}", self.port))]
+    }
+
+    /// Every object in `bucket` with its size, from the emulator's own
+    /// listing.
+    pub fn objects(&self, bucket: &str) -> Vec<(String, u64)> {
+        let r = dechunked(http(
+            self.port,
+            "GET",
+            &format!("/storage/v1/b/{bucket}/o"),
+            &[],
+            "",
+        ));
+        assert_eq!(r.status, 200, "listing {bucket}: {}", r.body);
+        let items = r.json()["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .map(|o| {
+                let size = o["size"].as_str().unwrap().parse().unwrap();
+                (o["name"].as_str().unwrap().to_string(), size)
+            })
+            .collect()
+    }
+}
+
+pub fn gcs() -> &'static Gcs {
+    static G: OnceLock<Gcs> = OnceLock::new();
+    G.get_or_init(|| {
+        let bin = root().join("target/tools/fake-gcs-server");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/setup",
+            bin.display()
+        );
+        let dir = scratch().join("gcs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let log = dir.join("fake-gcs-server.log");
+        let (o, e) = log_file(&log);
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            &port.to_string(),
+            "-backend",
+            "filesystem",
+            "-log-level",
+            "warn",
+            // Resumable upload sessions are handed out at this address.
+            "-external-url",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .arg("-filesystem-root")
+        .arg(dir.join("data"))
+        .stdout(o)
+        .stderr(e);
+        let mut child = spawn_kept(cmd, libc::SIGKILL);
+        wait_until("fake-gcs-server", &mut child, &log, || {
+            http_get(port, "/storage/v1/b").is_some_and(|s| s == 200)
+        });
+        Gcs { port }
+    })
+}
+
+pub struct Azurite {
+    pub port: u16,
+    pub account: String,
+    pub key: String,
+}
+
+impl Azurite {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, self.account)
+    }
+
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={};",
+            self.account,
+            self.key,
+            self.endpoint()
+        )
+    }
+
+    /// The account and key variables of the Azure CLI, with the endpoint.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_SERVICE_ENDPOINT", self.endpoint()),
+            ("AZURE_STORAGE_ACCOUNT", self.account.clone()),
+            ("AZURE_STORAGE_KEY", self.key.clone()),
+        ]
+    }
+
+    /// A new container, created with a request signed by the account key
+    /// (Azurite checks signatures as Azure does).
+    pub fn container(&self, prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = format!("/{}/{name}?restype=container", self.account);
+        let r = self.signed("PUT", &path, &name, "restype:container");
+        assert_eq!(r.status, 201, "creating container {name}: {}", r.body);
+        name
+    }
+
+    /// Every blob in `container` with its size, from the emulator's own
+    /// listing.
+    pub fn blobs(&self, container: &str) -> Vec<(String, u64)> {
+        let path = format!("/{}/{container}?restype=container&comp=list", self.account);
+        let r = dechunked(self.signed("GET", &path, container, "comp:list\nrestype:container"));
+        assert_eq!(r.status, 200, "listing {container}: {}", r.body);
+        let mut out = Vec::new();
+        for blob in r.body.split("<Blob>").skip(1) {
+            let field = |tag: &str| {
+                let open = format!("<{tag}>");
+                let start = blob.find(&open).unwrap() + open.len();
+                blob[start..start + blob[start..].find('<').unwrap()].to_string()
+            };
+            out.push((field("Name"), field("Content-Length").parse().unwrap()));
+        }
+        out
+    }
+
+    /// A Shared Key request: `resource` is the path after the account,
+    /// `query` the canonicalized query lines.
+    fn signed(&self, method: &str, path: &str, resource: &str, query: &str) -> Reply {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let date = rfc1123_now();
+        let version = "2021-08-06";
+        let mut canon = format!("/{}/{}/{resource}", self.account, self.account);
+        if !query.is_empty() {
+            canon.push('\n');
+            canon.push_str(query);
+        }
+        let to_sign = format!(
+            "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n{canon}"
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(&self.key)
+            .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(to_sign.as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let auth = format!("SharedKey {}:{sig}", self.account);
+        http(
+            self.port,
+            method,
+            path,
+            &[
+                ("x-ms-date", &date),
+                ("x-ms-version", version),
+                ("authorization", &auth),
+            ],
+            "",
+        )
+    }
+}
+
+/// A reply whose body came in chunked transfer encoding, joined.
+fn dechunked(mut r: Reply) -> Reply {
+    if r.header("transfer-encoding") != Some("chunked") {
+        return r;
+    }
+    let (mut rest, mut body) = (r.body.as_str(), String::new());
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        body.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    r.body = body;
+    r
+}
+
+/// The current time as HTTP dates are written.
+fn rfc1123_now() -> String {
+    let t = unsafe { libc::time(std::ptr::null_mut()) };
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::gmtime_r(&t, &mut tm) };
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[tm.tm_wday as usize],
+        tm.tm_mday,
+        MONTHS[tm.tm_mon as usize],
+        tm.tm_year + 1900,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+pub fn azurite() -> &'static Azurite {
+    static A: OnceLock<Azurite> = OnceLock::new();
+    A.get_or_init(|| {
+        let bin = root().join("target/tools/azurite/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/setup",
+            bin.display()
+        );
+        let dir = scratch().join("azurite");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let log = dir.join("azurite.log");
+        let (o, e) = log_file(&log);
+        // An account of this run's own, with a random key: a test that
+        // looks for the key in output finds only what leaked.
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let account = "firedrilltest".to_string();
+        let mut cmd = Command::new(bin);
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(dir.join("data"))
+            // opendal may speak a newer API version than this Azurite knows.
+            .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
+            .env("AZURITE_ACCOUNTS", format!("{account}:{key}"))
+            .stdout(o)
+            .stderr(e);
+        let mut child = spawn_kept(cmd, libc::SIGKILL);
+        wait_until("azurite", &mut child, &log, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Azurite { port, account, key }
+    })
+}
+

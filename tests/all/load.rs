@@ -28,10 +28,12 @@ fn two_hundred_clients_with_the_authorizer_while_a_backup_runs() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
-    // Per subject 600 a minute: the busiest subjects hit it, by design.
+    // Per subject 100 a minute: every subject hits it within seconds, by
+    // design, however slowly a loaded machine serves (321 req/s seen at the
+    // slowest, 32 per subject; 600 a minute was not reached in 15 s there).
     let api = agent(
         "load",
-        &signed_policies("subject_limit = \"600/1m\"\naddress_limit = \"1000000/1m\"\n"),
+        &signed_policies("subject_limit = \"100/1m\"\naddress_limit = \"1000000/1m\"\n"),
     );
     let port = api.port;
     let pid = api.child.id();

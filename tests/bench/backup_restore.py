@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCALE = int(os.environ.get("FIREDRILL_BENCH_SCALE", "30"))
 JOBS = int(os.environ.get("FIREDRILL_BENCH_JOBS", "4"))
 NOISE_MIB = int(os.environ.get("FIREDRILL_BENCH_NOISE_MIB", "64"))
-BIN = os.path.join(ROOT, "target/release/firedrill")
+BIN = os.environ.get("FIREDRILL_BENCH_BIN", os.path.join(ROOT, "target/release/firedrill"))
 PGBIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))[-1]
 
 
@@ -50,7 +50,8 @@ def size_of(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def main():
+def cluster(body):
+    """Runs body(work, port) against a throwaway cluster, removed afterwards."""
     work = tempfile.mkdtemp(prefix="firedrill-bench-")
     os.chmod(work, 0o755)
     if os.geteuid() == 0:
@@ -61,10 +62,10 @@ def main():
     s.close()
     data = os.path.join(work, "data")
     subprocess.run(as_postgres([f"{PGBIN}/initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"]), check=True, stdout=subprocess.DEVNULL)
-    opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {work} -c fsync=off -c synchronous_commit=off -c max_wal_size=8GB -c checkpoint_timeout=1h"
+    opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {work} -c fsync=off -c synchronous_commit=off -c max_wal_size=8GB -c checkpoint_timeout=1h -c max_locks_per_transaction=1024"
     subprocess.run(as_postgres([f"{PGBIN}/pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(work, "pg.log"), "-w", "start"]), check=True, stdout=subprocess.DEVNULL)
     try:
-        bench(work, port)
+        body(work, port)
     finally:
         subprocess.run(as_postgres([f"{PGBIN}/pg_ctl", "-D", data, "-m", "immediate", "stop"]), stdout=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
@@ -144,4 +145,4 @@ def bench(work, port):
 
 
 if __name__ == "__main__":
-    main()
+    cluster(bench)

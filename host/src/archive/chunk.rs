@@ -32,7 +32,7 @@ pub struct ObjectWriter {
     /// The store, as errors name it.
     store: String,
     path: String,
-    writer: opendal::Writer,
+    writer: super::store::StoreWriter,
     encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
     batch: Vec<u8>,
     sealer: Option<Sealer>,

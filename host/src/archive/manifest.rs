@@ -66,6 +66,12 @@ pub struct TableEntry {
     /// Constraint names at dump time.
     #[serde(default)]
     pub constraints: Vec<String>,
+    /// The columns of the COPY data, in its order (generated ones are not
+    /// copied): a restore loads by name, since a restored table's columns
+    /// may be in another order than its source's (an inheritance child whose
+    /// parent gained a column). Empty in older backups: the table's own order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
 }
 
 impl TableEntry {
@@ -163,9 +169,23 @@ pub struct Manifest {
     /// Every other object is an age payload under the key this header wraps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// PostgreSQL: the source's major version and the pg_dump that dumped
+    /// it. Absent for Redis, and in manifests written before it was recorded
+    /// (see [`Manifest::server_major`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgVersions>,
     /// Always last: see [`Manifest::to_bytes`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
+}
+
+/// The versions behind a PostgreSQL backup: a restore needs a server at
+/// least as new as the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgVersions {
+    pub server_major: u32,
+    /// The `--version` line of the pg_dump used, e.g. `pg_dump (PostgreSQL) 17.10`.
+    pub pg_dump: String,
 }
 
 /// How a backup is encrypted: one file key per backup, wrapped for each
@@ -236,6 +256,24 @@ pub struct Compression {
 }
 
 impl Manifest {
+    /// The PostgreSQL source's major version: recorded, or read from
+    /// `server_version` in older manifests. None for Redis.
+    pub fn server_major(&self) -> Option<u32> {
+        if self.kind != "postgres" {
+            return None;
+        }
+        if let Some(v) = &self.postgres {
+            return Some(v.server_major);
+        }
+        let digits: String = self
+            .server_version
+            .trim()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    }
+
     /// The manifest as stored: pretty JSON, and when signed, the signature
     /// appended as the last member. The signature covers the bytes without
     /// it, exactly, so checking needs no canonical JSON: cut the signature

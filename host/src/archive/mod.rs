@@ -32,7 +32,7 @@ pub mod store;
 pub use chunk::{ObjectReader, ObjectWriter};
 pub use keys::{KeySettings, Keys};
 pub use manifest::{Manifest, ObjectRef};
-pub use store::{S3Options, Store};
+pub use store::{AzureOptions, GcsOptions, S3Options, Store, StoreOptions};
 
 use serde::Serialize;
 

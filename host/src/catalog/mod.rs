@@ -4,20 +4,22 @@
 //! rebuilds backups and drills from it; jobs and audit entries are
 //! appended as they happen.
 //!
-//! Invariants: the schema changes only through [`migrate`] / [`rollback`],
-//! one transaction per migration under an advisory lock (two agents never
-//! migrate at once); `--dry-run` changes nothing; the agent never migrates
-//! on its own (it refuses a catalog at another version and says what to
-//! run); a catalog that is down never fails a job: the write is logged and
-//! skipped.
+//! Invariants: the schema changes only through [`Catalog::migrate`] /
+//! [`Catalog::rollback`] (sqlx's migrator: one transaction per migration,
+//! under its advisory lock, so two agents never migrate at once);
+//! `--dry-run` changes nothing; the agent never migrates on its own (it
+//! refuses a catalog at another version and says what to run); a catalog
+//! that is down never fails a job: the write is logged and skipped.
 
+mod connect;
 pub mod migrations;
 
 use crate::archive::{self as arch, Store};
 use crate::jobs::pg::PgUrl;
 use crate::jobs::status::JobView;
-use migrations::{Migration, MIGRATIONS};
 use serde::Serialize;
+use sqlx::migrate::MigrateError;
+use sqlx::postgres::PgPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -33,11 +35,8 @@ pub enum CatalogError {
     Archive(#[from] arch::ArchiveError),
 }
 
-/// Advisory lock key for migrations: "fdcatalog" as bytes.
-const LOCK: i64 = 0x6664_6361_7461_6c6f;
-
 pub struct Catalog {
-    client: tokio_postgres::Client,
+    pool: PgPool,
     url: String,
 }
 
@@ -66,86 +65,110 @@ pub struct SyncReport {
     pub removed: u64,
 }
 
+/// Where a catalog keeps its versions.
+enum Versions {
+    None,
+    /// Before sqlx (`firedrill.schema_migrations`), until `migrate` adopts it.
+    Old,
+    Sqlx,
+}
+
 impl Catalog {
     pub async fn connect(url: &PgUrl) -> Result<Catalog, CatalogError> {
-        let client = url.connect().await.map_err(|e| CatalogError::Db {
-            url: url.redacted(),
-            message: e.to_string(),
-        })?;
+        let pool = connect::pool(url)
+            .await
+            .map_err(|message| CatalogError::Db {
+                url: url.redacted(),
+                message,
+            })?;
         Ok(Catalog {
-            client,
+            pool,
             url: url.redacted(),
         })
     }
 
-    fn db(&self, e: tokio_postgres::Error) -> CatalogError {
+    fn db(&self, e: sqlx::Error) -> CatalogError {
         db_err(&self.url, e)
     }
 
-    async fn bootstrap(&self) -> Result<(), CatalogError> {
-        self.client
-            .batch_execute(
-                "CREATE SCHEMA IF NOT EXISTS firedrill;
-                 CREATE TABLE IF NOT EXISTS firedrill.schema_migrations (
-                     version integer PRIMARY KEY,
-                     name text NOT NULL,
-                     applied timestamptz NOT NULL DEFAULT now())",
-            )
+    fn fail(&self, message: String) -> CatalogError {
+        CatalogError::Db {
+            url: self.url.clone(),
+            message,
+        }
+    }
+
+    async fn versions(&self) -> Result<Versions, CatalogError> {
+        let (sqlx, old): (bool, bool) = sqlx::query_as(
+            "SELECT to_regclass('firedrill._sqlx_migrations') IS NOT NULL,
+                    to_regclass('firedrill.schema_migrations') IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        Ok(match (sqlx, old) {
+            (true, _) => Versions::Sqlx,
+            (false, true) => Versions::Old,
+            (false, false) => Versions::None,
+        })
+    }
+
+    /// The applied migrations: version, name, when.
+    async fn applied(&self) -> Result<Vec<(u32, String, String)>, CatalogError> {
+        let sql = match self.versions().await? {
+            Versions::None => return Ok(vec![]),
+            Versions::Old => {
+                "SELECT version::bigint, name, applied::text FROM firedrill.schema_migrations ORDER BY version"
+            }
+            Versions::Sqlx => {
+                "SELECT version, description, installed_on::text FROM firedrill._sqlx_migrations WHERE success ORDER BY version"
+            }
+        };
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sql)
+            .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.db(e))
+            .map_err(|e| self.db(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(v, name, at)| (v as u32, name, at))
+            .collect())
     }
 
     /// The applied version (0 for an empty database).
     pub async fn version(&self) -> Result<u32, CatalogError> {
-        let exists: bool = self
-            .client
-            .query_one(
-                "SELECT to_regclass('firedrill.schema_migrations') IS NOT NULL",
-                &[],
-            )
-            .await
-            .map_err(|e| self.db(e))?
-            .get(0);
-        if !exists {
-            return Ok(0);
-        }
-        let row = self
-            .client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM firedrill.schema_migrations",
-                &[],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        Ok(row.get::<_, i32>(0) as u32)
+        Ok(self.applied().await?.last().map_or(0, |a| a.0))
     }
 
     pub async fn status(&self) -> Result<Status, CatalogError> {
-        let version = self.version().await?;
-        let applied = if version == 0 {
-            vec![]
-        } else {
-            self.client
-                .query(
-                    "SELECT version, name, applied::text FROM firedrill.schema_migrations ORDER BY version",
-                    &[],
-                )
-                .await
-                .map_err(|e| self.db(e))?
-                .into_iter()
-                .map(|r| (r.get::<_, i32>(0) as u32, r.get(1), r.get(2)))
-                .collect()
-        };
+        let applied = self.applied().await?;
+        let version = applied.last().map_or(0, |a| a.0);
         Ok(Status {
             version,
             latest: migrations::latest(),
-            pending: MIGRATIONS
-                .iter()
-                .filter(|m| m.version > version)
-                .map(|m| (m.version, m.name.to_string()))
+            pending: migrations::ups()
+                .filter(|m| m.version > i64::from(version))
+                .map(|m| (m.version as u32, m.description.to_string()))
                 .collect(),
             applied,
         })
+    }
+
+    /// One connection for the migrator, with a pre-sqlx catalog adopted first.
+    async fn migrating(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, CatalogError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        if migrations::old_style(&mut conn)
+            .await
+            .map_err(|e| self.db(e))?
+        {
+            let adopted = migrations::adopt(&mut conn)
+                .await
+                .map_err(|e| self.fail(connect::full_error(&e)))?;
+            tracing::info!(
+                versions = ?adopted,
+                "catalog: versions adopted from firedrill.schema_migrations into firedrill._sqlx_migrations"
+            );
+        }
+        Ok(conn)
     }
 
     /// Applies migrations up to `to` (default: the latest); with `dry_run`
@@ -160,11 +183,31 @@ impl Catalog {
             return Err(CatalogError::NoSuchVersion(to));
         }
         let from = self.version().await?;
-        let plan: Vec<&Migration> = MIGRATIONS
-            .iter()
-            .filter(|m| m.version > from && m.version <= to)
+        let steps: Vec<Step> = migrations::ups()
+            .filter(|m| m.version > i64::from(from) && m.version <= i64::from(to))
+            .map(|m| step(m, "up"))
             .collect();
-        self.run(plan, "up", dry_run).await
+        if dry_run {
+            return Ok(steps);
+        }
+        let mut conn = self.migrating().await?;
+        if steps.is_empty() {
+            return Ok(steps);
+        }
+        // sqlx's table is found through the connection's search_path.
+        sqlx::query("CREATE SCHEMA IF NOT EXISTS firedrill")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        let migrator = migrations::up_to(to)
+            .await
+            .map_err(|e| self.migrate_err(e, "up"))?;
+        migrator
+            .run(&mut *conn)
+            .await
+            .map_err(|e| self.migrate_err(e, "up"))?;
+        log(&steps);
+        Ok(steps)
     }
 
     /// Undoes migrations down to version `to` (applied ones above it, newest first).
@@ -173,79 +216,51 @@ impl Catalog {
             return Err(CatalogError::NoSuchVersion(to));
         }
         let from = self.version().await?;
-        let plan: Vec<&Migration> = MIGRATIONS
-            .iter()
+        let mut steps = Vec::new();
+        for m in migrations::ups()
             .rev()
-            .filter(|m| m.version > to && m.version <= from)
-            .collect();
-        self.run(plan, "down", dry_run).await
-    }
-
-    async fn run(
-        &mut self,
-        plan: Vec<&Migration>,
-        direction: &'static str,
-        dry_run: bool,
-    ) -> Result<Vec<Step>, CatalogError> {
-        let steps: Vec<Step> = plan
-            .iter()
-            .map(|m| Step {
-                version: m.version,
-                name: m.name.into(),
-                direction,
-                sql: if direction == "up" { m.up } else { m.down }.into(),
-            })
-            .collect();
-        if dry_run || steps.is_empty() {
+            .filter(|m| m.version > i64::from(to) && m.version <= i64::from(from))
+        {
+            let down = migrations::down(m.version).ok_or_else(|| {
+                self.fail(format!(
+                    "migration {} ({}) has no down file",
+                    m.version, m.description
+                ))
+            })?;
+            steps.push(step(down, "down"));
+        }
+        if dry_run {
             return Ok(steps);
         }
-        self.bootstrap().await?;
-        for (m, step) in plan.iter().zip(&steps) {
-            let tx = self
-                .client
-                .transaction()
-                .await
-                .map_err(|e| db_err(&self.url, e))?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
-                .await
-                .map_err(|e| db_err(&self.url, e))?;
-            tx.batch_execute(&step.sql)
-                .await
-                .map_err(|e| CatalogError::Db {
-                    url: self.url.clone(),
-                    message: format!(
-                        "migration {} ({}) {direction}: {}",
-                        m.version,
-                        m.name,
-                        e.as_db_error()
-                            .map(|d| d.message().to_string())
-                            .unwrap_or_else(|| e.to_string())
-                    ),
-                })?;
-            let v = m.version as i32;
-            if direction == "up" {
-                tx.execute(
-                    "INSERT INTO firedrill.schema_migrations (version, name) VALUES ($1, $2)",
-                    &[&v, &m.name],
-                )
-                .await
-            } else {
-                tx.execute(
-                    "DELETE FROM firedrill.schema_migrations WHERE version = $1",
-                    &[&v],
-                )
-                .await
-            }
-            .map_err(|e| db_err(&self.url, e))?;
-            tx.commit().await.map_err(|e| db_err(&self.url, e))?;
-            tracing::info!(
-                version = m.version,
-                name = m.name,
-                direction,
-                "catalog migrated"
-            );
+        let mut conn = self.migrating().await?;
+        if steps.is_empty() {
+            return Ok(steps);
         }
+        migrations::MIGRATOR
+            .undo(&mut *conn, i64::from(to))
+            .await
+            .map_err(|e| self.migrate_err(e, "down"))?;
+        log(&steps);
         Ok(steps)
+    }
+
+    fn migrate_err(&self, e: MigrateError, direction: &str) -> CatalogError {
+        match e {
+            MigrateError::ExecuteMigration(e, version) => {
+                let name = migrations::ups()
+                    .find(|m| m.version == version)
+                    .map_or_else(String::new, |m| m.description.to_string());
+                let message = match e.as_database_error() {
+                    Some(d) => d.message().to_string(),
+                    None => connect::full_error(&e),
+                };
+                self.fail(format!("migration {version} ({name}) {direction}: {message}"))
+            }
+            MigrateError::VersionMismatch(v) => self.fail(format!(
+                "migration {v} as applied differs from this firedrill's (a released migration was edited): restore its file, or roll back with the firedrill that applied it"
+            )),
+            e => self.fail(connect::full_error(&e)),
+        }
     }
 
     /// Refuses a catalog this firedrill cannot write to.
@@ -292,21 +307,20 @@ impl Catalog {
         }
         // Pruned backups go, with their drills.
         let sources: Vec<String> = seen.iter().map(|(s, i)| format!("{s}/{i}")).collect();
-        report.removed = self
-            .client
-            .execute(
-                "DELETE FROM firedrill.backups WHERE NOT (source || '/' || id = ANY($1))",
-                &[&sources],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
-        self.client
-            .execute(
-                "DELETE FROM firedrill.drills WHERE NOT (source || '/' || backup_id = ANY($1))",
-                &[&sources],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
+        report.removed =
+            sqlx::query("DELETE FROM firedrill.backups WHERE NOT (source || '/' || id = ANY($1))")
+                .bind(&sources)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?
+                .rows_affected();
+        sqlx::query(
+            "DELETE FROM firedrill.drills WHERE NOT (source || '/' || backup_id = ANY($1))",
+        )
+        .bind(&sources)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
         Ok(report)
     }
 
@@ -319,26 +333,24 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let m = arch::read_manifest(store, source, id).await?;
         let created = crate::archive::manifest::id_time(id).unwrap_or(m.timings.started);
-        self.client
-            .execute(
-                "INSERT INTO firedrill.backups (source, id, kind, created, size_bytes, tables, seconds, encrypted, signed)
-                 VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9)
-                 ON CONFLICT (source, id) DO UPDATE SET size_bytes = EXCLUDED.size_bytes,
-                     encrypted = EXCLUDED.encrypted, signed = EXCLUDED.signed, synced = now()",
-                &[
-                    &source,
-                    &id,
-                    &m.kind,
-                    &(created as f64),
-                    &(m.size() as i64),
-                    &(m.table_count() as i32),
-                    &m.timings.seconds,
-                    &m.encryption.is_some(),
-                    &m.signature.is_some(),
-                ],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
+        sqlx::query(
+            "INSERT INTO firedrill.backups (source, id, kind, created, size_bytes, tables, seconds, encrypted, signed)
+             VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9)
+             ON CONFLICT (source, id) DO UPDATE SET size_bytes = EXCLUDED.size_bytes,
+                 encrypted = EXCLUDED.encrypted, signed = EXCLUDED.signed, synced = now()",
+        )
+        .bind(source)
+        .bind(id)
+        .bind(&m.kind)
+        .bind(created as f64)
+        .bind(m.size() as i64)
+        .bind(m.table_count() as i32)
+        .bind(m.timings.seconds)
+        .bind(m.encryption.is_some())
+        .bind(m.signature.is_some())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
         Ok(())
     }
 
@@ -352,79 +364,97 @@ impl Catalog {
             .as_array()
             .map_or(0, |c| c.iter().filter(|c| c["status"] == "fail").count())
             as i32;
-        self.client
-            .execute(
-                "INSERT INTO firedrill.drills (report, source, backup_id, started, finished, passed,
-                     rto_seconds, rpo_seconds, failed_checks, error, body)
-                 VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), $6, $7, $8, $9, $10, $11::text::jsonb)
-                 ON CONFLICT (report) DO NOTHING",
-                &[
-                    &path,
-                    &v["source"].as_str().unwrap_or_default(),
-                    &v["backup_id"].as_str().unwrap_or_default(),
-                    &v["started"].as_f64().unwrap_or_default(),
-                    &v["finished"].as_f64().unwrap_or_default(),
-                    &v["passed"].as_bool().unwrap_or(false),
-                    &v["rto_seconds"].as_f64().unwrap_or_default(),
-                    &v["rpo_seconds"].as_i64().unwrap_or_default(),
-                    &failed,
-                    &v["error"].as_str(),
-                    &v.to_string(),
-                ],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
+        sqlx::query(
+            "INSERT INTO firedrill.drills (report, source, backup_id, started, finished, passed,
+                 rto_seconds, rpo_seconds, failed_checks, error, body)
+             VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), $6, $7, $8, $9, $10, $11::text::jsonb)
+             ON CONFLICT (report) DO NOTHING",
+        )
+        .bind(path)
+        .bind(v["source"].as_str().unwrap_or_default())
+        .bind(v["backup_id"].as_str().unwrap_or_default())
+        .bind(v["started"].as_f64().unwrap_or_default())
+        .bind(v["finished"].as_f64().unwrap_or_default())
+        .bind(v["passed"].as_bool().unwrap_or(false))
+        .bind(v["rto_seconds"].as_f64().unwrap_or_default())
+        .bind(v["rpo_seconds"].as_i64().unwrap_or_default())
+        .bind(failed)
+        .bind(v["error"].as_str())
+        .bind(v.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
         Ok(())
     }
 
     /// A finished job (the agent's history).
     pub async fn record_job(&self, job: &JobView, node: &str) -> Result<(), CatalogError> {
         let t = |s: Option<i64>| s.map(|s| s as f64);
-        self.client
-            .execute(
-                "INSERT INTO firedrill.jobs (id, kind, source, trigger, state, created, started, finished, backup_id, passed, error, node)
-                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6), to_timestamp($7), to_timestamp($8), $9, $10, $11, $12)
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, finished = EXCLUDED.finished,
-                     backup_id = EXCLUDED.backup_id, passed = EXCLUDED.passed, error = EXCLUDED.error",
-                &[
-                    &job.id,
-                    &job.kind.as_str(),
-                    &job.source,
-                    &job.trigger,
-                    &serde_json::to_value(job.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-                    &(job.created as f64),
-                    &t(job.started),
-                    &t(job.finished),
-                    &job.backup,
-                    &job.passed,
-                    &job.error,
-                    &node,
-                ],
-            )
-            .await
-            .map_err(|e| self.db(e))?;
+        let state = serde_json::to_value(job.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO firedrill.jobs (id, kind, source, trigger, state, created, started, finished, backup_id, passed, error, node)
+             VALUES ($1, $2, $3, $4, $5, to_timestamp($6), to_timestamp($7), to_timestamp($8), $9, $10, $11, $12)
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, finished = EXCLUDED.finished,
+                 backup_id = EXCLUDED.backup_id, passed = EXCLUDED.passed, error = EXCLUDED.error",
+        )
+        .bind(&job.id)
+        .bind(job.kind.as_str())
+        .bind(&job.source)
+        .bind(&job.trigger)
+        .bind(state)
+        .bind(job.created as f64)
+        .bind(t(job.started))
+        .bind(t(job.finished))
+        .bind(&job.backup)
+        .bind(job.passed)
+        .bind(&job.error)
+        .bind(node)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
         Ok(())
     }
 
     /// One audit entry (already redacted JSON).
     pub async fn record_audit(&self, entry: &str) -> Result<(), CatalogError> {
-        self.client
-            .execute(
-                "INSERT INTO firedrill.audit (entry) VALUES ($1::text::jsonb)",
-                &[&entry],
-            )
+        sqlx::query("INSERT INTO firedrill.audit (entry) VALUES ($1::text::jsonb)")
+            .bind(entry)
+            .execute(&self.pool)
             .await
             .map_err(|e| self.db(e))?;
         Ok(())
     }
 }
 
-fn db_err(url: &str, e: tokio_postgres::Error) -> CatalogError {
+fn step(m: &sqlx::migrate::Migration, direction: &'static str) -> Step {
+    Step {
+        version: m.version as u32,
+        name: m.description.to_string(),
+        direction,
+        sql: m.sql.to_string(),
+    }
+}
+
+fn log(steps: &[Step]) {
+    for s in steps {
+        tracing::info!(
+            version = s.version,
+            name = s.name,
+            direction = s.direction,
+            "catalog migrated"
+        );
+    }
+}
+
+fn db_err(url: &str, e: sqlx::Error) -> CatalogError {
     CatalogError::Db {
         url: url.to_string(),
-        message: e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
+        message: match e.as_database_error() {
+            Some(d) => d.message().to_string(),
+            None => connect::full_error(&e),
+        },
     }
 }

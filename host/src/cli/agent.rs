@@ -83,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("drill.assertions: {}: {e}", f.display()))?
         }
     };
-    let store = Store::open(&config.store_url, &config.s3)?
+    let store = Store::open(&config.store_url, &config.store)?
         .with_keys(firedrill::archive::Keys::load(&config.keys)?);
     let rt = super::runtime(4)?;
     rt.block_on(async move {

@@ -1,5 +1,7 @@
 //! `firedrill catalog migrate|status|rollback|sync`: the optional history
-//! database. Migrations are explicit (the agent never migrates on its own).
+//! database. Migrations are explicit (the agent never migrates on its own);
+//! they are sqlx's, and `migrate`/`rollback` first adopt a catalog made
+//! before sqlx (see `catalog::migrations`).
 
 use super::StoreArgs;
 use anyhow::Context;
@@ -9,7 +11,8 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Target {
-    /// The catalog database: postgres://user[:password]@host/db.
+    /// The catalog database: postgres://user[:password]@host/db, with libpq's
+    /// ssl* parameters (and PGSSL* environment) as every other connection.
     #[arg(long, env = "FIREDRILL_CATALOG_URL", hide_env_values = true)]
     catalog_url: String,
     #[arg(long)]

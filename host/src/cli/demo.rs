@@ -4,7 +4,7 @@
 //! freshness plugin; a short report. Exits 0 only if the drill passed.
 
 use anyhow::{bail, Context};
-use firedrill::archive::{S3Options, Store};
+use firedrill::archive::Store;
 use firedrill::jobs::backup::{self, BackupOptions};
 use firedrill::jobs::drill::{self, DrillOptions, DrillSession, DrillTarget, Pick, Status};
 use firedrill::jobs::local_pg::LocalCluster;
@@ -85,7 +85,7 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
     let store_dir = work.join("store");
     let store = Store::open(
         &format!("file://{}", store_dir.display()),
-        &S3Options::default(),
+        &Default::default(),
     )?;
     let opts = BackupOptions {
         source: "demo".into(),

@@ -13,7 +13,9 @@ pub mod prune;
 pub mod restore;
 pub mod token;
 
-use firedrill::archive::{KeySettings, Keys, S3Options, Store};
+use firedrill::archive::{
+    AzureOptions, GcsOptions, KeySettings, Keys, S3Options, Store, StoreOptions,
+};
 use firedrill::telemetry::otlp::{Otlp, Settings};
 use std::path::PathBuf;
 
@@ -21,7 +23,8 @@ use std::path::PathBuf;
 /// settings take the environment names of the common backup templates.
 #[derive(clap::Args)]
 pub struct StoreArgs {
-    /// file:///absolute/path or s3://bucket/prefix (default: s3://$S3_BUCKET/$BACKUP_PREFIX).
+    /// file:///absolute/path, s3://bucket/prefix, gs://bucket/prefix or
+    /// azblob://container/prefix (default: s3://$S3_BUCKET/$BACKUP_PREFIX).
     #[arg(long, env = "FIREDRILL_STORE")]
     store: Option<String>,
     #[arg(long, env = "S3_ENDPOINT")]
@@ -32,6 +35,21 @@ pub struct StoreArgs {
     s3_access_key_id: Option<String>,
     #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     s3_secret_access_key: Option<String>,
+    /// A Google service account JSON key file, for gs:// stores.
+    #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS")]
+    gcs_credentials_file: Option<PathBuf>,
+    /// Another GCS endpoint (with credentials); an emulator is
+    /// STORAGE_EMULATOR_HOST, as for every Google client.
+    #[arg(long)]
+    gcs_endpoint: Option<String>,
+    /// The Azure storage account, for azblob:// stores; its key comes from
+    /// AZURE_STORAGE_KEY (or AZURE_STORAGE_SAS_TOKEN), or the whole
+    /// connection from AZURE_STORAGE_CONNECTION_STRING.
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT")]
+    azure_account: Option<String>,
+    /// The blob endpoint (Azurite, another cloud).
+    #[arg(long, env = "AZURE_STORAGE_SERVICE_ENDPOINT")]
+    azure_endpoint: Option<String>,
     /// Encrypt new backups to this age recipient (age1...), or to the
     /// recipients in this file; repeat for several (an operator, an escrow).
     #[arg(
@@ -71,15 +89,33 @@ impl StoreArgs {
                     std::env::var("BACKUP_PREFIX").unwrap_or_default()
                 ),
                 Err(_) => anyhow::bail!(
-                    "no store: pass --store file:///path or s3://bucket/prefix (or set S3_BUCKET)"
+                    "no store: pass --store {} (or set S3_BUCKET)",
+                    firedrill::archive::store::STORE_URL_FORMS
                 ),
             },
         };
-        let s3 = S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            access_key_id: self.s3_access_key_id.clone(),
-            secret_access_key: self.s3_secret_access_key.clone(),
+        // Secrets of the other clouds come from the environment only (a
+        // command line is visible to every user of the machine).
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let opts = StoreOptions {
+            s3: S3Options {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                access_key_id: self.s3_access_key_id.clone(),
+                secret_access_key: self.s3_secret_access_key.clone(),
+            },
+            gcs: GcsOptions {
+                credentials_file: self.gcs_credentials_file.clone(),
+                emulator_host: env("STORAGE_EMULATOR_HOST"),
+                endpoint: self.gcs_endpoint.clone(),
+            },
+            azure: AzureOptions {
+                connection_string: env("AZURE_STORAGE_CONNECTION_STRING"),
+                account: self.azure_account.clone(),
+                key: env("AZURE_STORAGE_KEY"),
+                sas_token: env("AZURE_STORAGE_SAS_TOKEN"),
+                endpoint: self.azure_endpoint.clone(),
+            },
         };
         let keys = Keys::load(&KeySettings {
             recipients: self.recipients.clone(),
@@ -87,7 +123,7 @@ impl StoreArgs {
             signing_key_file: self.signing_key.clone(),
             verify_keys: self.verify_keys.clone(),
         })?;
-        Ok(Store::open(&url, &s3)?.with_keys(keys))
+        Ok(Store::open(&url, &opts)?.with_keys(keys))
     }
 }
 
@@ -199,6 +235,8 @@ fn known_secrets() -> Vec<String> {
     const SECRET_VARS: &[&str] = &[
         "S3_SECRET_ACCESS_KEY",
         "S3_ACCESS_KEY_ID",
+        "AZURE_STORAGE_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
         "FIREDRILL_TOKEN_KEY",
         "PGPASSWORD",
         "REDISCLI_AUTH",
@@ -208,5 +246,12 @@ fn known_secrets() -> Vec<String> {
         .flat_map(|v| v.split(',').filter_map(url_password).collect::<Vec<_>>())
         .collect();
     out.extend(SECRET_VARS.iter().filter_map(|k| std::env::var(k).ok()));
+    out.extend(
+        AzureOptions {
+            connection_string: std::env::var("AZURE_STORAGE_CONNECTION_STRING").ok(),
+            ..Default::default()
+        }
+        .secrets(),
+    );
     out
 }

@@ -45,6 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         database: args.database,
         comment: None,
         progress: Default::default(),
+        create_missing_roles: false,
     };
     let rt = super::runtime(args.jobs)?;
     let summary = rt.block_on(async {

@@ -9,9 +9,16 @@
 //! require_signed_plugins = true      # the default once any key is trusted
 //!
 //! [store]
-//! url = "s3://backups/pg"            # or file:///var/backups/pg
+//! url = "s3://backups/pg"            # or file:///var/backups/pg, gs://bucket/prefix,
+//!                                    # azblob://container/prefix
 //! s3_endpoint = "https://s3.example.net"
 //! s3_access_key_id = "..."           # better: S3_ACCESS_KEY_ID in the environment
+//! gcs_credentials_file = "/etc/firedrill/gcs.json"  # GOOGLE_APPLICATION_CREDENTIALS
+//! gcs_endpoint = "https://storage.example.net"      # STORAGE_EMULATOR_HOST for an emulator
+//! azure_account = "backupsacct"      # AZURE_STORAGE_ACCOUNT; the key only in the
+//!                                    # environment: AZURE_STORAGE_KEY, or
+//!                                    # AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_SAS_TOKEN
+//! azure_endpoint = "http://127.0.0.1:10000/devstoreaccount1"  # AZURE_STORAGE_SERVICE_ENDPOINT
 //! recipients = ["age1..."]           # encrypt backups to these (FIREDRILL_AGE_RECIPIENTS)
 //! identity_files = ["/etc/firedrill/age.key"]   # to drill them (FIREDRILL_AGE_IDENTITY)
 //! signing_key_file = "/etc/firedrill/signing.key"  # sign manifests (FIREDRILL_SIGNING_KEY)
@@ -135,6 +142,10 @@ struct RawStore {
     s3_region: Option<String>,
     s3_access_key_id: Option<String>,
     s3_secret_access_key: Option<String>,
+    gcs_credentials_file: Option<PathBuf>,
+    gcs_endpoint: Option<String>,
+    azure_account: Option<String>,
+    azure_endpoint: Option<String>,
     #[serde(default)]
     recipients: Vec<String>,
     #[serde(default)]
@@ -208,7 +219,8 @@ pub struct Config {
     /// Which keys may sign plugins; whether every plugin must be signed.
     pub plugin_trust: crate::runtime::PluginTrust,
     pub store_url: String,
-    pub s3: crate::archive::S3Options,
+    /// Endpoints and credentials of the S3, GCS and Azure stores.
+    pub store: crate::archive::StoreOptions,
     /// Encryption and signing keys (checked to load when the config is).
     pub keys: crate::archive::KeySettings,
     pub drill_target: DrillTargetConfig,
@@ -327,6 +339,17 @@ impl Config {
                 *slot = Some(v);
             }
         }
+        // Each cloud's own names; the secrets are read from the
+        // environment only, never from the file.
+        if let Some(v) = var("GOOGLE_APPLICATION_CREDENTIALS") {
+            raw.store.gcs_credentials_file = Some(v.into());
+        }
+        if let Some(v) = var("AZURE_STORAGE_ACCOUNT") {
+            raw.store.azure_account = Some(v);
+        }
+        if let Some(v) = var("AZURE_STORAGE_SERVICE_ENDPOINT") {
+            raw.store.azure_endpoint = Some(v);
+        }
         if let Some(v) = var("FIREDRILL_POLICIES") {
             raw.agent.policies = Some(v.into());
         }
@@ -425,18 +448,14 @@ impl Config {
         let store_url = raw.store.url.ok_or_else(|| {
             bad(
                 "store.url",
-                "no store: set store.url (file:///path or s3://bucket/prefix) or S3_BUCKET",
+                format!(
+                    "no store: set store.url ({}) or S3_BUCKET",
+                    crate::archive::store::STORE_URL_FORMS
+                ),
             )
         })?;
-        if !store_url.starts_with("file:///") && !store_url.starts_with("s3://") {
-            return Err(bad(
-                "store.url",
-                format!(
-                    "{:?}: expected file:///absolute/path or s3://bucket/prefix",
-                    redact_url(&store_url)
-                ),
-            ));
-        }
+        crate::archive::store::check_url(&store_url)
+            .map_err(|m| bad("store.url", format!("{:?}: {m}", redact_url(&store_url))))?;
         let drill_target = match raw.drill.target.as_deref() {
             None | Some("local") => DrillTargetConfig::Local,
             Some(u) => DrillTargetConfig::Server(
@@ -627,6 +646,36 @@ impl Config {
                 format!("{max_event_streams}: use 1 to 100000 (each stream holds a connection and a task)"),
             ));
         }
+        let store = crate::archive::StoreOptions {
+            s3: crate::archive::S3Options {
+                endpoint: raw.store.s3_endpoint,
+                region: raw.store.s3_region,
+                access_key_id: raw.store.s3_access_key_id,
+                secret_access_key: raw.store.s3_secret_access_key,
+            },
+            gcs: crate::archive::GcsOptions {
+                credentials_file: raw.store.gcs_credentials_file,
+                emulator_host: var("STORAGE_EMULATOR_HOST"),
+                endpoint: raw.store.gcs_endpoint,
+            },
+            azure: crate::archive::AzureOptions {
+                connection_string: var("AZURE_STORAGE_CONNECTION_STRING"),
+                account: raw.store.azure_account,
+                key: var("AZURE_STORAGE_KEY"),
+                sas_token: var("AZURE_STORAGE_SAS_TOKEN"),
+                endpoint: raw.store.azure_endpoint,
+            },
+        };
+        // A cloud store's credentials are checked now (present, well formed;
+        // nothing is sent): opening one builds its client and no more.
+        if store_url.starts_with("gs://") || store_url.starts_with("azblob://") {
+            crate::archive::Store::open(&store_url, &store).map_err(|e| {
+                bad(
+                    "store",
+                    e.to_string().trim_start_matches("store: ").to_string(),
+                )
+            })?;
+        }
         Ok(Config {
             listen,
             policies: raw.agent.policies,
@@ -637,12 +686,7 @@ impl Config {
             )?,
             plugin_trust,
             store_url,
-            s3: crate::archive::S3Options {
-                endpoint: raw.store.s3_endpoint,
-                region: raw.store.s3_region,
-                access_key_id: raw.store.s3_access_key_id,
-                secret_access_key: raw.store.s3_secret_access_key,
-            },
+            store,
             keys,
             drill_target,
             drill_jobs: raw.drill.jobs.unwrap_or(4).max(1),
@@ -693,8 +737,9 @@ impl Config {
             out.extend(u.password());
         }
         out.extend(url_password(&self.store_url));
-        out.extend(self.s3.secret_access_key.clone());
-        out.extend(self.s3.access_key_id.clone());
+        out.extend(self.store.s3.secret_access_key.clone());
+        out.extend(self.store.s3.access_key_id.clone());
+        out.extend(self.store.azure.secrets());
         out.extend(self.catalog.as_ref().and_then(|c| c.password()));
         out
     }

@@ -99,6 +99,7 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
         id: id.clone(),
         source: opts.source.clone(),
         kind: "postgres".into(),
+        postgres: super::pg::versions_for(&server_version),
         server_version,
         tool: format!("firedrill {}", env!("CARGO_PKG_VERSION")),
         compression: Compression {
@@ -225,6 +226,8 @@ async fn dump_database(
         .map_err(|e| JobError::sql(&db, "export a snapshot", e))?;
     let (snapshot, version, version_num): (String, String, i32) =
         (row.get(0), row.get(1), row.get(2));
+    // Fails here, before anything is written, when no pg_dump can read this server.
+    let url = &url.on_server(&opts.source, version_num)?;
     let (info, extras) = describe(&leader, &db, &opts.source, &version, version_num).await?;
     let plan = match &opts.planner {
         Some(p) => {
@@ -264,15 +267,18 @@ async fn dump_database(
         },
     };
     let (mut jobs, excluded) = apply_plan(&info, &plan)?;
+    refuse_unreadable_tables(&leader, &db, &jobs).await?;
     refuse_row_security(&leader, &db, &jobs).await?;
+    super::large_objects::refuse_unreadable(&leader, &db).await?;
+    refuse_hidden_subscriptions(&leader, &db).await?;
     for job in &mut jobs {
         if let Some(e) = extras.get(&(job.schema.clone(), job.name.clone())) {
             job.indexes = e.indexes.clone();
             job.constraints = e.constraints.clone();
-            if e.condition.is_some() {
-                job.condition = e.condition.clone();
-                job.columns = e.copy_columns.clone();
-            }
+            job.condition = e.condition.clone();
+            // Named in the COPY and the manifest: restored, a table may
+            // hold the same columns in another order.
+            job.columns = e.copy_columns.clone();
         }
     }
     if version_num >= TID_RANGE_SCANS && opts.jobs > 1 {
@@ -359,6 +365,83 @@ async fn refuse_row_security(
         }
         _ => Ok(()),
     }
+}
+
+/// Fails before anything is copied when the backup role may not read some
+/// of the tables it is to back up (pg_dump locks each table whose
+/// definition it writes, and COPY reads the rows), naming them all and the
+/// fix, instead of whichever of pg_dump or a COPY happens to fail first.
+async fn refuse_unreadable_tables(
+    client: &tokio_postgres::Client,
+    db: &str,
+    jobs: &[Job],
+) -> Result<(), JobError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, current_user::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+               AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+                        AND pg_catalog.has_table_privilege(c.oid, 'SELECT'))
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| JobError::sql(db, "check that the tables are readable", e))?;
+    let hit: Vec<String> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .filter(|(s, t)| jobs.iter().any(|j| &j.schema == s && &j.name == t))
+        .map(|(s, t)| format!("{s}.{t}"))
+        .collect();
+    let (Some(example), Some(first)) = (hit.first(), rows.first()) else {
+        return Ok(());
+    };
+    let role: String = first.get(2);
+    let shown = match hit.len() > 10 {
+        true => format!("{} and {} more", hit[..10].join(", "), hit.len() - 10),
+        false => hit.join(", "),
+    };
+    Err(JobError::Sql {
+        database: db.into(),
+        what: "back up its tables".into(),
+        message: format!(
+            "role {role} may not read {shown}: grant it pg_read_all_data (GRANT pg_read_all_data TO {}; PostgreSQL 14 and later), or USAGE on their schemas and SELECT on each (such as {example}); see docs/ROLES.md",
+            ident(&role)
+        ),
+    })
+}
+
+/// pg_dump leaves out a database's subscriptions unless it runs as a
+/// superuser, with only a warning ("subscriptions not dumped"): the backup
+/// would lack them and still succeed, so it fails here instead, naming them.
+async fn refuse_hidden_subscriptions(
+    client: &tokio_postgres::Client,
+    db: &str,
+) -> Result<(), JobError> {
+    let rows = client
+        .query(
+            "SELECT s.subname::text, current_user::text FROM pg_catalog.pg_subscription s
+             WHERE s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+               AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| JobError::sql(db, "look for subscriptions", e))?;
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let names: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    Err(JobError::Sql {
+        database: db.into(),
+        what: "back up the subscriptions".into(),
+        message: format!(
+            "the database has subscriptions ({}) and pg_dump writes them only for a superuser, which role {} is not: back it up as a superuser; a backup without them would be incomplete",
+            names.join(", "),
+            first.get::<_, String>(1)
+        ),
+    })
 }
 
 /// A table the backup role would read only part of: which, and the fix.
@@ -569,7 +652,18 @@ async fn sequences(
                 &[],
             )
             .await
-            .map_err(|e| JobError::sql(db, &format!("read sequence {schema}.{name}"), e))?;
+            .map_err(|e| match e.as_db_error().is_some_and(|d| d.code().code() == "42501") {
+                // Named with the fix: pg_read_all_data covers sequences too.
+                true => JobError::Sql {
+                    database: db.into(),
+                    what: format!("read sequence {schema}.{name}"),
+                    message: format!(
+                        "{}: grant the backup role pg_read_all_data, or USAGE on schema {schema} and SELECT on the sequence; see docs/ROLES.md",
+                        e.as_db_error().map(|d| d.message()).unwrap_or_default()
+                    ),
+                },
+                false => JobError::sql(db, &format!("read sequence {schema}.{name}"), e),
+            })?;
         out.push(SequenceEntry {
             schema,
             name,
@@ -771,6 +865,7 @@ async fn copy_worker(
             chunks: vec![],
             indexes: job.indexes.clone(),
             constraints: job.constraints.clone(),
+            columns: job.columns.clone(),
         };
         if job.mode == TableMode::Full {
             copy_table(store, db_dir, &client, &db, &role, &job, &mut entry, opts).await?;
@@ -802,27 +897,33 @@ async fn copy_table(
         manifest::path_segment(&job.name)
     );
     let qualified = format!("{}.{}", ident(&job.schema), ident(&job.name));
+    let columns = job
+        .columns
+        .iter()
+        .map(|c| ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
     let (query, prefix) = match job.range {
         // Not split (`split_large_tables`): config tables are small.
-        None if job.condition.is_some() => {
-            let columns: Vec<String> = job.columns.iter().map(|c| ident(c)).collect();
-            (
-                format!(
-                    "COPY (SELECT {} FROM ONLY {qualified} {}) TO STDOUT",
-                    columns.join(", "),
-                    job.condition.as_deref().unwrap_or_default()
-                ),
-                String::new(),
-            )
-        }
-        None => (format!("COPY {qualified} TO STDOUT"), String::new()),
+        None if job.condition.is_some() => (
+            format!(
+                "COPY (SELECT {columns} FROM ONLY {qualified} {}) TO STDOUT",
+                job.condition.as_deref().unwrap_or_default()
+            ),
+            String::new(),
+        ),
+        // A table without columns (rows of nothing) has no list to name.
+        None if job.columns.is_empty() => (format!("COPY {qualified} TO STDOUT"), String::new()),
+        None => (
+            format!("COPY {qualified} ({columns}) TO STDOUT"),
+            String::new(),
+        ),
         Some((i, from, to)) => {
-            let columns: Vec<String> = job.columns.iter().map(|c| ident(c)).collect();
             let upper = to
                 .map(|t| format!(" AND ctid < '({t},0)'::tid"))
                 .unwrap_or_default();
             (
-                format!("COPY (SELECT {} FROM {qualified} WHERE ctid >= '({from},0)'::tid{upper}) TO STDOUT", columns.join(", ")),
+                format!("COPY (SELECT {columns} FROM ONLY {qualified} WHERE ctid >= '({from},0)'::tid{upper}) TO STDOUT"),
                 format!("r{i:03}-"),
             )
         }

@@ -87,6 +87,7 @@ pub async fn run(store: &Store, opts: &RedisBackupOptions) -> Result<BackupSumma
             keys_after,
         }),
         encryption,
+        postgres: None,
         signature: None,
     };
     commit(store, &m, opts.guard.as_ref(), &opts.progress).await

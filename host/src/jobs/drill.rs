@@ -406,9 +406,10 @@ async fn drill(
         DrillTarget::Local(parent) => {
             report.target = "local".into();
             let parent = parent.clone();
+            let source = LocalCluster::need_for(manifest);
             let cluster = tokio::task::spawn_blocking(move || {
                 LocalCluster::sweep_orphans(&parent);
-                LocalCluster::start(&parent, &[])
+                LocalCluster::start_for(&parent, &[], source.as_ref())
             })
             .await
             .map_err(|e| JobError::Internal(e.to_string()))??;
@@ -444,6 +445,7 @@ async fn drill(
             database: Some(entry.name.clone()),
             comment: Some(marker()),
             progress: opts.progress.clone(),
+            create_missing_roles: matches!(opts.target, DrillTarget::Local(_)),
         };
         restore::run(store, backup, &ropts).await?;
         let seconds = clock.elapsed().as_secs_f64();

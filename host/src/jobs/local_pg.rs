@@ -17,7 +17,7 @@
 //! returns. TCP (with trust authentication) is for the tests and benchmarks
 //! that stand in for a production server: [`LocalCluster::start_tcp`].
 
-use super::pg::{pg_tool, PgUrl};
+use super::pg::{pg_tool, pick_tool, Need, PgUrl};
 use super::JobError;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -49,6 +49,29 @@ impl LocalCluster {
     /// `settings` are extra `name=value` server settings. Blocking.
     pub fn start(parent: &Path, settings: &[&str]) -> Result<LocalCluster, JobError> {
         Self::start_with(None, parent, settings, false)
+    }
+
+    /// Like [`LocalCluster::start`], from the installed server binaries that
+    /// can load what a server of `need`'s major dumped: the lowest major at
+    /// least that one (initdb and postgres from the same directory). None:
+    /// the newest. With only older servers installed, the error names the
+    /// version needed and the fix.
+    pub fn start_for(
+        parent: &Path,
+        settings: &[&str],
+        need: Option<&Need>,
+    ) -> Result<LocalCluster, JobError> {
+        let initdb = pick_tool("initdb", need)?.path;
+        Self::start_with(Some(initdb), parent, settings, false)
+    }
+
+    /// What a cluster for restoring `manifest` must run: its source's major
+    /// version or a later one (none known: any).
+    pub fn need_for(manifest: &crate::archive::manifest::Manifest) -> Option<Need> {
+        manifest.server_major().map(|major| Need {
+            major,
+            subject: format!("backup {} comes from", manifest.id),
+        })
     }
 
     /// Like [`LocalCluster::start`], and also listening on 127.0.0.1 at a
@@ -85,7 +108,7 @@ impl LocalCluster {
             None => pg_tool("initdb")?,
         };
         if !initdb.exists() {
-            return Err(fail("no PostgreSQL server binaries (initdb) found: install the postgresql package, or set FIREDRILL_PG_BIN".into()));
+            return Err(fail(format!("no PostgreSQL server binaries ({} does not exist): install the postgresql package, or point FIREDRILL_PG_BIN at its bin directory", initdb.display())));
         }
         let bin = initdb.parent().unwrap_or(Path::new("/")).to_path_buf();
         let me = std::process::id();

@@ -10,6 +10,8 @@ use url::Url;
 #[derive(Clone)]
 pub struct PgUrl {
     url: Url,
+    /// The server's major version, once known: the client tools are picked for it.
+    need: Option<Need>,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -33,7 +35,7 @@ impl PgUrl {
         }
         super::pg_tls::check_url(&url)
             .map_err(|e| JobError::Config(format!("database URL: {e}")))?;
-        Ok(PgUrl { url })
+        Ok(PgUrl { url, need: None })
     }
 
     /// The database the URL names (`postgres` when none).
@@ -51,7 +53,10 @@ impl PgUrl {
     pub fn with_database(&self, db: &str) -> PgUrl {
         let mut url = self.url.clone();
         url.set_path(&format!("/{}", percent_encode(db)));
-        PgUrl { url }
+        PgUrl {
+            url,
+            need: self.need.clone(),
+        }
     }
 
     /// The same server and database as another role: user and password
@@ -69,7 +74,10 @@ impl PgUrl {
         }
         let _ = url.set_username(&percent_encode(user));
         let _ = url.set_password(Some(&percent_encode(password)));
-        PgUrl { url }
+        PgUrl {
+            url,
+            need: self.need.clone(),
+        }
     }
 
     /// For connecting (holds the password).
@@ -173,10 +181,26 @@ impl PgUrl {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    /// The same URL for a server known to run `server_version_num`, as
+    /// source `source`: its client tools are picked for that version, and
+    /// one must exist now (pg_dump, before anything is written), else the
+    /// error names the version needed and the fix.
+    pub fn on_server(&self, source: &str, server_version_num: i32) -> Result<PgUrl, JobError> {
+        let need = Need {
+            major: major_of_num(server_version_num),
+            subject: format!("source {source} runs"),
+        };
+        pick_tool("pg_dump", Some(&need))?;
+        Ok(PgUrl {
+            url: self.url.clone(),
+            need: Some(need),
+        })
+    }
+
     /// A client tool (pg_dump, psql) set up for this URL; the password goes
     /// through the environment, never the command line.
     pub fn command(&self, tool: &str) -> Result<tokio::process::Command, JobError> {
-        let mut cmd = tokio::process::Command::new(pg_tool(tool)?);
+        let mut cmd = tokio::process::Command::new(pick_tool(tool, self.need.as_ref())?.path);
         cmd.env_remove("PGPASSWORD");
         if let Some(p) = self.password() {
             cmd.env("PGPASSWORD", p);
@@ -241,57 +265,296 @@ impl Tool {
 }
 
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
+
+/// Everything but RFC 3986's unreserved characters.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
 }
 
-/// A PostgreSQL client tool: from FIREDRILL_PG_BIN, else the newest installed
-/// server version's bin directory (pg_dump must be at least the server's
-/// version), else PATH.
-pub fn pg_tool(tool: &str) -> Result<PathBuf, JobError> {
-    if let Some(dir) = std::env::var_os("FIREDRILL_PG_BIN") {
-        return Ok(PathBuf::from(dir).join(tool));
+// ----- which binaries -------------------------------------------------------
+//
+// One rule for every tool (pg_dump, pg_dumpall, psql, initdb, postgres): a
+// tool can read servers of its own major version and older ones, never newer
+// ones, so for a server of major M the LOWEST installed major >= M is taken
+// (the closest to the server's own release, whose output it was tested
+// against); with no server to match, the newest. Several majors side by side are the norm on Debian/PGDG and
+// RHEL systems.
+
+/// Where tools are looked for: FIREDRILL_PG_BIN (a colon-separated list of
+/// bin directories) when set, and then nothing else, so an operator's choice
+/// is never second-guessed; else Debian/PGDG's and RHEL's per-version
+/// directories, then PATH.
+fn search_dirs() -> Vec<PathBuf> {
+    if let Some(list) = std::env::var_os("FIREDRILL_PG_BIN").filter(|v| !v.is_empty()) {
+        return std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
     }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse().ok()?;
-            let p = e.path().join("bin").join(tool);
-            p.exists().then_some((v, p))
-        })
+    let mut dirs = Vec::new();
+    for (parent, prefix) in [("/usr/lib/postgresql", ""), ("/usr", "pgsql-")] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.is_dir())
+            .collect();
+        found.sort();
+        dirs.extend(found);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()));
+    }
+    dirs
+}
+
+/// A tool found on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundTool {
+    pub major: u32,
+    pub path: PathBuf,
+    /// Its `--version` line, e.g. `pg_dump (PostgreSQL) 17.10`.
+    pub version: String,
+}
+
+/// `<tool> --version`, read once per path for the life of the process.
+fn tool_version(path: &std::path::Path) -> Option<(u32, String)> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Seen = HashMap<PathBuf, Option<(u32, String)>>;
+    static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
+    // By the path as found, not its target: Debian's /usr/bin/pg_dump and
+    // /usr/bin/psql are one script (pg_wrapper) answering for each tool.
+    if let Some(known) = SEEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(path)
+    {
+        return known.clone();
+    }
+    let read = std::process::Command::new(path)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            let line = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()?
+                .trim()
+                .to_string();
+            Some((tool_major(&line)?, line))
+        });
+    SEEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(path.to_path_buf(), read.clone());
+    read
+}
+
+/// The major version in a tool's `--version` line: `pg_dump (PostgreSQL)
+/// 17.10`, `postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)`, `psql
+/// (PostgreSQL) 18beta1`, `pg_dump (PostgreSQL) 9.6.24` (9.x majors are 9).
+pub fn tool_major(line: &str) -> Option<u32> {
+    let after = match line.find("(PostgreSQL) ") {
+        Some(i) => &line[i + "(PostgreSQL) ".len()..],
+        None => line
+            .split_whitespace()
+            .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?,
+    };
+    server_major(after)
+}
+
+/// The major version in a `server_version` setting: `15.14 (Debian ...)`,
+/// `18beta1`, `9.6.24` (9).
+pub fn server_major(version: &str) -> Option<u32> {
+    let digits: String = version
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
         .collect();
-    found.sort();
-    if let Some((_, p)) = found.pop() {
-        return Ok(p);
+    digits.parse().ok()
+}
+
+/// The major version of a `server_version_num` (150014 is 15, 90624 is 9).
+pub fn major_of_num(num: i32) -> u32 {
+    (num.max(0) / 10_000) as u32
+}
+
+/// Every `tool` in the search directories, in search order, with its major.
+pub fn find_tools(tool: &str) -> Vec<FoundTool> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for dir in search_dirs() {
+        let path = dir.join(tool);
+        if !path.is_file() {
+            continue;
+        }
+        let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if seen.contains(&canonical) {
+            continue;
+        }
+        seen.push(canonical);
+        if let Some((major, version)) = tool_version(&path) {
+            out.push(FoundTool {
+                major,
+                path,
+                version,
+            });
+        }
     }
-    Ok(PathBuf::from(tool))
+    out
+}
+
+/// The picking rule: the lowest major at least `need` (the first found of
+/// that major), or with no need the newest.
+pub fn pick(found: &[FoundTool], need: Option<u32>) -> Option<&FoundTool> {
+    match need {
+        Some(m) => {
+            found
+                .iter()
+                .filter(|f| f.major >= m)
+                .fold(None, |best: Option<&FoundTool>, f| match best {
+                    Some(b) if b.major <= f.major => Some(b),
+                    _ => Some(f),
+                })
+        }
+        None => found
+            .iter()
+            .fold(None, |best: Option<&FoundTool>, f| match best {
+                Some(b) if b.major >= f.major => Some(b),
+                _ => Some(f),
+            }),
+    }
+}
+
+/// What a tool must be able to handle: a server of major `major`, named in
+/// a refusal as `subject` (e.g. "source app runs").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    pub major: u32,
+    pub subject: String,
+}
+
+/// The tool to run for `need` (none: the newest), or an error that says
+/// which version is needed and how to get it.
+pub fn pick_tool(tool: &str, need: Option<&Need>) -> Result<FoundTool, JobError> {
+    let found = find_tools(tool);
+    if let Some(f) = pick(&found, need.map(|n| n.major)) {
+        return Ok(f.clone());
+    }
+    Err(JobError::Config(refusal(tool, need, pick(&found, None))))
+}
+
+/// The message for no suitable `tool`: the version needed, the best one
+/// there is, and the fix.
+fn refusal(tool: &str, need: Option<&Need>, newest: Option<&FoundTool>) -> String {
+    let server = matches!(tool, "initdb" | "postgres" | "pg_ctl");
+    let (what, package) = if server {
+        ("server", "postgresql")
+    } else {
+        ("client tools", "postgresql-client")
+    };
+    let fix = |m: String| {
+        let suffix = if m.is_empty() {
+            String::new()
+        } else {
+            format!("-{m}")
+        };
+        let version = if m.is_empty() {
+            String::new()
+        } else {
+            format!(" {m}")
+        };
+        format!(
+            "install the PostgreSQL{version} {what} (e.g. {package}{suffix}) or point FIREDRILL_PG_BIN at their bin directory"
+        )
+    };
+    let searched = match std::env::var_os("FIREDRILL_PG_BIN").filter(|v| !v.is_empty()) {
+        Some(v) => format!("FIREDRILL_PG_BIN ({})", v.to_string_lossy()),
+        None => "/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin or PATH".into(),
+    };
+    match (need, newest) {
+        (Some(n), Some(f)) => format!(
+            "{} PostgreSQL {}; the newest {tool} found is {} ({}): {}",
+            n.subject,
+            n.major,
+            f.major,
+            f.path.display(),
+            fix(n.major.to_string())
+        ),
+        (Some(n), None) => format!(
+            "{} PostgreSQL {}; no {tool} found in {searched}: {}",
+            n.subject,
+            n.major,
+            fix(n.major.to_string())
+        ),
+        (None, _) => format!("no {tool} found in {searched}: {}", fix(String::new())),
+    }
+}
+
+/// A PostgreSQL tool for no server in particular: the newest installed.
+pub fn pg_tool(tool: &str) -> Result<PathBuf, JobError> {
+    pick_tool(tool, None).map(|f| f.path)
+}
+
+/// The versions a backup of a server reporting `server_version` records:
+/// its major and the `pg_dump` chosen for it (the same pick `PgUrl::command`
+/// makes, from the same cache).
+pub fn versions_for(server_version: &str) -> Option<crate::archive::manifest::PgVersions> {
+    let major = server_major(server_version)?;
+    let need = Need {
+        major,
+        subject: String::new(),
+    };
+    let dump = pick_tool("pg_dump", Some(&need)).ok()?;
+    Some(crate::archive::manifest::PgVersions {
+        server_major: major,
+        pg_dump: dump.version,
+    })
+}
+
+/// Refuses to restore a backup into a server older than its source: its
+/// schema script comes from a pg_dump at least as new as the source and may
+/// use what an older server does not have.
+pub async fn refuse_older_target(
+    target: &PgUrl,
+    manifest: &crate::archive::manifest::Manifest,
+) -> Result<(), JobError> {
+    let Some(source) = manifest.server_major() else {
+        return Ok(());
+    };
+    let admin = target.with_database("postgres");
+    let num: i32 = admin
+        .connect()
+        .await?
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| JobError::sql("postgres", "read the server's version", e))?
+        .get(0);
+    let major = major_of_num(num);
+    if major < source {
+        return Err(JobError::Config(format!(
+            "backup {} comes from PostgreSQL {source}, and {} runs PostgreSQL {major}: restore into a server of version {source} or later (a drill with --local picks one from the installed servers)",
+            manifest.id,
+            target.redacted()
+        )));
+    }
+    Ok(())
 }
 
 /// Quotes an identifier for SQL.
@@ -362,5 +625,65 @@ mod tests {
                 Some(std::ffi::OsStr::new("s&cr3t"))
             )));
         }
+    }
+
+    fn found(list: &[(u32, &str)]) -> Vec<FoundTool> {
+        list.iter()
+            .map(|(major, dir)| FoundTool {
+                major: *major,
+                path: PathBuf::from(dir).join("pg_dump"),
+                version: format!("pg_dump (PostgreSQL) {major}.1"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_lowest_major_at_least_the_servers_is_picked() {
+        let all = found(&[(15, "/a"), (18, "/b"), (17, "/c"), (17, "/d"), (13, "/e")]);
+        let dir = |need| pick(&all, need).map(|f| f.path.parent().unwrap().to_path_buf());
+        assert_eq!(dir(Some(15)), Some("/a".into()));
+        // No 16: the closest newer one, never an older one.
+        assert_eq!(dir(Some(16)), Some("/c".into()), "the first of two 17s");
+        assert_eq!(dir(Some(17)), Some("/c".into()));
+        assert_eq!(dir(Some(18)), Some("/b".into()));
+        assert_eq!(dir(Some(12)), Some("/e".into()));
+        assert_eq!(dir(Some(19)), None);
+        // No server to match: the newest.
+        assert_eq!(dir(None), Some("/b".into()));
+        assert_eq!(pick(&[], None), None);
+    }
+
+    #[test]
+    fn versions_are_read_from_tools_and_servers() {
+        assert_eq!(tool_major("pg_dump (PostgreSQL) 17.10"), Some(17));
+        assert_eq!(
+            tool_major("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(tool_major("psql (PostgreSQL) 18beta1"), Some(18));
+        assert_eq!(tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(tool_major("not a tool"), None);
+        assert_eq!(server_major("16.4 (Ubuntu 16.4-1.pgdg22.04+1)"), Some(16));
+        assert_eq!(major_of_num(180006), 18);
+        assert_eq!(major_of_num(90624), 9);
+    }
+
+    #[test]
+    fn a_missing_version_is_named_with_its_fix() {
+        let all = found(&[(15, "/usr/lib/postgresql/15/bin")]);
+        let need = Need {
+            major: 18,
+            subject: "source app runs".into(),
+        };
+        let m = refusal("pg_dump", Some(&need), pick(&all, None));
+        assert_eq!(
+            m,
+            "source app runs PostgreSQL 18; the newest pg_dump found is 15 (/usr/lib/postgresql/15/bin/pg_dump): install the PostgreSQL 18 client tools (e.g. postgresql-client-18) or point FIREDRILL_PG_BIN at their bin directory"
+        );
+        let m = refusal("initdb", Some(&need), None);
+        assert!(
+            m.contains("no initdb found") && m.contains("postgresql-18"),
+            "{m}"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! TLS for every PostgreSQL connection the agent makes (source, drill,
-//! catalog, plugin sql), with libpq's settings and meaning: `sslmode`
+//! TLS for the PostgreSQL connections the agent makes through tokio-postgres
+//! (source, drill, plugin sql; the catalog's sqlx connections read the same
+//! settings through `catalog::connect`), with libpq's settings and meaning: `sslmode`
 //! (disable, allow, prefer, require, verify-ca, verify-full), `sslrootcert`
 //! (a file, or `system`), `sslcert`/`sslkey`, from the URL or else from
 //! `PGSSLMODE`/`PGSSLROOTCERT`/`PGSSLCERT`/`PGSSLKEY`, and libpq's default

@@ -114,6 +114,14 @@ impl RedisUrl {
         )
     }
 
+    /// The URL's password, decoded as a URL's userinfo is (`+` stays `+`).
+    fn password(&self) -> Option<String> {
+        self.url
+            .password()
+            .map(percent_decode)
+            .filter(|p| !p.is_empty())
+    }
+
     /// The full URL, password included: only for clients that need it.
     pub fn secret_url(&self) -> &str {
         self.url.as_str()
@@ -169,12 +177,7 @@ impl RedisUrl {
             io: BufReader::with_capacity(PIECE, io),
             shown: self.redacted(),
         };
-        let password = self
-            .url
-            .password()
-            .map(|p| percent_decode(p))
-            .filter(|p| !p.is_empty());
-        if let Some(password) = password {
+        if let Some(password) = self.password() {
             let user = percent_decode(self.url.username());
             conn.auth(&user, &password).await.map_err(err)?;
         }
@@ -243,10 +246,9 @@ trait Io: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Io for T {}
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -487,6 +489,15 @@ pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plus_in_a_password_is_a_plus() {
+        // Userinfo is not a form: `+` is itself, `%2B` too, `%20` a space.
+        let u = RedisUrl::parse("redis://:a+b%2Bc%20d@127.0.0.1:6380/0").unwrap();
+        assert_eq!(u.password().as_deref(), Some("a+b+c d"));
+        let unix = RedisUrl::parse("redis+unix:///run/redis%20x/redis.sock?pass=p+q").unwrap();
+        assert_eq!(unix.unix_parts().0, "/run/redis x/redis.sock");
+    }
 
     #[test]
     fn keyspace_and_fields_parse() {

@@ -35,6 +35,11 @@ pub struct RestoreOptions {
     pub comment: Option<String>,
     /// Moved per chunk loaded (steps are chunks).
     pub progress: Arc<Progress>,
+    /// Create, without login, each role the schema names that the server
+    /// lacks: only for a throwaway cluster that firedrill started itself,
+    /// where roles are no one else's (a drill of a real database names its
+    /// owners; without them every statement that mentions one fails).
+    pub create_missing_roles: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +70,7 @@ pub async fn run(
     let clock = Instant::now();
     let entry = pick_database(manifest, opts.database.as_deref())?;
     let target_db = opts.target.database();
+    super::pg::refuse_older_target(&opts.target, manifest).await?;
     let created = prepare_target(&opts.target, opts.force, opts.comment.as_deref()).await?;
     let result = load(store, backup, entry, opts).await;
     if let Err(e) = &result {
@@ -192,7 +198,7 @@ async fn load(
     entry: &DatabaseEntry,
     opts: &RestoreOptions,
 ) -> Result<(u64, u64), JobError> {
-    apply_sql(store, backup, &entry.pre_data, &opts.target).await?;
+    apply_sql(store, backup, &entry.pre_data, opts).await?;
     let queue: VecDeque<(TableEntry, usize)> = entry
         .tables
         .iter()
@@ -208,7 +214,7 @@ async fn load(
     let counts = futures::future::try_join_all(workers).await?;
     super::large_objects::restore(store, backup, entry, &opts.target, &opts.progress).await?;
     set_sequences(entry, &opts.target).await?;
-    apply_sql(store, backup, &entry.post_data, &opts.target).await?;
+    apply_sql(store, backup, &entry.post_data, opts).await?;
     Ok(counts
         .into_iter()
         .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)))
@@ -244,25 +250,88 @@ async fn apply_sql(
     store: &Store,
     backup: &Backup,
     object: &ObjectRef,
-    target: &PgUrl,
+    opts: &RestoreOptions,
 ) -> Result<(), JobError> {
     let script = backup.reader(store, object).await?.read_all().await?;
     let statements = sql_script::split(&script).map_err(|source| JobError::Script {
         object: object.path.clone(),
         source,
     })?;
-    let db = target.database();
-    let client = target.connect().await?;
+    let db = opts.target.database();
+    let client = opts.target.connect().await?;
     for st in statements {
-        client.execute_typed(st.sql, &[]).await.map_err(|e| {
-            JobError::sql(
-                &db,
-                &format!("apply {} (the statement at line {})", object.path, st.line),
-                e,
-            )
-        })?;
+        let what = || format!("apply {} (the statement at line {})", object.path, st.line);
+        // A statement may name several roles (a GRANT), each missing.
+        let mut created = 0;
+        loop {
+            let Err(e) = client.execute_typed(st.sql, &[]).await else {
+                break;
+            };
+            match (missing_role(&e), opts.create_missing_roles) {
+                (Some((role, _)), true) if created < MAX_ROLES_PER_STATEMENT => {
+                    client
+                        .batch_execute(&format!("CREATE ROLE {} NOLOGIN", ident(&role)))
+                        .await
+                        .map_err(|e| JobError::sql(&db, &format!("create role {role}"), e))?;
+                    created += 1;
+                }
+                (Some((_, message)), _) => {
+                    return Err(JobError::Sql {
+                        database: db.clone(),
+                        what: what(),
+                        message: format!(
+                            "{message}: the backup's objects are owned by or granted to roles this server does not have; create them first (the backup's globals.sql.zst holds its roles: see docs/RESTORE-BY-HAND.md), then restore again"
+                        ),
+                    })
+                }
+                (None, _) => return Err(JobError::sql(&db, &what(), e)),
+            }
+        }
     }
     Ok(())
+}
+
+/// More would mean the server keeps answering "no such role" for a role
+/// just created: an error, not a loop.
+const MAX_ROLES_PER_STATEMENT: usize = 64;
+
+/// COPY into the columns the backup named, in its order: the restored
+/// table may hold them in another (an inheritance child whose parent gained
+/// a column after it was made lists the parent's columns first when
+/// pg_dump recreates it).
+fn copy_in_statement(table: &TableEntry) -> String {
+    let columns = match table.columns.is_empty() {
+        true => String::new(),
+        false => format!(
+            " ({})",
+            table
+                .columns
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!(
+        "COPY {}.{}{columns} FROM STDIN",
+        ident(&table.schema),
+        ident(&table.name)
+    )
+}
+
+/// `role "x" does not exist`: roles are cluster-wide, outside a database's
+/// backup, so a new server lacks them until the globals are applied.
+fn missing_role(e: &tokio_postgres::Error) -> Option<(String, String)> {
+    let d = e
+        .as_db_error()
+        .filter(|d| d.code().code() == "42704" && d.message().starts_with("role \""))?;
+    // `role "name" does not exist`, the name as it is (quotes not doubled).
+    let role = d
+        .message()
+        .strip_prefix("role \"")?
+        .strip_suffix("\" does not exist")?
+        .to_string();
+    Some((role, format!("{} ({})", d.message(), d.code().code())))
 }
 
 async fn load_worker(
@@ -285,11 +354,7 @@ async fn load_worker(
             .await
             .map_err(|e| JobError::sql(&db, "begin", e))?;
         let sink = tx
-            .copy_in(&format!(
-                "COPY {}.{} FROM STDIN",
-                ident(&table.schema),
-                ident(&table.name)
-            ))
+            .copy_in(&copy_in_statement(&table))
             .await
             .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
         futures::pin_mut!(sink);

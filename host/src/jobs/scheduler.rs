@@ -585,6 +585,7 @@ impl Agent {
                     database: None,
                     comment: None,
                     progress,
+                    create_missing_roles: false,
                 };
                 let r = restore::run(&self.store, &backup, &opts).await?;
                 Ok(Outcome {

@@ -1,0 +1,2 @@
+DROP TABLE firedrill.audit;
+DROP TABLE firedrill.jobs;
