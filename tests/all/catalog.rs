@@ -9,6 +9,9 @@
 use crate::api::{now, signed_policies, token_with, KEY};
 use crate::backup_restore::{backup_id, seeded};
 use crate::harness::{self, firedrill, output_text, start_agent};
+// The TLS tests' server: a test CA, a certificate for `localhost` only (so
+// 127.0.0.1 is the wrong name), a client-certificate rule for `certuser`.
+use crate::postgres_tls::server as tls_server;
 
 fn catalog(url: &str, args: &[&str]) -> std::process::Output {
     let mut all = vec!["catalog"];
@@ -478,98 +481,6 @@ fn an_unknown_sslmode_is_refused_naming_it() {
     assert!(!o.status.success() && text.contains("PGSSLMODE"), "{text}");
 }
 
-/// A private server taking TLS only (`hostnossl ... reject`), with a test CA,
-/// a certificate for `localhost` only (so 127.0.0.1 is the wrong name) and a
-/// client-certificate rule for `certuser`.
-struct TlsServer {
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl TlsServer {
-    fn file(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn url(&self, host: &str, user: &str, params: &str) -> String {
-        format!("postgres://{user}@{host}:{}/postgres?{params}", self.port)
-    }
-}
-
-fn tls_server() -> &'static TlsServer {
-    static S: std::sync::OnceLock<TlsServer> = std::sync::OnceLock::new();
-    S.get_or_init(|| {
-        let dir = harness::tempdir("catalog-tls");
-        harness::self_signed_ca(&dir, "ca");
-        harness::self_signed_ca(&dir, "other-ca");
-        harness::issue_cert(
-            &dir,
-            "server",
-            "/CN=localhost",
-            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        );
-        harness::issue_cert(
-            &dir,
-            "client",
-            "/CN=certuser",
-            "extendedKeyUsage=clientAuth\n",
-        );
-        // The server reads its key as its own user (`postgres` when we are root).
-        if unsafe { libc::geteuid() } == 0 {
-            let name = std::ffi::CString::new("postgres").unwrap();
-            let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-            assert!(!pw.is_null(), "running as root needs a `postgres` user");
-            let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-            std::os::unix::fs::chown(dir.join("server.key"), Some(uid), Some(gid)).unwrap();
-        }
-        std::fs::write(
-            dir.join("pg_hba.conf"),
-            "local all all scram-sha-256\n\
-             hostnossl all all all reject\n\
-             hostssl all certuser all cert\n\
-             hostssl all all all trust\n",
-        )
-        .unwrap();
-        let settings = [
-            "ssl=on".to_string(),
-            format!("ssl_cert_file={}", dir.join("server.crt").display()),
-            format!("ssl_key_file={}", dir.join("server.key").display()),
-            format!("ssl_ca_file={}", dir.join("ca.crt").display()),
-            format!("hba_file={}", dir.join("pg_hba.conf").display()),
-        ];
-        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-        let cluster =
-            firedrill::jobs::local_pg::LocalCluster::start_tcp(harness::scratch(), &settings)
-                .unwrap_or_else(|e| panic!("{e}"));
-        let s = TlsServer {
-            port: cluster.port(),
-            dir,
-        };
-        // Kept for the run; it dies with the test process (see local_pg).
-        std::mem::forget(cluster);
-        let admin = s.url(
-            "localhost",
-            "postgres",
-            &format!("sslmode=verify-full&sslrootcert={}", s.file("ca.crt")),
-        );
-        ok(catalog(&admin, &["status"]));
-        let url = firedrill::jobs::pg::PgUrl::parse(&admin).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let c = url.connect().await.unwrap();
-                c.batch_execute(
-                    "CREATE ROLE certuser LOGIN; GRANT CREATE ON DATABASE postgres TO certuser",
-                )
-                .await
-                .unwrap();
-            });
-        s
-    })
-}
-
 #[test]
 fn the_catalog_connects_over_tls_with_libpq_settings() {
     let s = tls_server();
@@ -589,6 +500,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
     let cert = s.url(
         "localhost",
         "certuser",
+        "postgres",
         &format!(
             "sslmode=verify-full&sslrootcert={ca}&sslcert={}&sslkey={}",
             s.file("client.crt"),
@@ -600,6 +512,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
         &s.url(
             "localhost",
             "certuser",
+            "postgres",
             &format!("sslmode=verify-full&sslrootcert={ca}"),
         ),
         &[],
@@ -607,6 +520,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
     // verify-full against the right name: migrations run over TLS.
     let good = s.url(
         "localhost",
+        "postgres",
         "postgres",
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     );
@@ -617,6 +531,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
         &s.url(
             "127.0.0.1",
             "postgres",
+            "postgres",
             &format!("sslmode=verify-full&sslrootcert={ca}"),
         ),
         &[],
@@ -625,6 +540,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
     let text = refused(
         &s.url(
             "localhost",
+            "postgres",
             "postgres",
             &format!("sslmode=verify-full&sslrootcert={other}"),
         ),
@@ -637,6 +553,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
         &s.url(
             "localhost",
             "postgres",
+            "postgres",
             &format!("sslmode=require&sslrootcert={other}"),
         ),
         &[],
@@ -645,6 +562,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
         &s.url(
             "localhost",
             "postgres",
+            "postgres",
             &format!("sslmode=verify-ca&sslrootcert={other}"),
         ),
         &[],
@@ -652,6 +570,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
     ok(catalog(
         &s.url(
             "localhost",
+            "postgres",
             "postgres",
             &format!("sslmode=verify-ca&sslrootcert={ca}"),
         ),
@@ -664,6 +583,7 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
         &s.url(
             "127.0.0.1",
             "postgres",
+            "postgres",
             &format!("sslmode=verify-ca&sslrootcert={ca}"),
         ),
         &[],
@@ -673,12 +593,20 @@ fn the_catalog_connects_over_tls_with_libpq_settings() {
     // refuses plaintext (sqlx alone would not); prefer takes TLS.
     for mode in ["require", "prefer", "allow"] {
         ok(catalog(
-            &s.url("127.0.0.1", "postgres", &format!("sslmode={mode}")),
+            &s.url(
+                "127.0.0.1",
+                "postgres",
+                "postgres",
+                &format!("sslmode={mode}"),
+            ),
             &["status"],
         ));
     }
     // disable: no TLS, and the server takes no plaintext.
-    let text = refused(&s.url("localhost", "postgres", "sslmode=disable"), &[]);
+    let text = refused(
+        &s.url("localhost", "postgres", "postgres", "sslmode=disable"),
+        &[],
+    );
     assert!(text.contains("no encryption"), "{text}");
     // The environment, as libpq: PGSSLMODE and PGSSLROOTCERT.
     let env = |mode: &str| {

@@ -11,18 +11,18 @@ use firedrill::jobs::pg::PgUrl;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-struct TlsServer {
-    port: u16,
+pub struct TlsServer {
+    pub port: u16,
     dir: PathBuf,
 }
 
 impl TlsServer {
-    fn file(&self, name: &str) -> String {
+    pub fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
 
     /// `user` on database `db` at `host`, with libpq parameters `params`.
-    fn url(&self, host: &str, user: &str, db: &str, params: &str) -> String {
+    pub fn url(&self, host: &str, user: &str, db: &str, params: &str) -> String {
         format!("postgres://{user}@{host}:{}/{db}?{params}", self.port)
     }
 }
@@ -45,8 +45,9 @@ fn give_to_server(p: &Path) {
 }
 
 /// The run's TLS-only server: certificate for `localhost` only (not for
-/// 127.0.0.1, so that the two names tell verify-ca from verify-full).
-fn server() -> &'static TlsServer {
+/// 127.0.0.1, so that the two names tell verify-ca from verify-full);
+/// `certuser` may create schemas in `postgres` (the catalog tests' catalog).
+pub fn server() -> &'static TlsServer {
     static S: OnceLock<TlsServer> = OnceLock::new();
     S.get_or_init(|| {
         let dir = harness::tempdir("pg-tls");
@@ -97,7 +98,11 @@ fn server() -> &'static TlsServer {
             "postgres",
             &format!("sslmode=verify-full&sslrootcert={}", s.file("ca.crt")),
         );
-        run(&admin, "CREATE ROLE certuser LOGIN").unwrap();
+        run(
+            &admin,
+            "CREATE ROLE certuser LOGIN; GRANT CREATE ON DATABASE postgres TO certuser",
+        )
+        .unwrap();
         s
     })
 }

@@ -340,30 +340,17 @@ async fn refuse_row_security(
     db: &str,
     jobs: &[Job],
 ) -> Result<(), JobError> {
-    let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text, current_user::text
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relrowsecurity AND row_security_active(c.oid)
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .map_err(|e| JobError::sql(db, "look for row-level security policies", e))?;
-    let hit: Vec<(String, String)> = rows
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-        .filter(|(s, t)| {
-            jobs.iter()
-                .any(|j| j.mode == TableMode::Full && &j.schema == s && &j.name == t)
-        })
-        .collect();
-    match (hit.is_empty(), rows.first()) {
-        (false, Some(r)) => {
-            let tables: Vec<String> = hit.iter().map(|(s, t)| format!("{s}.{t}")).collect();
-            Err(row_security_refusal(db, &tables.join(", "), r.get(2)))
-        }
-        _ => Ok(()),
+    let (hit, role) = tables_where(
+        client,
+        db,
+        "c.relrowsecurity AND row_security_active(c.oid)",
+        "look for row-level security policies",
+        jobs.iter().filter(|j| j.mode == TableMode::Full),
+    )
+    .await?;
+    match hit.is_empty() {
+        true => Ok(()),
+        false => Err(row_security_refusal(db, &hit.join(", "), &role)),
     }
 }
 
@@ -376,28 +363,18 @@ async fn refuse_unreadable_tables(
     db: &str,
     jobs: &[Job],
 ) -> Result<(), JobError> {
-    let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text, current_user::text
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
-               AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')
-                        AND pg_catalog.has_table_privilege(c.oid, 'SELECT'))
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .map_err(|e| JobError::sql(db, "check that the tables are readable", e))?;
-    let hit: Vec<String> = rows
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-        .filter(|(s, t)| jobs.iter().any(|j| &j.schema == s && &j.name == t))
-        .map(|(s, t)| format!("{s}.{t}"))
-        .collect();
-    let (Some(example), Some(first)) = (hit.first(), rows.first()) else {
+    let (hit, role) = tables_where(
+        client,
+        db,
+        "c.relkind = 'r' AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+                                  AND pg_catalog.has_table_privilege(c.oid, 'SELECT'))",
+        "check that the tables are readable",
+        jobs.iter(),
+    )
+    .await?;
+    let Some(example) = hit.first() else {
         return Ok(());
     };
-    let role: String = first.get(2);
     let shown = match hit.len() > 10 {
         true => format!("{} and {} more", hit[..10].join(", "), hit.len() - 10),
         false => hit.join(", "),
@@ -410,6 +387,46 @@ async fn refuse_unreadable_tables(
             ident(&role)
         ),
     })
+}
+
+/// The user tables (`schema.table`) matching `condition` that are among
+/// `jobs`, and the backup role's name.
+async fn tables_where(
+    client: &tokio_postgres::Client,
+    db: &str,
+    condition: &str,
+    what: &str,
+    jobs: impl Iterator<Item = &Job>,
+) -> Result<(Vec<String>, String), JobError> {
+    let wanted: std::collections::HashSet<(&str, &str)> =
+        jobs.map(|j| (j.schema.as_str(), j.name.as_str())).collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' AND {condition}
+                 ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| JobError::sql(db, what, e))?;
+    let hit: Vec<String> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .filter(|(s, t)| wanted.contains(&(s.as_str(), t.as_str())))
+        .map(|(s, t)| format!("{s}.{t}"))
+        .collect();
+    let role = match hit.is_empty() {
+        true => String::new(),
+        false => client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .map_err(|e| JobError::sql(db, what, e))?
+            .get(0),
+    };
+    Ok((hit, role))
 }
 
 /// pg_dump leaves out a database's subscriptions unless it runs as a
