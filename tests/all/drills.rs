@@ -179,7 +179,13 @@ fn a_local_drill_creates_the_roles_the_schema_names() {
         .unwrap();
     let (store, _) = file_store();
     let id = backup_id(
-        &["--database-url", &pg.url(&db), "--store", &store, "--no-globals"],
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--no-globals",
+        ],
         &[],
     );
     let tmp = harness::tempdir("localroles");

@@ -1276,4 +1276,3 @@ pub fn azurite() -> &'static Azurite {
         Azurite { port, account, key }
     })
 }
-

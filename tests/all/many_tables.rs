@@ -61,7 +61,9 @@ fn ten_thousand_tables_in_a_hundred_schemas_back_up_restore_and_drill() {
     let url = |db: &str| cluster.url(db).secret_url().to_string();
     let mut admin = postgres::Client::connect(&url("postgres"), postgres::NoTls).unwrap();
     for db in ["tenants", "restored"] {
-        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
     }
     let mut source = postgres::Client::connect(&url("tenants"), postgres::NoTls).unwrap();
     for s in 0..SCHEMAS {
@@ -83,7 +85,9 @@ fn ten_thousand_tables_in_a_hundred_schemas_back_up_restore_and_drill() {
     }
     let before = shape(&mut source);
     assert_eq!(before.len(), SCHEMAS);
-    assert!(before.iter().all(|(_, t, i)| *t == TABLES as i64 && *i == TABLES as i64));
+    assert!(before
+        .iter()
+        .all(|(_, t, i)| *t == TABLES as i64 && *i == TABLES as i64));
     let data = contents(&mut source);
 
     let (store, _) = file_store();
@@ -136,6 +140,8 @@ fn ten_thousand_tables_in_a_hundred_schemas_back_up_restore_and_drill() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("drill printed no report ({e}): {}", output_text(&o)));
     assert!(o.status.success(), "drill failed: {}", output_text(&o));
-    let counted = report["databases"][0]["tables"].as_array().map_or(0, Vec::len);
+    let counted = report["databases"][0]["tables"]
+        .as_array()
+        .map_or(0, Vec::len);
     assert_eq!(counted, SCHEMAS * TABLES, "{report}");
 }
