@@ -23,10 +23,10 @@
 //! `verify-ca` behaves as `verify-full` for the catalog.
 
 use crate::jobs::pg::PgUrl;
-use crate::jobs::pg_tls::{PgConnect, SslMode};
+use crate::jobs::pg_tls::{default_file, PgConnect, Roots, SslMode, TlsSettings};
 use base64::Engine;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -58,14 +58,6 @@ fn attempts_env(
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    // The value and the setting it came from (for errors).
-    let setting = |name: &str, var: &str| -> Option<(String, String)> {
-        match pairs.iter().rev().find(|(k, _)| k == name) {
-            Some((_, v)) => Some((v.clone(), name.to_string())),
-            None => env(var).map(|v| (v, var.to_string())),
-        }
-    };
-    let param = |name: &str, var: &str| setting(name, var).map(|(v, _)| v);
     if let Some((k, _)) = pairs
         .iter()
         .find(|(k, _)| !TLS_PARAMETERS.contains(&k.as_str()) && !PASSED.contains(&k.as_str()))
@@ -92,26 +84,26 @@ fn attempts_env(
         // The migrator's `_sqlx_migrations` lives next to the tables it describes.
         .options([("search_path", "firedrill")]);
 
-    let system = param("sslrootcert", "PGSSLROOTCERT").as_deref() == Some("system");
-    let mode = match setting("sslmode", "PGSSLMODE") {
-        Some((v, name)) => SslMode::parse(&v, &name)?,
-        None if system => SslMode::VerifyFull,
-        None => SslMode::Prefer,
-    };
+    let TlsSettings {
+        mode,
+        root,
+        cert,
+        key,
+    } = TlsSettings::read(&pairs, env)?;
+    let system = matches!(root, Some(Roots::System));
     let socket = base.get_socket().is_some();
     if mode == SslMode::Disable || socket {
         return Ok(vec![base.ssl_mode(PgSslMode::Disable)]);
     }
-    let root = param("sslrootcert", "PGSSLROOTCERT")
-        .map(PathBuf::from)
-        .or_else(|| default_file("root.crt", env));
-    let cert = param("sslcert", "PGSSLCERT")
-        .map(PathBuf::from)
-        .or_else(|| default_file("postgresql.crt", env));
+    let root = match root {
+        Some(Roots::File(p)) => Some(p),
+        Some(Roots::System) => Some(PathBuf::from("system")),
+        None => default_file("root.crt", env),
+    };
+    let cert = cert.or_else(|| default_file("postgresql.crt", env));
     let mut tls = base.clone();
     if let Some(cert) = &cert {
-        let key = param("sslkey", "PGSSLKEY")
-            .map(PathBuf::from)
+        let key = key
             .or_else(|| default_file("postgresql.key", env))
             .ok_or_else(|| format!("sslcert {} has no key: set sslkey", cert.display()))?;
         tls = tls.ssl_client_cert(cert).ssl_client_key(key);
@@ -135,13 +127,6 @@ fn attempts_env(
         SslMode::Prefer => vec![tls, plain],
         _ => vec![tls],
     })
-}
-
-/// libpq's default files, used when neither the URL nor the environment names one.
-fn default_file(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let home = env("HOME")?;
-    let p = Path::new(&home).join(".postgresql").join(name);
-    p.exists().then_some(p)
 }
 
 /// The OS roots as PEM, for sqlx (which reads roots only from PEM).

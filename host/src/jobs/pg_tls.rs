@@ -84,32 +84,25 @@ pub fn check_url(url: &url::Url) -> Result<(), String> {
     Ok(())
 }
 
-enum Roots {
+pub(crate) enum Roots {
     File(PathBuf),
     System,
 }
 
-/// How to connect to one URL: tokio-postgres's settings plus the TLS.
-#[derive(Clone)]
-pub struct PgConnect {
-    config: tokio_postgres::Config,
-    /// The wire modes to try in turn (libpq's allow and prefer try twice).
-    attempts: Vec<WireMode>,
-    tls: MakeRustlsConnect,
+/// The TLS settings of a URL's parameters, else the PGSSL* environment, as
+/// libpq reads them (the catalog's sqlx connections read them here too).
+pub(crate) struct TlsSettings {
+    pub mode: SslMode,
+    pub root: Option<Roots>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
-impl PgConnect {
-    /// Reads `url` (libpq's URL form) and the PGSSL* environment.
-    pub fn from_url(url: &str) -> Result<PgConnect, String> {
-        Self::from_url_env(url, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-    }
-
-    fn from_url_env(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PgConnect, String> {
-        let mut parsed = url::Url::parse(url).map_err(|e| format!("database URL: {e}"))?;
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+impl TlsSettings {
+    pub(crate) fn read(
+        pairs: &[(String, String)],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<TlsSettings, String> {
         let param = |name: &str, var: &str| -> Option<(String, String)> {
             match pairs.iter().rev().find(|(k, _)| k == name) {
                 Some((_, v)) => Some((v.clone(), name.to_string())),
@@ -134,6 +127,42 @@ impl PgConnect {
         }
         let cert = param("sslcert", "PGSSLCERT").map(|(v, _)| PathBuf::from(v));
         let key = param("sslkey", "PGSSLKEY").map(|(v, _)| PathBuf::from(v));
+        Ok(TlsSettings {
+            mode,
+            root,
+            cert,
+            key,
+        })
+    }
+}
+
+/// How to connect to one URL: tokio-postgres's settings plus the TLS.
+#[derive(Clone)]
+pub struct PgConnect {
+    config: tokio_postgres::Config,
+    /// The wire modes to try in turn (libpq's allow and prefer try twice).
+    attempts: Vec<WireMode>,
+    tls: MakeRustlsConnect,
+}
+
+impl PgConnect {
+    /// Reads `url` (libpq's URL form) and the PGSSL* environment.
+    pub fn from_url(url: &str) -> Result<PgConnect, String> {
+        Self::from_url_env(url, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    fn from_url_env(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PgConnect, String> {
+        let mut parsed = url::Url::parse(url).map_err(|e| format!("database URL: {e}"))?;
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let TlsSettings {
+            mode,
+            root,
+            cert,
+            key,
+        } = TlsSettings::read(&pairs, env)?;
         let kept: Vec<&(String, String)> = pairs
             .iter()
             .filter(|(k, _)| !OURS.contains(&k.as_str()))
@@ -282,7 +311,7 @@ fn plain_connector() -> Result<MakeRustlsConnect, String> {
 }
 
 /// libpq's default files, used when neither the URL nor the environment names one.
-fn default_file(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+pub(crate) fn default_file(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let home = env("HOME")?;
     let p = Path::new(&home).join(".postgresql").join(name);
     p.exists().then_some(p)
