@@ -4,6 +4,7 @@
 //! Every decision point is a WebAssembly component plugin bound by a policy
 //! file; see `docs/ARCHITECTURE.md` for the map of this crate.
 
+pub mod agent;
 pub mod api;
 pub mod archive;
 pub mod caps;
@@ -12,4 +13,5 @@ pub mod config;
 pub mod coord;
 pub mod jobs;
 pub mod runtime;
+pub mod servers;
 pub mod telemetry;

@@ -20,8 +20,8 @@ mod sse;
 
 pub use auth::{Audit, AuthStats};
 
+use crate::agent::Agent;
 use crate::caps::keyvalue::KvTarget;
-use crate::jobs::scheduler::Agent;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{Request, Response, StatusCode};

@@ -3,11 +3,11 @@
 
 use super::auth::{self, role_name, Principal};
 use super::{json, read_json, sse, ApiError, ApiState, Body};
+use crate::agent::JobRequest;
 use crate::archive as arch;
 use crate::caps::types::Role;
-use crate::jobs::pg::PgUrl;
-use crate::jobs::scheduler::JobRequest;
 use crate::jobs::status::Kind;
+use crate::servers::pg::PgUrl;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};

@@ -10,7 +10,7 @@
 //!
 //! Who the statements run as is the first bound, not this file: a drill's
 //! target is a per-drill role with SELECT on the drill database only (see
-//! `jobs::drill_role`), a source's is the role the operator named in
+//! `jobs::drill::role`), a source's is the role the operator named in
 //! `plugin_sql_url`, checked here at connect.
 //!
 //! Read-only is enforced by the server, not by parsing SQL: every statement
@@ -159,9 +159,9 @@ impl SqlCap {
             return Err(Error::Timeout);
         }
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-            // The agent's own TLS settings for this URL (see `jobs::pg_tls`).
-            let how =
-                crate::jobs::pg_tls::PgConnect::from_url(&target.url).map_err(Error::Connection)?;
+            // The agent's own TLS settings for this URL (see `servers::pg_tls`).
+            let how = crate::servers::pg_tls::PgConnect::from_url(&target.url)
+                .map_err(Error::Connection)?;
             let mut conn = how
                 .connect_blocking(|cfg| {
                     cfg.connect_timeout(left.min(CONNECT_TIMEOUT));

@@ -1,6 +1,6 @@
 //! The catalog's connection: sqlx, with libpq's TLS settings mapped onto it
 //! explicitly, because sqlx 0.8 reads them differently from libpq (and from
-//! `jobs::pg_tls`, which every other connection uses):
+//! `servers::pg_tls`, which every other connection uses):
 //!
 //! - an unknown `PGSSLMODE` is silently `prefer` in sqlx: the URL and the
 //!   environment are first checked by `pg_tls` (same errors, same files:
@@ -22,8 +22,8 @@
 //! another host name (it forgives only rustls's older `NotValidForName`), so
 //! `verify-ca` behaves as `verify-full` for the catalog.
 
-use crate::jobs::pg::PgUrl;
-use crate::jobs::pg_tls::{default_file, PgConnect, Roots, SslMode, TlsSettings};
+use crate::servers::pg::PgUrl;
+use crate::servers::pg_tls::{default_file, PgConnect, Roots, SslMode, TlsSettings};
 use base64::Engine;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use std::path::PathBuf;

@@ -15,8 +15,8 @@ mod connect;
 pub mod migrations;
 
 use crate::archive::{self as arch, Store};
-use crate::jobs::pg::PgUrl;
 use crate::jobs::status::JobView;
+use crate::servers::pg::PgUrl;
 use serde::Serialize;
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::PgPool;

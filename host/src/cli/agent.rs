@@ -1,12 +1,12 @@
 //! `firedrill agent` and `firedrill config check`.
 
 use anyhow::Context;
+use firedrill::agent::Agent;
 use firedrill::api::{ApiState, Audit, Authorization, Readiness};
 use firedrill::archive::Store;
 use firedrill::caps::keyvalue::KvTarget;
 use firedrill::config::Config;
 use firedrill::jobs::drill;
-use firedrill::jobs::scheduler::Agent;
 use firedrill::runtime::{Plugin, Policies, Policy, Runtime, RuntimeOptions, World};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

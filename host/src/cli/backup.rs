@@ -2,11 +2,11 @@
 
 use super::StoreArgs;
 use anyhow::{bail, Context};
+use firedrill::jobs::backup::redis::{self as backup_redis, RedisBackupOptions};
 use firedrill::jobs::backup::{self, BackupOptions};
-use firedrill::jobs::backup_redis::{self, RedisBackupOptions};
-use firedrill::jobs::pg::PgUrl;
-use firedrill::jobs::redis::RedisUrl;
 use firedrill::runtime::{PluginSet, World};
+use firedrill::servers::pg::PgUrl;
+use firedrill::servers::redis::RedisUrl;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -6,7 +6,7 @@
 use super::StoreArgs;
 use anyhow::Context;
 use firedrill::catalog::{Catalog, Step};
-use firedrill::jobs::pg::PgUrl;
+use firedrill::servers::pg::PgUrl;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]

@@ -5,8 +5,8 @@ use anyhow::Context;
 use firedrill::jobs::drill::{
     self, DrillOptions, DrillReport, DrillSession, DrillTarget, Pick, Status,
 };
-use firedrill::jobs::pg::PgUrl;
 use firedrill::runtime::{PluginSet, World};
+use firedrill::servers::pg::PgUrl;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 use super::StoreArgs;
 use anyhow::Context;
 use firedrill::archive;
-use firedrill::jobs::pg::PgUrl;
 use firedrill::jobs::restore::{self, RestoreOptions};
+use firedrill::servers::pg::PgUrl;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]

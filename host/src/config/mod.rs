@@ -78,8 +78,8 @@ pub mod schedule;
 
 pub use schedule::Schedule;
 
-use crate::jobs::pg::PgUrl;
-use crate::jobs::redis::RedisUrl;
+use crate::servers::pg::PgUrl;
+use crate::servers::redis::RedisUrl;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -19,13 +19,13 @@
 
 use super::backup::BackupOptions;
 use super::drill::{verdict, Check};
-use super::pg::PgUrl;
-use super::status::Progress;
 use super::JobError;
 use crate::archive::manifest::{
     Chunk, DatabaseEntry, LargeObjectChunk, LargeObjects, ObjectRef, LO_SLICE,
 };
 use crate::archive::{ArchiveError, Backup, ObjectWriter, Store};
+use crate::servers::pg::PgUrl;
+use crate::telemetry::progress::Progress;
 use futures::{SinkExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
@@ -125,7 +125,7 @@ pub(super) async fn refuse_unreadable(
             "role {role} may not read large object{} {listed}: grant it SELECT on each (GRANT SELECT ON LARGE OBJECT {} TO {}), make it their owner, or use a superuser; pg_read_all_data does not cover large objects, and a backup without them would be incomplete",
             if total == 1 { "" } else { "s" },
             oids[0],
-            super::pg::ident(&role)
+            crate::servers::pg::ident(&role)
         ),
     })
 }

@@ -1,32 +1,28 @@
 //! Jobs: what the agent does. Each takes a store and options, does its work
 //! natively (plugins only decide), and returns a summary.
 //!
-//! - `backup`: a consistent, parallel, streaming dump of a server's databases.
-//! - `backup_redis`, `redis`: a Redis server's RDB snapshot over the replication protocol.
-//! - `restore`: one database of a backup into a new (or emptied) database.
-//! - `drill`, `prune`: prove a backup; delete the ones a retention policy lets go.
-//! - `scheduler`: the agent's loops and every job's one way to run (lease, events, status).
-//! - `status`: job records and progress for the API.
-//! - `pg`: connection URLs, client tools, quoting.
+//! - `backup/`: a consistent, parallel, streaming dump of a server's databases
+//!   (`redis`: a Redis server's RDB snapshot).
+//! - `restore/`: one database of a backup into a new (or emptied) database
+//!   (`script`: the schema scripts firedrill agrees to execute).
+//! - `drill/`: prove a backup (`redis`: Redis drills; `role`: the drill's
+//!   least-privileged role).
+//! - `prune`: delete the backups a retention policy lets go; `rekey`.
+//! - `large_objects`: their backup and restore.
+//! - `status`: a job's kind and state, as the API and the catalog name them.
+//!
+//! Jobs never take leases or count themselves: the agent (`crate::agent`)
+//! runs every job, whatever its trigger.
 //!
 //! Invariant: a job's failure names what failed (the object, the table, the
 //! tool) and never leaves a half-written backup listed as complete.
 
 pub mod backup;
-pub mod backup_redis;
 pub mod drill;
-pub mod drill_redis;
-pub mod drill_role;
 pub mod large_objects;
-pub mod local_pg;
-pub mod pg;
-pub mod pg_tls;
 pub mod prune;
-pub mod redis;
 pub mod rekey;
 pub mod restore;
-pub mod scheduler;
-pub mod sql_script;
 pub mod status;
 
 use crate::archive::ArchiveError;
@@ -50,11 +46,11 @@ pub enum JobError {
     TargetNotEmpty { database: String, objects: i64 },
     #[error("dump plan: {0}")]
     Plan(String),
-    /// A schema script that firedrill refuses to execute (see `sql_script`).
+    /// A schema script that firedrill refuses to execute (see `restore::script`).
     #[error("{object}: {source}")]
     Script {
         object: String,
-        source: sql_script::ScriptError,
+        source: restore::script::ScriptError,
     },
     #[error(transparent)]
     Archive(#[from] ArchiveError),

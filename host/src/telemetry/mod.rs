@@ -8,6 +8,7 @@
 pub mod logs;
 pub mod metrics;
 pub mod otlp;
+pub mod progress;
 pub mod redact;
 
 pub use redact::{global as redactor, Redactor};

@@ -11,9 +11,9 @@ use anyhow::{bail, Context};
 use firedrill::caps::sql::{SqlScope, SqlTarget};
 use firedrill::caps::types as wit;
 use firedrill::caps::CallContext;
-use firedrill::jobs::local_pg::LocalCluster;
-use firedrill::jobs::pg::{ident, PgUrl, Tool};
 use firedrill::runtime::{Plugin, Policy, World};
+use firedrill::servers::local_pg::LocalCluster;
+use firedrill::servers::pg::{ident, PgUrl, Tool};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -263,7 +263,7 @@ fn verify(plugin: &Plugin, args: &Args) -> anyhow::Result<Vec<wit::CheckResult>>
     let mut role = None;
     let result = (|| {
         let tables = rt.block_on(load(&url, &args.fixture))?;
-        let r = rt.block_on(firedrill::jobs::drill_role::create(&url))?;
+        let r = rt.block_on(firedrill::jobs::drill::role::create(&url))?;
         let role_url = r.url.clone();
         role = Some(r);
         let now = firedrill::archive::manifest::unix_now();
@@ -293,7 +293,7 @@ fn verify(plugin: &Plugin, args: &Args) -> anyhow::Result<Vec<wit::CheckResult>>
     if let Err(e) = dropped {
         eprintln!("firedrill: could not drop the throwaway database {db}: {e}");
     } else if let Some(r) = role {
-        if let Err(e) = rt.block_on(firedrill::jobs::drill_role::drop(&server, &r.name)) {
+        if let Err(e) = rt.block_on(firedrill::jobs::drill::role::drop(&server, &r.name)) {
             eprintln!(
                 "firedrill: could not drop the throwaway role {}: {e}",
                 r.name

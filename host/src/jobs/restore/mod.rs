@@ -10,12 +10,13 @@
 //! failure names the object and drops the database this restore created; an
 //! existing database that holds anything is never touched without `force`.
 
-use super::pg::{ident, PgUrl};
-use super::sql_script;
-use super::status::Progress;
-use super::JobError;
+pub mod script;
+
 use crate::archive::manifest::{DatabaseEntry, Manifest, TableEntry, TableMode};
 use crate::archive::{ArchiveError, Backup, ObjectRef, Store};
+use crate::jobs::JobError;
+use crate::servers::pg::{ident, PgUrl};
+use crate::telemetry::progress::Progress;
 use futures::SinkExt;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -70,7 +71,7 @@ pub async fn run(
     let clock = Instant::now();
     let entry = pick_database(manifest, opts.database.as_deref())?;
     let target_db = opts.target.database();
-    super::pg::refuse_older_target(&opts.target, manifest).await?;
+    crate::servers::pg::refuse_older_target(&opts.target, manifest).await?;
     let created = prepare_target(&opts.target, opts.force, opts.comment.as_deref()).await?;
     let result = load(store, backup, entry, opts).await;
     if let Err(e) = &result {
@@ -212,7 +213,7 @@ async fn load(
     let workers = (0..opts.jobs.max(1))
         .map(|_| load_worker(store, backup, &opts.target, queue.clone(), &opts.progress));
     let counts = futures::future::try_join_all(workers).await?;
-    super::large_objects::restore(store, backup, entry, &opts.target, &opts.progress).await?;
+    crate::jobs::large_objects::restore(store, backup, entry, &opts.target, &opts.progress).await?;
     set_sequences(entry, &opts.target).await?;
     apply_sql(store, backup, &entry.post_data, opts).await?;
     Ok(counts
@@ -253,7 +254,7 @@ async fn apply_sql(
     opts: &RestoreOptions,
 ) -> Result<(), JobError> {
     let script = backup.reader(store, object).await?.read_all().await?;
-    let statements = sql_script::split(&script).map_err(|source| JobError::Script {
+    let statements = script::split(&script).map_err(|source| JobError::Script {
         object: object.path.clone(),
         source,
     })?;

@@ -16,18 +16,21 @@
 //! a drill never writes to the source and never touches a database it did not
 //! create, except to sweep the orphans of its own crashed runs.
 
-use super::local_pg::LocalCluster;
-use super::pg::{ident, PgUrl};
-use super::restore::{self, RestoreOptions};
-use super::status::Progress;
-use super::JobError;
+pub mod redis;
+pub mod role;
+
 use crate::archive::manifest::{self, DatabaseEntry, Manifest, TableMode};
 use crate::archive::{self as arch, Store};
 use crate::caps::sql::{SqlScope, SqlTarget};
 use crate::caps::types::{self as wit, CheckStatus};
 use crate::caps::CallContext;
 use crate::coord::CommitGuard;
+use crate::jobs::restore::{self, RestoreOptions};
+use crate::jobs::JobError;
 use crate::runtime::Plugin;
+use crate::servers::local_pg::LocalCluster;
+use crate::servers::pg::{ident, PgUrl};
+use crate::telemetry::progress::Progress;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -162,7 +165,7 @@ pub struct DrillSession {
     /// The drill server (as the drill's own role) and a role made on it.
     roles: Mutex<Vec<(PgUrl, String)>>,
     local: Mutex<Option<LocalCluster>>,
-    pub(super) redis: Mutex<Option<super::drill_redis::LocalRedis>>,
+    pub(super) redis: Mutex<Option<crate::jobs::drill::redis::LocalRedis>>,
 }
 
 impl DrillSession {
@@ -181,7 +184,7 @@ impl DrillSession {
         // After the databases: the roles' grants go with them.
         let roles: Vec<(PgUrl, String)> = std::mem::take(&mut *self.roles.lock().unwrap());
         for (server, role) in roles {
-            if let Err(e) = super::drill_role::drop(&server, &role).await {
+            if let Err(e) = crate::jobs::drill::role::drop(&server, &role).await {
                 tracing::error!(role = %role, "cannot drop the drill's role: {e}");
             }
         }
@@ -395,7 +398,7 @@ async fn drill(
 ) -> Result<(), JobError> {
     let manifest = &backup.manifest;
     if let Some(entry) = &manifest.redis {
-        return super::drill_redis::drill(store, backup, entry, opts, session, report).await;
+        return crate::jobs::drill::redis::drill(store, backup, entry, opts, session, report).await;
     }
     let server = match &opts.target {
         DrillTarget::Server(url) => {
@@ -474,7 +477,7 @@ async fn drill(
         drop(client);
         // Plugins and assertions run as a role that can read this database
         // and do nothing else; the drill's own role may be superuser.
-        let role = super::drill_role::create(&target).await?;
+        let role = crate::jobs::drill::role::create(&target).await?;
         session
             .roles
             .lock()
@@ -503,7 +506,7 @@ async fn drill(
             .lock()
             .unwrap()
             .retain(|d| d.database() != drill_db);
-        super::drill_role::drop(&server, &role.name).await?;
+        crate::jobs::drill::role::drop(&server, &role.name).await?;
         session
             .roles
             .lock()
@@ -579,7 +582,7 @@ pub async fn sweep_orphans(server: &PgUrl) {
         }
     }
     // Their roles, and any other whose database is gone.
-    super::drill_role::sweep_orphans(&admin).await;
+    crate::jobs::drill::role::sweep_orphans(&admin).await;
 }
 
 pub(super) fn pass(name: &str, detail: String) -> Check {
@@ -790,7 +793,7 @@ async fn builtin_checks(
             ));
         }
     }
-    super::large_objects::check(client, drill_db, entry, prefix, checks).await?;
+    crate::jobs::large_objects::check(client, drill_db, entry, prefix, checks).await?;
     checks.push(verdict(
         format!("{prefix}sequences"),
         off.is_empty(),

@@ -10,9 +10,8 @@
 //! a failure leaves no manifest, so nothing half-written is ever listed as a
 //! backup; passwords never reach a command line or a message.
 
-use super::pg::{ident, PgUrl, Tool};
-use super::status::Progress;
-use super::JobError;
+pub mod redis;
+
 use crate::archive::manifest::{
     self, Chunk, Compression, DatabaseEntry, Manifest, SequenceEntry, TableEntry, TableMode,
     Timings,
@@ -22,7 +21,10 @@ use crate::caps::sql::{SqlScope, SqlTarget};
 use crate::caps::types::{self as wit, DatabaseInfo, DumpPlan};
 use crate::caps::CallContext;
 use crate::coord::CommitGuard;
+use crate::jobs::JobError;
 use crate::runtime::Plugin;
+use crate::servers::pg::{ident, PgUrl, Tool};
+use crate::telemetry::progress::Progress;
 use futures::TryStreamExt;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -99,7 +101,7 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
         id: id.clone(),
         source: opts.source.clone(),
         kind: "postgres".into(),
-        postgres: super::pg::versions_for(&server_version),
+        postgres: crate::servers::pg::versions_for(&server_version),
         server_version,
         tool: format!("firedrill {}", env!("CARGO_PKG_VERSION")),
         compression: Compression {
@@ -269,7 +271,7 @@ async fn dump_database(
     let (mut jobs, excluded) = apply_plan(&info, &plan)?;
     refuse_unreadable_tables(&leader, &db, &jobs).await?;
     refuse_row_security(&leader, &db, &jobs).await?;
-    super::large_objects::refuse_unreadable(&leader, &db).await?;
+    crate::jobs::large_objects::refuse_unreadable(&leader, &db).await?;
     refuse_hidden_subscriptions(&leader, &db).await?;
     for job in &mut jobs {
         if let Some(e) = extras.get(&(job.schema.clone(), job.name.clone())) {
@@ -313,7 +315,7 @@ async fn dump_database(
             opts.compression_level
         ),
         futures::future::try_join_all(workers),
-        super::large_objects::dump(store, &db_dir, url, &snapshot, opts),
+        crate::jobs::large_objects::dump(store, &db_dir, url, &snapshot, opts),
     )?;
     let _ = leader.batch_execute("COMMIT").await;
     let tables = merge_ranges(tables.into_iter().flatten().collect());

@@ -8,10 +8,10 @@
 //! snapshot is complete only when its announced length (or end mark) has
 //! arrived.
 
-use super::status::Progress;
-use super::JobError;
 use crate::archive::manifest::KeyCount;
 use crate::archive::ObjectWriter;
+use crate::jobs::JobError;
+use crate::telemetry::progress::Progress;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,8 +20,8 @@
 //! suffix, so concurrent drills from different hosts never collide, and a
 //! role whose database is gone is an orphan [`sweep_orphans`] drops.
 
-use super::pg::{ident, PgUrl};
-use super::JobError;
+use crate::jobs::JobError;
+use crate::servers::pg::{ident, PgUrl};
 
 /// Connections one drill's role may hold at once (a verifier's, an
 /// assertion run's, and room for one reconnecting).
@@ -72,7 +72,7 @@ pub async fn create(admin: &PgUrl) -> Result<DrillRole, JobError> {
         .map(|r| r.get(0))
         .collect();
     let name = role_name(&db);
-    let password = super::local_pg::random_password();
+    let password = crate::servers::local_pg::random_password();
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     let role = ident(&name);
     let mut ddl = format!(

@@ -13,19 +13,23 @@
 //! without its manifest is not a backup, a drill's database is dropped by
 //! its session; then `run` returns.
 
-use super::backup::{self, BackupOptions};
-use super::backup_redis::{self, RedisBackupOptions};
-use super::drill::{self, DrillOptions, DrillSession, DrillTarget, Pick};
-use super::pg::PgUrl;
-use super::prune::{self, PruneOptions};
-use super::restore::{self, RestoreOptions};
-use super::status::{JobRecord, JobTable, Kind, State};
-use super::JobError;
+mod table;
+
+pub use table::{JobRecord, JobTable};
+
 use crate::archive::{self as arch, Store};
 use crate::catalog::Catalog;
 use crate::config::{Config, DrillTargetConfig, Schedule, SourceConfig};
 use crate::coord::{CommitGuard, Coordinator};
+use crate::jobs::backup::redis::{self as backup_redis, RedisBackupOptions};
+use crate::jobs::backup::{self, BackupOptions};
+use crate::jobs::drill::{self, DrillOptions, DrillSession, DrillTarget, Pick};
+use crate::jobs::prune::{self, PruneOptions};
+use crate::jobs::restore::{self, RestoreOptions};
+use crate::jobs::status::{Kind, State};
+use crate::jobs::JobError;
 use crate::runtime::{Plugin, Policies, World};
+use crate::servers::pg::PgUrl;
 use crate::telemetry::metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,13 +6,13 @@
 //! the lease is held; a failed or interrupted fetch leaves no manifest, and
 //! the upload of the snapshot is aborted.
 
-use super::backup::{commit, to_unix, BackupSummary};
-use super::redis::{info_field, keyspace, RedisUrl};
-use super::status::Progress;
-use super::JobError;
 use crate::archive::manifest::{self, Compression, Manifest, RedisEntry, Timings};
 use crate::archive::{ObjectRef, ObjectWriter, Store};
 use crate::coord::CommitGuard;
+use crate::jobs::backup::{commit, to_unix, BackupSummary};
+use crate::jobs::JobError;
+use crate::servers::redis::{info_field, keyspace, RedisUrl};
+use crate::telemetry::progress::Progress;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -34,7 +34,7 @@ pub async fn run(store: &Store, opts: &RedisBackupOptions) -> Result<BackupSumma
     let id = manifest::new_backup_id(started);
     let dir = crate::archive::backup_dir(&opts.source, &id);
     tracing::info!(backup = %id, source = %opts.source, server = %opts.url.redacted(), "redis backup started");
-    let (encryption, store) = super::backup::sealing(store, &dir).await?;
+    let (encryption, store) = crate::jobs::backup::sealing(store, &dir).await?;
     let store = &store;
     let mut info = opts.url.connect().await?;
     let server = info.info("server").await?;

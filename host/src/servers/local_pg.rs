@@ -18,7 +18,7 @@
 //! that stand in for a production server: [`LocalCluster::start_tcp`].
 
 use super::pg::{pg_tool, pick_tool, Need, PgUrl};
-use super::JobError;
+use crate::jobs::JobError;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -400,7 +400,7 @@ fn stop_pid(pid: u32) {
 
 /// mkdtemp: a fresh random name under `parent`, created 0700, never an
 /// existing path or a symlink. For the drill servers' private directories.
-pub(super) fn private_dir(parent: &Path, prefix: &str) -> std::io::Result<PathBuf> {
+pub(crate) fn private_dir(parent: &Path, prefix: &str) -> std::io::Result<PathBuf> {
     Ok(tempfile::Builder::new()
         .prefix(prefix)
         .rand_bytes(10)
@@ -410,7 +410,7 @@ pub(super) fn private_dir(parent: &Path, prefix: &str) -> std::io::Result<PathBu
 }
 
 /// A password for a throwaway server or role: 192 random bits, hex.
-pub(super) fn random_password() -> String {
+pub(crate) fn random_password() -> String {
     hex::encode(rand::random::<[u8; 24]>())
 }
 

@@ -8,16 +8,16 @@
 //! a 0700 directory made with mkdtemp semantics, and a random password,
 //! given to the server in a 0600 config file (never on its command line).
 
-use super::drill::{
-    pass, run_verifier, verdict, DrillOptions, DrillReport, DrillSession, DrillTarget,
-};
-use super::redis::{keyspace, RedisUrl};
-use super::JobError;
 use crate::archive::manifest::{KeyCount, RedisEntry};
 use crate::archive::{Backup, Store};
 use crate::caps::keyvalue::KvTarget;
 use crate::caps::types as wit;
 use crate::caps::CallContext;
+use crate::jobs::drill::{
+    pass, run_verifier, verdict, DrillOptions, DrillReport, DrillSession, DrillTarget,
+};
+use crate::jobs::JobError;
+use crate::servers::redis::{keyspace, RedisUrl};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,7 +73,7 @@ pub(super) async fn drill(
         format!("{} checks out ({} bytes)", entry.rdb.path, entry.raw_bytes),
     ));
     opts.progress.phase("loading the snapshot");
-    let password = super::local_pg::random_password();
+    let password = crate::servers::local_pg::random_password();
     let socket = dir.join("redis.sock");
     let conf = dir.join("redis.conf");
     if let Err(e) = write_private(&conf, &server_config(&dir, &socket, &password)) {
@@ -85,7 +85,7 @@ pub(super) async fn drill(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let child = super::local_pg::spawn_kept(cmd).map_err(|e| JobError::Tool {
+    let child = crate::servers::local_pg::spawn_kept(cmd).map_err(|e| JobError::Tool {
         tool: "redis-server".into(),
         message: format!("cannot start it ({e}); install the redis-server package"),
     })?;
@@ -177,7 +177,7 @@ async fn wait_loaded(
         }
         if let Ok(mut conn) = url.connect().await {
             if let Ok(persistence) = conn.info("persistence").await {
-                if super::redis::info_field(&persistence, "loading") == Some("0") {
+                if crate::servers::redis::info_field(&persistence, "loading") == Some("0") {
                     return Ok(keyspace(&conn.info("keyspace").await?));
                 }
             }
@@ -241,7 +241,7 @@ fn key_checks(
 }
 
 fn private_dir(parent: &Path) -> std::io::Result<PathBuf> {
-    super::local_pg::private_dir(
+    crate::servers::local_pg::private_dir(
         parent,
         &format!("firedrill-redis-drill-{}-", std::process::id()),
     )
@@ -313,7 +313,7 @@ mod tests {
         cmd.arg(&conf)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        let child = super::super::local_pg::spawn_kept(cmd).unwrap();
+        let child = crate::servers::local_pg::spawn_kept(cmd).unwrap();
         let server = LocalRedis {
             child,
             dir: dir.clone(),
@@ -330,9 +330,9 @@ mod tests {
         let port = conn.command(&[b"CONFIG", b"GET", b"port"]).await.unwrap();
         assert_eq!(
             port,
-            super::super::redis::Reply::Array(vec![
-                super::super::redis::Reply::Bulk(Some(b"port".to_vec())),
-                super::super::redis::Reply::Bulk(Some(b"0".to_vec()))
+            crate::servers::redis::Reply::Array(vec![
+                crate::servers::redis::Reply::Bulk(Some(b"port".to_vec())),
+                crate::servers::redis::Reply::Bulk(Some(b"0".to_vec()))
             ]),
             "no TCP"
         );
@@ -344,7 +344,7 @@ mod tests {
             .unwrap();
         let r = anon.command(&[b"GET", b"x"]).await.unwrap();
         assert!(
-            matches!(&r, super::super::redis::Reply::Error(e) if e.starts_with("NOAUTH")),
+            matches!(&r, crate::servers::redis::Reply::Error(e) if e.starts_with("NOAUTH")),
             "{r:?}"
         );
         let e = socket_url(&socket, "guess")

@@ -2,7 +2,7 @@
 //! passwords out of process lists and messages), the client tools, catalog
 //! queries.
 
-use super::JobError;
+use crate::jobs::JobError;
 use std::path::PathBuf;
 use url::Url;
 
