@@ -7,7 +7,7 @@ use firedrill::api::{serve_connection, ApiState, Audit, Authorization, Readiness
 use firedrill::archive::Store;
 use firedrill::config::Config;
 use firedrill::coord::Coordinator;
-use firedrill::jobs::scheduler::Agent;
+use firedrill::agent::Agent;
 use firedrill::runtime::{Policies, Runtime, RuntimeOptions};
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};

@@ -968,7 +968,7 @@ fn large_objects_go_to_s3_in_parts() {
 fn all_databases_of_a_server_in_one_backup() {
     // A server of its own: the shared one gains and loses databases as other tests run.
     let cluster =
-        firedrill::jobs::local_pg::LocalCluster::start_tcp(&harness::tempdir("cluster"), &[])
+        firedrill::servers::local_pg::LocalCluster::start_tcp(&harness::tempdir("cluster"), &[])
             .unwrap();
     let mut admin =
         postgres::Client::connect(cluster.url("postgres").secret_url(), postgres::NoTls).unwrap();

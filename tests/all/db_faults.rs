@@ -6,7 +6,7 @@
 
 use crate::backup_restore::{backup, file_store, seed};
 use crate::harness::{self, firedrill, firedrill_command, output_text};
-use firedrill::jobs::local_pg::LocalCluster;
+use firedrill::servers::local_pg::LocalCluster;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@ use crate::harness::{self, start_agent};
 use firedrill::archive::{self as arch, Store};
 use firedrill::coord::{CoordOptions, Coordinator, TryLock};
 use firedrill::jobs::backup::{self, BackupOptions};
-use firedrill::jobs::pg::PgUrl;
+use firedrill::servers::pg::PgUrl;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -95,7 +95,7 @@ static CHILDREN: Mutex<Vec<(u32, libc::c_int)>> = Mutex::new(Vec::new());
 /// Spawns `cmd` so that it dies with this process (see `local_pg::spawn_kept`)
 /// and is stopped with `stop_signal` at exit.
 fn spawn_kept(cmd: Command, stop_signal: libc::c_int) -> Child {
-    let child = firedrill::jobs::local_pg::spawn_kept(cmd)
+    let child = firedrill::servers::local_pg::spawn_kept(cmd)
         .unwrap_or_else(|e| panic!("cannot start a test server: {e}"));
     CHILDREN.lock().unwrap().push((child.id(), stop_signal));
     child
@@ -195,7 +195,7 @@ impl Postgres {
 
 fn pg_bin_dir() -> PathBuf {
     // The same lookup the agent uses for its client tools.
-    let initdb = firedrill::jobs::pg::pg_tool("initdb").unwrap();
+    let initdb = firedrill::servers::pg::pg_tool("initdb").unwrap();
     assert!(
         initdb.is_absolute() && initdb.exists(),
         "no PostgreSQL server binaries (initdb) found: run scripts/setup"
@@ -208,7 +208,7 @@ fn pg_bin_dir() -> PathBuf {
 pub fn postgres() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();
     PG.get_or_init(|| {
-        let cluster = firedrill::jobs::local_pg::LocalCluster::start_tcp(
+        let cluster = firedrill::servers::local_pg::LocalCluster::start_tcp(
             scratch(),
             &["max_connections=200", "shared_buffers=64MB"],
         )
@@ -967,7 +967,7 @@ pub fn pg_bin(major: u32) -> PathBuf {
 /// when dropped (and by the exit hook, if the test dies first).
 pub struct PostgresFrom {
     pub pg: Postgres,
-    _cluster: firedrill::jobs::local_pg::LocalCluster,
+    _cluster: firedrill::servers::local_pg::LocalCluster,
 }
 
 impl Drop for PostgresFrom {
@@ -989,7 +989,7 @@ impl std::ops::Deref for PostgresFrom {
 }
 
 pub fn postgres_from(bin: &Path) -> PostgresFrom {
-    let cluster = firedrill::jobs::local_pg::LocalCluster::start_tcp_from(
+    let cluster = firedrill::servers::local_pg::LocalCluster::start_tcp_from(
         bin,
         scratch(),
         &["max_connections=50"],

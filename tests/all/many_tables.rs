@@ -53,7 +53,7 @@ fn ten_thousand_tables_in_a_hundred_schemas_back_up_restore_and_drill() {
     // Its own server: pg_dump locks every table it dumps in one transaction,
     // so a catalog this size needs a lock table to match (as in production).
     let dir = harness::tempdir("many-tables");
-    let cluster = firedrill::jobs::local_pg::LocalCluster::start_tcp(
+    let cluster = firedrill::servers::local_pg::LocalCluster::start_tcp(
         &dir,
         &["max_locks_per_transaction=512", "shared_buffers=64MB"],
     )

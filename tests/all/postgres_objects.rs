@@ -5,7 +5,7 @@
 
 use crate::backup_restore::{backup_id, file_store};
 use crate::harness::{self, firedrill, output_text};
-use firedrill::jobs::local_pg::LocalCluster;
+use firedrill::servers::local_pg::LocalCluster;
 use std::path::{Path, PathBuf};
 
 fn listed(store: &str) -> Vec<(String, bool)> {

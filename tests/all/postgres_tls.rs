@@ -7,7 +7,7 @@
 
 use crate::backup_restore::{backup_id, file_store};
 use crate::harness::{self, firedrill, output_text};
-use firedrill::jobs::pg::PgUrl;
+use firedrill::servers::pg::PgUrl;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -84,7 +84,7 @@ pub fn server() -> &'static TlsServer {
         ];
         let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
         let cluster =
-            firedrill::jobs::local_pg::LocalCluster::start_tcp(harness::scratch(), &settings)
+            firedrill::servers::local_pg::LocalCluster::start_tcp(harness::scratch(), &settings)
                 .unwrap_or_else(|e| panic!("{e}"));
         let s = TlsServer {
             port: cluster.port(),

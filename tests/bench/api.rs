@@ -13,6 +13,7 @@
 //! (`/v1/jobs`, the worst case for the authorizer's share).
 //! FIREDRILL_BENCH_SECONDS (default 5) and FIREDRILL_BENCH_CLIENTS (16).
 
+use firedrill::agent::Agent;
 use firedrill::api::{serve, ApiState, Audit, Authorization, Readiness};
 use firedrill::archive::Store;
 use firedrill::caps::keyvalue::KvTarget;
@@ -21,9 +22,8 @@ use firedrill::caps::CallContext;
 use firedrill::config::Config;
 use firedrill::coord::Coordinator;
 use firedrill::jobs::backup::{self, BackupOptions};
-use firedrill::jobs::local_pg::LocalCluster;
-use firedrill::jobs::scheduler::Agent;
 use firedrill::runtime::{Policies, Runtime, RuntimeOptions, World};
+use firedrill::servers::local_pg::LocalCluster;
 use firedrill_token::{Claims, SigningKey};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

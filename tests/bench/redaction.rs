@@ -15,7 +15,7 @@ mod common;
 /// Log lines like the agent's: most clean, some with each kind of secret.
 fn lines(n: usize) -> Vec<String> {
     let shapes = [
-        "2026-11-23T04:00:00Z INFO firedrill::jobs::scheduler: backup done source=app backup=20261123T040000Z-k3x9qa bytes=4123456 seconds=2.31",
+        "2026-11-23T04:00:00Z INFO firedrill::agent: backup done source=app backup=20261123T040000Z-k3x9qa bytes=4123456 seconds=2.31",
         "2026-11-23T04:00:01Z WARN firedrill::jobs::backup: cannot connect to postgres://backup:s3cr3t-pw@db.internal:5432/app: connection refused",
         "2026-11-23T04:00:02Z INFO audit: {\"principal\":\"ci\",\"path\":\"/v1/backups\",\"decision\":\"allow\",\"request_id\":\"r-19\"}",
         "2026-11-23T04:00:03Z DEBUG firedrill::caps::sql: query rows=20000 table=public.events took=12ms",
