@@ -3,12 +3,8 @@
 //! plugin, the handlers), over an in-memory pipe. Seeds carry the token the
 //! authorizer accepts, so the fuzzer gets past it.
 #![no_main]
-use firedrill::api::{serve_connection, ApiState, Audit, Authorization, Readiness};
-use firedrill::archive::Store;
+use firedrill::api::{serve_connection, ApiState, Authorization, Readiness};
 use firedrill::config::Config;
-use firedrill::coord::Coordinator;
-use firedrill::agent::Agent;
-use firedrill::runtime::{Policies, Runtime, RuntimeOptions};
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,34 +34,24 @@ fn world() -> &'static World {
         let store_url = format!("file://{}", dir.join("store").display());
         let config = Config::parse(
             "fuzz.toml",
-            &format!("[store]\nurl = \"{store_url}\"\n[[source]]\nname = \"app\"\nurls = [\"postgres://127.0.0.1:1/x\"]\nbackup = \"cron: 0 3 1 1 *\"\n"),
+            &format!("[agent]\npolicies = {:?}\n[store]\nurl = \"{store_url}\"\n[[source]]\nname = \"app\"\nurls = [\"postgres://127.0.0.1:1/x\"]\nbackup = \"cron: 0 3 1 1 *\"\n", policies.display().to_string()),
             |_| None,
         )
         .unwrap();
-        let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
-        let policies = Policies::load(&runtime, &policies).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let state = rt.block_on(async {
-            let store = Store::open(&store_url, &Default::default()).unwrap();
-            let agent = Arc::new(Agent::new(
-                config,
-                store,
-                Some(policies),
-                None,
-                vec![],
-                Coordinator::local(),
-            ));
-            ApiState::new(
+            let agent = Arc::new(firedrill::agent::assemble(config).await.unwrap());
+            firedrill::launch::api_state(
                 agent,
                 Arc::new(Readiness::default()),
                 Authorization::Plugins,
-                None,
-                Audit::open(None).unwrap(),
             )
+            .await
+            .unwrap()
         });
         World { rt, state }
     })

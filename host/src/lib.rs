@@ -12,6 +12,9 @@ pub mod catalog;
 pub mod config;
 pub mod coord;
 pub mod jobs;
+pub mod launch;
+#[cfg(test)]
+mod layers;
 pub mod runtime;
 pub mod servers;
 pub mod telemetry;

@@ -19,6 +19,7 @@ mod encryption;
 mod fleet;
 mod hostile_backups;
 mod hostile_plugins;
+mod job_path;
 mod large_objects;
 mod least_privilege;
 mod load;

@@ -151,3 +151,36 @@ fn a_configmap_mount_loads_through_its_symlinks() {
     );
     assert_eq!(set.all()[0].name(), "keep");
 }
+
+/// Of every world but the verifier's, one policy is in force: a second
+/// planner (or retention policy, authorizer, redactor) would be silently
+/// ignored by whichever job picked the first, so the set does not load.
+#[test]
+fn a_second_policy_of_a_single_world_is_refused_naming_both() {
+    let retention = "world = \"retention\"\nwasm = \"retention_age.wasm\"\n[grants]\nconfig = true\n[config]\ndays = 7\n";
+    let dir = harness::policy_dir(
+        &["retention-age", "verifier-sql"],
+        &[
+            ("a-week.toml", retention),
+            ("a-month.toml", &retention.replace("7", "30")),
+        ],
+    );
+    let err = match PluginSet::load_dir(&harness::runtime(), &dir) {
+        Ok(_) => panic!("two retention policies loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("more than one retention policy")
+            && err.contains("a-month")
+            && err.contains("a-week"),
+        "{err}"
+    );
+    // Verifiers add up: two are one set.
+    let verifier = "world = \"verifier\"\nwasm = \"verifier_sql.wasm\"\n[grants]\nlogging = true\nconfig = true\nsql = { database = \"drill\" }\n";
+    let dir = harness::policy_dir(
+        &["verifier-sql"],
+        &[("one.toml", verifier), ("two.toml", verifier)],
+    );
+    let set = PluginSet::load_dir(&harness::runtime(), &dir).unwrap();
+    assert_eq!(set.of_world(World::Verifier).count(), 2);
+}

@@ -13,17 +13,16 @@
 //! (`/v1/jobs`, the worst case for the authorizer's share).
 //! FIREDRILL_BENCH_SECONDS (default 5) and FIREDRILL_BENCH_CLIENTS (16).
 
-use firedrill::agent::Agent;
-use firedrill::api::{serve, ApiState, Audit, Authorization, Readiness};
+use firedrill::api::{serve, Authorization, Readiness};
 use firedrill::archive::Store;
 use firedrill::caps::keyvalue::KvTarget;
 use firedrill::caps::types::{Header, RequestFacts};
 use firedrill::caps::CallContext;
 use firedrill::config::Config;
-use firedrill::coord::Coordinator;
 use firedrill::jobs::backup::{self, BackupOptions};
-use firedrill::runtime::{Policies, Runtime, RuntimeOptions, World};
+use firedrill::runtime::World;
 use firedrill::servers::local_pg::LocalCluster;
+use firedrill::servers::local_redis::LocalRedis;
 use firedrill_token::{Claims, SigningKey};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -48,51 +47,6 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A private redis-server on a free port; killed when dropped.
-struct RedisServer(std::process::Child, u16);
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/setup installs it)");
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer(child, port)
-    }
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.1)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn policy_dir(limits: &str) -> PathBuf {
     let dir = tempfile::tempdir().unwrap().keep();
@@ -189,8 +143,10 @@ fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
 fn main() {
     let secs = env_num("FIREDRILL_BENCH_SECONDS", 5);
     let clients = env_num("FIREDRILL_BENCH_CLIENTS", 16) as usize;
-    let redis = RedisServer::start();
     let scratch = tempfile::tempdir().unwrap();
+    let redis = LocalRedis::start_tcp(scratch.path(), &[])
+        .expect("redis-server (scripts/setup installs it)");
+    let redis_url = format!("redis://127.0.0.1:{}/", redis.port().expect("a TCP server"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -229,7 +185,6 @@ fn main() {
         }
     });
 
-    let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
     let token = token();
     let high = "subject_limit = \"100000000/1m\"\naddress_limit = \"100000000/1m\"\n";
     let configs: [(&str, Option<(bool, &str)>); 4] = [
@@ -244,36 +199,31 @@ fn main() {
     let mut rows = Vec::new();
     let mut decisions = Vec::new();
     for (label, limits) in configs {
-        let policies = limits.map(|(_, l)| Policies::load(&runtime, &policy_dir(l)).unwrap());
         // Without Redis the authorizer has no revocation list to consult.
         let with_redis = limits.is_some_and(|(redis, _)| redis);
-        let text = format!("[store]\nurl = \"{store_url}\"\n[[source]]\nname = \"bench\"\nurls = [\"postgres://127.0.0.1:1/x\"]\nbackup = \"cron: 0 3 1 1 *\"\n");
+        let mut text = format!("[store]\nurl = \"{store_url}\"\n[api]\naudit_log = {:?}\n[[source]]\nname = \"bench\"\nurls = [\"postgres://127.0.0.1:1/x\"]\nbackup = \"cron: 0 3 1 1 *\"\n", scratch.path().join("audit.jsonl").display().to_string());
+        if let Some((_, l)) = limits {
+            text = format!("[agent]\npolicies = {:?}\n{text}", policy_dir(l).display().to_string());
+        }
+        if with_redis {
+            text.push_str(&format!("[coordination]\nredis_url = {:?}\nnamespace = \"bench:\"\n", redis_url));
+        }
         let file = scratch.path().join("firedrill.toml");
         std::fs::write(&file, text).unwrap();
         let config = Config::load(Some(&file), |_| None).unwrap();
-        let kv = with_redis.then(|| KvTarget::new(&redis.url(), "bench:plugin:").unwrap());
-        let (addr, server) = rt.block_on(async {
-            let agent = Arc::new(Agent::new(
-                config,
-                store.clone(),
-                policies.clone(),
-                None,
-                vec![],
-                Coordinator::local(),
-            ));
+        let (addr, server, policies) = rt.block_on(async {
+            let agent = Arc::new(firedrill::agent::assemble(config).await.unwrap());
+            let policies = agent.policies().cloned();
             let auth = if policies.is_some() {
                 Authorization::Plugins
             } else {
                 Authorization::Disabled
             };
-            let state = ApiState::new(
-                agent,
-                Arc::new(Readiness::default()),
-                auth,
-                kv.clone(),
-                Audit::open(Some(&scratch.path().join("audit.jsonl"))).unwrap(),
-            );
-            serve("127.0.0.1:0".parse().unwrap(), state).await.unwrap()
+            let state = firedrill::launch::api_state(agent, Arc::new(Readiness::default()), auth)
+                .await
+                .unwrap();
+            let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
+            (addr, server, policies)
         });
         for path in ["/v1/backups", "/v1/jobs"] {
             let (rps, errors) = drive(addr, path, &token, clients, secs);
@@ -289,7 +239,7 @@ fn main() {
                 .unwrap()
                 .clone();
             let ctx = CallContext {
-                keyvalue: kv,
+                keyvalue: with_redis.then(|| KvTarget::new(&redis_url, "bench:plugin:").unwrap()),
                 ..Default::default()
             };
             let facts = RequestFacts {

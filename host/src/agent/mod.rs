@@ -13,8 +13,10 @@
 //! without its manifest is not a backup, a drill's database is dropped by
 //! its session; then `run` returns.
 
+mod assemble;
 mod table;
 
+pub use assemble::{assemble, StartError};
 pub use table::{JobRecord, JobTable};
 
 use crate::archive::{self as arch, Store};
@@ -22,17 +24,16 @@ use crate::catalog::Catalog;
 use crate::config::{Config, DrillTargetConfig, Schedule, SourceConfig};
 use crate::coord::{CommitGuard, Coordinator};
 use crate::jobs::backup::redis::{self as backup_redis, RedisBackupOptions};
-use crate::jobs::backup::{self, BackupOptions};
-use crate::jobs::drill::{self, DrillOptions, DrillSession, DrillTarget, Pick};
-use crate::jobs::prune::{self, PruneOptions};
-use crate::jobs::restore::{self, RestoreOptions};
+use crate::jobs::backup::{self, BackupOptions, BackupSummary};
+use crate::jobs::drill::{self, DrillOptions, DrillReport, DrillSession, DrillTarget, Pick};
+use crate::jobs::prune::{self, PruneOptions, PruneReport};
+use crate::jobs::restore::{self, RestoreOptions, RestoreSummary};
 use crate::jobs::status::{Kind, State};
 use crate::jobs::JobError;
 use crate::runtime::{Plugin, Policies, World};
 use crate::servers::pg::PgUrl;
 use crate::telemetry::metrics;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
@@ -40,17 +41,6 @@ use tracing::Instrument;
 
 /// How long a job asked for through the API waits for its lease or quota.
 const API_WAIT: Duration = Duration::from_secs(600);
-
-#[derive(Debug, Default)]
-pub struct AgentStats {
-    pub backups: AtomicU64,
-    pub drills: AtomicU64,
-    pub prunes: AtomicU64,
-    pub restores: AtomicU64,
-    pub failures: AtomicU64,
-    /// Runs skipped because another agent ran (or was running) the slot.
-    pub skipped: AtomicU64,
-}
 
 /// One job to run.
 #[derive(Debug, Clone)]
@@ -61,11 +51,13 @@ pub struct JobRequest {
     pub slot: Option<i64>,
     /// Drill or restore this backup rather than the configured pick.
     pub backup: Option<String>,
+    /// Drill only: which backup, when not `backup` nor the configured pick.
+    pub pick: Option<Pick>,
     /// Restore only: where to.
     pub target: Option<PgUrl>,
     /// Prune only: decide, delete nothing.
     pub dry_run: bool,
-    /// "schedule" or "api:<principal>".
+    /// "schedule", "api:<principal>" or "cli".
     pub trigger: String,
     /// The trace of the API request that asked for it, if any.
     pub trace: Option<opentelemetry::Context>,
@@ -78,6 +70,7 @@ impl JobRequest {
             source: source.into(),
             slot: None,
             backup: None,
+            pick: None,
             target: None,
             dry_run: false,
             trigger: trigger.into(),
@@ -97,12 +90,21 @@ fn record_backup(source: &str, bytes: u64, seconds: f64) {
     );
 }
 
+/// What a job produced: its summary or report, whatever its trigger.
+#[derive(Debug)]
+pub enum JobResult {
+    Backup(BackupSummary),
+    Drill(Box<DrillReport>),
+    Prune(PruneReport),
+    Restore(RestoreSummary),
+}
+
 /// What a job produced, for its record and its event.
-#[derive(Default)]
 struct Outcome {
     backup: Option<String>,
     passed: Option<bool>,
     detail: Option<String>,
+    result: JobResult,
 }
 
 pub struct Agent {
@@ -115,51 +117,16 @@ pub struct Agent {
     coord: Coordinator,
     /// Where finished jobs, backups and drills are recorded, if anywhere.
     catalog: Option<Arc<Catalog>>,
-    turns: HashMap<String, Arc<Mutex<()>>>,
+    /// One lock per source: a source's jobs take turns on this agent.
+    turns: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Turned true by [`Agent::shutdown`]; every job in progress watches it.
     stop: watch::Sender<bool>,
     /// Jobs started through the API, awaited at shutdown.
     spawned: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub jobs: JobTable,
-    pub stats: AgentStats,
 }
 
 impl Agent {
-    pub fn new(
-        config: Config,
-        store: Store,
-        policies: Option<Arc<Policies>>,
-        fallback_retention: Option<Arc<Plugin>>,
-        assertions: Vec<drill::Assertion>,
-        coord: Coordinator,
-    ) -> Agent {
-        let turns = config
-            .sources
-            .iter()
-            .map(|s| (s.name.clone(), Arc::default()))
-            .collect();
-        Agent {
-            config,
-            store,
-            policies,
-            fallback_retention,
-            assertions,
-            coord,
-            catalog: None,
-            turns,
-            stop: watch::channel(false).0,
-            spawned: Default::default(),
-            jobs: JobTable::default(),
-            stats: AgentStats::default(),
-        }
-    }
-
-    /// Records every finished job (and its backup or drill) in the catalog.
-    pub fn with_catalog(mut self, catalog: Option<Arc<Catalog>>) -> Agent {
-        self.catalog = catalog;
-        self
-    }
-
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -171,6 +138,19 @@ impl Agent {
     }
     pub fn policies(&self) -> Option<&Arc<Policies>> {
         self.policies.as_ref()
+    }
+    pub fn catalog(&self) -> Option<&Arc<Catalog>> {
+        self.catalog.as_ref()
+    }
+
+    /// Which backup a drill of `pick` (among `source`'s, or every source's)
+    /// would take now: (source, backup id).
+    pub async fn pick_backup(
+        &self,
+        pick: &Pick,
+        source: Option<&str>,
+    ) -> Result<(String, String), JobError> {
+        drill::pick_backup(&self.store, pick, source).await
     }
 
     /// Asks every schedule and every job in progress to stop.
@@ -185,7 +165,7 @@ impl Agent {
         let mut tasks = Vec::new();
         for source in self.config.sources.clone() {
             let jobs = [
-                (Kind::Backup, Some(source.backup.clone())),
+                (Kind::Backup, source.backup.clone()),
                 (Kind::Drill, source.drill.clone()),
                 (Kind::Prune, source.prune.clone()),
             ];
@@ -256,7 +236,7 @@ impl Agent {
 
     /// Starts a job in the background (the API's way in).
     pub fn spawn(self: &Arc<Self>, req: JobRequest) -> Result<Arc<JobRecord>, JobError> {
-        if !self.turns.contains_key(&req.source) {
+        if !self.config.sources.iter().any(|s| s.name == req.source) {
             return Err(JobError::Config(format!(
                 "no source named {:?} in this agent's configuration",
                 req.source
@@ -273,16 +253,30 @@ impl Agent {
         Ok(record)
     }
 
+    /// Runs one job now and returns what it produced: the CLI's way in.
+    /// The same path as a tick or an API call (turn, lease, quota, events,
+    /// counters, job table, catalog); waits up to `give_up` for the lease.
+    /// `Ok(None)`: another run held the lease all that time.
+    pub async fn run_now(
+        &self,
+        req: &JobRequest,
+        give_up: Duration,
+    ) -> Result<Option<JobResult>, JobError> {
+        let record = self.jobs.create(req.kind, &req.source, &req.trigger);
+        let session = DrillSession::new();
+        self.execute(req, &record, &session, give_up).await
+    }
+
     /// The one way a job runs: its turn, its lease (and quota), the work,
-    /// then the record, the counters and the events. Never fails: the
-    /// outcome is in `record`.
+    /// then the record, the counters and the events. The outcome is also in
+    /// `record`.
     pub async fn execute(
         &self,
         req: &JobRequest,
         record: &JobRecord,
         session: &Arc<DrillSession>,
         give_up: Duration,
-    ) {
+    ) -> Result<Option<JobResult>, JobError> {
         // One trace per job; a job an API request started continues the
         // request's trace (W3C trace context).
         let span = tracing::info_span!("job", job = req.kind.as_str(), source = %req.source, id = %record.id, trigger = %req.trigger);
@@ -290,7 +284,8 @@ impl Agent {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
             let _ = span.set_parent(parent.clone());
         }
-        self.execute_in_span(req, record, session, give_up)
+        let result = self
+            .execute_in_span(req, record, session, give_up)
             .instrument(span)
             .await;
         if let Some(c) = &self.catalog {
@@ -301,6 +296,7 @@ impl Agent {
                 tracing::warn!("job {} not recorded in the catalog: {e}", record.id);
             }
         }
+        result
     }
 
     async fn execute_in_span(
@@ -309,21 +305,17 @@ impl Agent {
         record: &JobRecord,
         session: &Arc<DrillSession>,
         give_up: Duration,
-    ) {
+    ) -> Result<Option<JobResult>, JobError> {
         let source = &req.source;
         let job = req.kind.as_str();
-        let _turn = match self.turns.get(source) {
-            Some(t) => t.lock().await,
-            None => {
-                record.finish(
-                    State::Failed,
-                    None,
-                    None,
-                    Some(format!("no source named {source:?}")),
-                );
-                return;
-            }
-        };
+        let turn = self
+            .turns
+            .lock()
+            .unwrap()
+            .entry(source.clone())
+            .or_default()
+            .clone();
+        let _turn = turn.lock().await;
         let waited = std::time::Instant::now();
         let lease = self
             .coord
@@ -337,12 +329,12 @@ impl Agent {
         let lease = match lease {
             Ok(Some(l)) => l,
             Ok(None) => {
-                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                metrics::global().add(metrics::JOBS_SKIPPED, &[], 1.0);
                 tracing::info!(source = %source, job, "another agent ran this slot (or still holds it): skipped");
                 record.finish(State::Skipped, None, None, None);
-                return;
+                return Ok(None);
             }
-            Err(e) => return self.failed(req, record, e.into()).await,
+            Err(e) => return Err(self.failed(req, record, e.into()).await),
         };
         let _permit = if req.kind == Kind::Drill {
             match self.coord.drill_permit(give_up).await {
@@ -353,11 +345,11 @@ impl Agent {
                         self.coord.options().drill_quota
                     ));
                     let _ = lease.release(None).await;
-                    return self.failed(req, record, e).await;
+                    return Err(self.failed(req, record, e).await);
                 }
                 Err(e) => {
                     let _ = lease.release(None).await;
-                    return self.failed(req, record, e.into()).await;
+                    return Err(self.failed(req, record, e.into()).await);
                 }
             }
         } else {
@@ -371,13 +363,7 @@ impl Agent {
         match result {
             Ok(out) => {
                 let _ = lease.release(req.slot).await;
-                let counter = match req.kind {
-                    Kind::Backup => &self.stats.backups,
-                    Kind::Drill => &self.stats.drills,
-                    Kind::Prune => &self.stats.prunes,
-                    Kind::Restore => &self.stats.restores,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                metrics::global().add(metrics::JOBS, &[("kind", job)], 1.0);
                 let kind = match (req.kind, out.passed) {
                     (Kind::Drill, Some(true)) => "drill.passed".to_string(),
                     (Kind::Drill, _) => "drill.failed".to_string(),
@@ -388,10 +374,11 @@ impl Agent {
                     (Some(record.id.clone()), out.backup.clone(), out.detail);
                 self.coord.publish(&ev).await;
                 record.finish(State::Succeeded, out.backup, out.passed, None);
+                Ok(Some(out.result))
             }
             Err(e) => {
                 let _ = lease.release(None).await;
-                self.failed(req, record, e).await
+                Err(self.failed(req, record, e).await)
             }
         }
     }
@@ -404,14 +391,16 @@ impl Agent {
         }
     }
 
-    async fn failed(&self, req: &JobRequest, record: &JobRecord, e: JobError) {
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+    /// Logs, counts, publishes and records a failure; hands the error back.
+    async fn failed(&self, req: &JobRequest, record: &JobRecord, e: JobError) -> JobError {
+        metrics::global().add(metrics::JOB_FAILURES, &[], 1.0);
         let job = req.kind.as_str();
         tracing::error!(source = %req.source, job, "job failed, retrying at the next tick: {e}");
         let mut ev = self.coord.event(&format!("{job}.failed"), &req.source);
         (ev.job, ev.detail) = (Some(record.id.clone()), Some(e.to_string()));
         self.coord.publish(&ev).await;
         record.finish(State::Failed, None, None, Some(e.to_string()));
+        e
     }
 
     async fn once(
@@ -421,12 +410,19 @@ impl Agent {
         session: &Arc<DrillSession>,
         guard: CommitGuard,
     ) -> Result<Outcome, JobError> {
-        let source = self
-            .config
-            .sources
-            .iter()
-            .find(|s| s.name == req.source)
-            .ok_or_else(|| JobError::Config(format!("no source named {:?}", req.source)))?;
+        // Backups need the source's settings; the other jobs only its name
+        // (a CLI drill of any backup in the store has no configured source).
+        let configured = self.config.sources.iter().find(|s| s.name == req.source);
+        let source = match configured {
+            Some(s) => s.clone(),
+            None if req.kind != Kind::Backup => SourceConfig::new(&req.source, vec![], None),
+            None => {
+                return Err(JobError::Config(format!(
+                    "no source named {:?}",
+                    req.source
+                )))
+            }
+        };
         let set = self.policies.as_ref().map(|p| p.current());
         let of_world = |w: World| -> Vec<Arc<Plugin>> {
             set.as_ref()
@@ -451,8 +447,9 @@ impl Agent {
                         "{} keys, {} bytes in {:.1}s",
                         s.keys, s.bytes, s.seconds
                     )),
-                    backup: Some(s.id),
-                    ..Default::default()
+                    backup: Some(s.id.clone()),
+                    passed: None,
+                    result: JobResult::Backup(s),
                 })
             }
             Kind::Backup => {
@@ -462,8 +459,8 @@ impl Agent {
                     jobs: source.jobs,
                     compression_level: source.compression_level,
                     chunk_bytes: source.chunk_bytes,
-                    globals: true,
-                    role_passwords: false,
+                    globals: source.globals,
+                    role_passwords: source.role_passwords,
                     planner: of_world(World::DumpPlanner).into_iter().next(),
                     plugin_sql: source.plugin_sql.clone(),
                     guard: Some(guard),
@@ -475,8 +472,9 @@ impl Agent {
                 tracing::info!(source = %source.name, backup = %s.id, bytes = s.bytes, seconds = s.seconds, "backup done");
                 Ok(Outcome {
                     detail: Some(format!("{} bytes in {:.1}s", s.bytes, s.seconds)),
-                    backup: Some(s.id),
-                    ..Default::default()
+                    backup: Some(s.id.clone()),
+                    passed: None,
+                    result: JobResult::Backup(s),
                 })
             }
             Kind::Drill => {
@@ -492,9 +490,10 @@ impl Agent {
                     guard: Some(guard),
                     progress,
                 };
-                let pick = match &req.backup {
-                    Some(id) => Pick::Id(id.clone()),
-                    None => self.config.drill_pick.clone(),
+                let pick = match (&req.backup, &req.pick) {
+                    (Some(id), _) => Pick::Id(id.clone()),
+                    (None, Some(p)) => p.clone(),
+                    (None, None) => self.config.drill_pick.clone(),
                 };
                 let r = drill::run(&self.store, &pick, &opts, session).await?;
                 if let Some(c) = &self.catalog {
@@ -542,6 +541,7 @@ impl Agent {
                     } else {
                         failed.join("; ")
                     }),
+                    result: JobResult::Drill(Box::new(r)),
                 })
             }
             Kind::Prune => {
@@ -551,7 +551,7 @@ impl Agent {
                     .or_else(|| self.fallback_retention.clone())
                 else {
                     return Err(JobError::Config(
-                        "prune is scheduled but no retention policy is loaded".into(),
+                        "no retention policy (world = \"retention\") in agent.policies, and no BACKUP_RETENTION_DAYS; prune decides nothing without one".into(),
                     ));
                 };
                 let opts = PruneOptions {
@@ -571,7 +571,9 @@ impl Agent {
                         r.deleted.len(),
                         if r.dry_run { " (dry run)" } else { "" }
                     )),
-                    ..Default::default()
+                    backup: None,
+                    passed: None,
+                    result: JobResult::Prune(r),
                 })
             }
             Kind::Restore => {
@@ -595,7 +597,8 @@ impl Agent {
                 Ok(Outcome {
                     detail: Some(format!("{} rows into {}", r.rows, r.target)),
                     backup: Some(id),
-                    ..Default::default()
+                    passed: None,
+                    result: JobResult::Restore(r),
                 })
             }
         }

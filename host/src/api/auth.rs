@@ -6,12 +6,12 @@ use super::{ApiError, ApiState, Authorization};
 use crate::caps::types::{Decision, Header, RequestFacts, Role};
 use crate::caps::CallContext;
 use crate::runtime::World;
+use crate::telemetry::metrics;
 use hyper::HeaderMap;
 use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -25,14 +25,10 @@ const FACT_HEADERS: [&str; 6] = [
     "x-request-id",
 ];
 
-#[derive(Debug, Default)]
-pub struct AuthStats {
-    pub allowed: AtomicU64,
-    pub denied: AtomicU64,
-    /// The authorizer trapped, overran its deadline or none was loaded: 503.
-    pub failed: AtomicU64,
-    /// Sum of decision times, for the mean on /metrics.
-    pub micros: AtomicU64,
+/// Counts one decision: `allow`, `deny`, or `error` (the authorizer trapped,
+/// overran its deadline, could not decide, or none was loaded: a 503).
+fn count(decision: &'static str) {
+    metrics::global().add(metrics::API_AUTHORIZATIONS, &[("decision", decision)], 1.0);
 }
 
 /// Who is calling, once allowed.
@@ -190,7 +186,7 @@ pub async fn authorize(
         authorizer: None,
     };
     let Some(plugin) = plugin else {
-        state.auth.failed.fetch_add(1, Ordering::Relaxed);
+        count("error");
         let reason = "no authorizer policy is loaded, so every /v1 request is refused; add one to the policies directory";
         entry.reason = Some(reason);
         state.audit.write(&entry);
@@ -203,21 +199,23 @@ pub async fn authorize(
     let name = plugin.name().to_string();
     entry.authorizer = Some(&name);
     let decided = tokio::task::spawn_blocking(move || plugin.authorize(&ctx, &facts)).await;
-    state
-        .auth
-        .micros
-        .fetch_add(clock.elapsed().as_micros() as u64, Ordering::Relaxed);
+    // Summed, for the mean decision time with the decisions' count.
+    metrics::global().add(
+        metrics::API_AUTHORIZER_TIME,
+        &[],
+        clock.elapsed().as_secs_f64(),
+    );
     let decision = match decided {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
-            state.auth.failed.fetch_add(1, Ordering::Relaxed);
+            count("error");
             let reason = format!("the authorizer failed, so the request is refused: {e}");
             entry.reason = Some(&reason);
             state.audit.write(&entry);
             return Err(ApiError::new(503, reason));
         }
         Err(e) => {
-            state.auth.failed.fetch_add(1, Ordering::Relaxed);
+            count("error");
             return Err(ApiError::new(
                 503,
                 format!("the authorizer task failed: {e}"),
@@ -230,7 +228,7 @@ pub async fn authorize(
             entry.role = Some(role_name(grant.role));
             entry.credential_id = grant.credential_id.as_deref();
             if rank(grant.role) < rank(required) {
-                state.auth.denied.fetch_add(1, Ordering::Relaxed);
+                count("deny");
                 let reason = format!(
                     "{} has role {}; {method} {path} needs {}",
                     grant.principal,
@@ -242,7 +240,7 @@ pub async fn authorize(
                 state.audit.write(&entry);
                 return Err(ApiError::new(403, reason));
             }
-            state.auth.allowed.fetch_add(1, Ordering::Relaxed);
+            count("allow");
             entry.decision = "allow";
             entry.status = 200;
             state.audit.write(&entry);
@@ -253,12 +251,10 @@ pub async fn authorize(
         }
         Decision::Deny(refusal) => {
             // A 503 is the authorizer saying it cannot decide (its Redis is down, say).
-            let counter = if refusal.status == 503 {
-                &state.auth.failed
-            } else {
-                &state.auth.denied
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            count(match refusal.status {
+                503 => "error",
+                _ => "deny",
+            });
             // An authorizer may only refuse: a "deny" with a success status is a 403.
             let status = match refusal.status {
                 s @ 400..=599 => s,

@@ -18,10 +18,12 @@ mod auth;
 mod routes;
 mod sse;
 
-pub use auth::{Audit, AuthStats};
+pub use auth::Audit;
 
 use crate::agent::Agent;
 use crate::caps::keyvalue::KvTarget;
+use crate::jobs::status::Kind;
+use crate::telemetry::metrics;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
@@ -66,10 +68,8 @@ pub struct ApiState {
     /// Redis for the authorizer's keyvalue grant (revocations, rate limits).
     pub keyvalue: Option<KvTarget>,
     pub audit: Audit,
-    pub auth: AuthStats,
     /// One permit per open `/v1/events` stream (`api.max_event_streams`).
     event_streams: Arc<tokio::sync::Semaphore>,
-    requests: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -81,6 +81,19 @@ impl ApiState {
         keyvalue: Option<KvTarget>,
         audit: Audit,
     ) -> Arc<ApiState> {
+        // The series `/metrics` has always listed, there at zero from the
+        // start so that a rate has a first point before the first event.
+        let m = metrics::global();
+        m.declare(metrics::API_REQUESTS, &[]);
+        for decision in ["allow", "deny", "error"] {
+            m.declare(metrics::API_AUTHORIZATIONS, &[("decision", decision)]);
+        }
+        m.declare(metrics::API_AUTHORIZER_TIME, &[]);
+        for kind in [Kind::Backup, Kind::Drill, Kind::Prune, Kind::Restore] {
+            m.declare(metrics::JOBS, &[("kind", kind.as_str())]);
+        }
+        m.declare(metrics::JOB_FAILURES, &[]);
+        m.declare(metrics::JOBS_SKIPPED, &[]);
         let event_streams = Arc::new(tokio::sync::Semaphore::new(
             agent.config().max_event_streams,
         ));
@@ -91,8 +104,6 @@ impl ApiState {
             authorization,
             keyvalue,
             audit,
-            auth: AuthStats::default(),
-            requests: AtomicU64::new(0),
             next_id: AtomicU64::new(rand::random::<u32>() as u64),
         })
     }
@@ -222,7 +233,7 @@ async fn handle(
     peer: SocketAddr,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
-    state.requests.fetch_add(1, Ordering::Relaxed);
+    metrics::global().add(metrics::API_REQUESTS, &[], 1.0);
     let request_id = req
         .headers()
         .get("x-request-id")

@@ -12,9 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
-use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 enum Route<'a> {
@@ -102,7 +100,7 @@ pub async fn route(
             ))
         }
         ("GET" | "HEAD", "/ready") => return Err(ApiError::new(503, "not ready")),
-        ("GET", "/metrics") => return Ok(metrics(state)),
+        ("GET", "/metrics") => return Ok(metrics()),
         (_, "/health" | "/ready" | "/metrics") => {
             return Err(ApiError::new(405, format!("{path} answers GET")))
         }
@@ -255,60 +253,11 @@ async fn listings(
     ))
 }
 
-/// Prometheus text exposition of the agent's counters.
-fn metrics(state: &ApiState) -> Response<Body> {
+/// Prometheus text exposition of the agent's registry: the same series
+/// OTLP exports.
+fn metrics() -> Response<Body> {
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, rows: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter(
-        "firedrill_api_requests_total",
-        "HTTP requests received.",
-        &[(String::new(), load(&state.requests))],
-    );
-    let a = &state.auth;
-    counter(
-        "firedrill_api_authorizations_total",
-        "Decisions on /v1 requests.",
-        &[
-            ("{decision=\"allow\"}".into(), load(&a.allowed)),
-            ("{decision=\"deny\"}".into(), load(&a.denied)),
-            ("{decision=\"error\"}".into(), load(&a.failed)),
-        ],
-    );
-    let s = &state.agent.stats;
-    counter(
-        "firedrill_jobs_total",
-        "Jobs finished, by kind.",
-        &[
-            ("{kind=\"backup\"}".into(), load(&s.backups)),
-            ("{kind=\"drill\"}".into(), load(&s.drills)),
-            ("{kind=\"prune\"}".into(), load(&s.prunes)),
-            ("{kind=\"restore\"}".into(), load(&s.restores)),
-        ],
-    );
-    counter(
-        "firedrill_job_failures_total",
-        "Jobs that failed.",
-        &[(String::new(), load(&s.failures))],
-    );
-    counter(
-        "firedrill_jobs_skipped_total",
-        "Scheduled runs another agent of the fleet ran.",
-        &[(String::new(), load(&s.skipped))],
-    );
-    // Plugin calls and errors are in the registry (each series once).
     crate::telemetry::metrics::global().render_prometheus(&mut out);
-    // Seconds, as Prometheus wants them; counted in microseconds.
-    let _ = writeln!(
-        out,
-        "# HELP firedrill_api_authorizer_seconds_total Time spent in authorizer decisions.\n# TYPE firedrill_api_authorizer_seconds_total counter\nfiredrill_api_authorizer_seconds_total {}",
-        load(&a.micros) as f64 / 1e6
-    );
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/plain; version=0.0.4")

@@ -7,7 +7,7 @@
 //! from anything the agent prints.
 
 use super::bindings::wasi::config::store::{self, Error};
-use super::CapState;
+use super::{Call, CapState, Capability};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
@@ -66,7 +66,7 @@ impl PluginConfig {
     }
 }
 
-pub(crate) struct ConfigCap {
+pub struct ConfigCap {
     values: Arc<PluginConfig>,
 }
 
@@ -96,8 +96,25 @@ impl HasData for Data {
     type Data<'a> = &'a mut ConfigCap;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<CapState>) -> wasmtime::Result<()> {
-    store::add_to_linker::<CapState, Data>(linker, |s| &mut s.config)
+impl Capability for ConfigCap {
+    type Grant = bool;
+    const IMPORTS: &'static [&'static str] = &["wasi:config/store@0.2.0-draft"];
+    const EXAMPLE: &'static str = "config = true";
+
+    fn granted(grant: &bool) -> bool {
+        *grant
+    }
+
+    fn for_call(_: &bool, call: &Call<'_>) -> ConfigCap {
+        ConfigCap::new(call.config.clone())
+    }
+
+    fn add_to_linker(
+        linker: &mut Linker<CapState>,
+        get: fn(&mut CapState) -> &mut ConfigCap,
+    ) -> wasmtime::Result<()> {
+        store::add_to_linker::<CapState, Data>(linker, get)
+    }
 }
 
 #[cfg(test)]

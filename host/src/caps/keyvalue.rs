@@ -13,7 +13,7 @@
 
 use super::bindings::wasi::keyvalue::atomics;
 use super::bindings::wasi::keyvalue::store::{self, Error, KeyResponse};
-use super::CapState;
+use super::{Call, CapState, Capability};
 use serde::Deserialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -100,10 +100,10 @@ pub struct KvTarget {
 
 impl KvTarget {
     /// `url`: `redis[s]://[user:password@]host:port/db[?ca=/path/ca.pem]`
-    /// (see `coord::redis_client`). Keys are stored as `namespace + key`.
+    /// (see `servers::redis::client`). Keys are stored as `namespace + key`.
     pub fn new(url: &str, namespace: &str) -> Result<KvTarget, redis::RedisError> {
         Ok(KvTarget {
-            client: crate::coord::redis_client(url)?,
+            client: crate::servers::redis::client(url)?,
             namespace: namespace.into(),
             idle: Arc::default(),
         })
@@ -127,7 +127,7 @@ impl KvTarget {
 /// The one bucket a plugin can open; the grant's prefixes scope it.
 pub struct Bucket;
 
-pub(crate) struct KeyvalueCap {
+pub struct KeyvalueCap {
     grant: Option<KeyvalueGrant>,
     target: Option<KvTarget>,
     deadline: Instant,
@@ -344,9 +344,37 @@ impl HasData for Data {
     type Data<'a> = &'a mut KeyvalueCap;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<CapState>) -> wasmtime::Result<()> {
-    store::add_to_linker::<CapState, Data>(linker, |s| &mut s.keyvalue)?;
-    atomics::add_to_linker::<CapState, Data>(linker, |s| &mut s.keyvalue)
+impl Capability for KeyvalueCap {
+    type Grant = Option<KeyvalueGrant>;
+    const IMPORTS: &'static [&'static str] = &[
+        "wasi:keyvalue/store@0.2.0-draft",
+        "wasi:keyvalue/atomics@0.2.0-draft",
+    ];
+    const EXAMPLE: &'static str = "keyvalue = { prefixes = [\"myplugin:\"] }";
+
+    fn granted(grant: &Option<KeyvalueGrant>) -> bool {
+        grant.is_some()
+    }
+
+    fn problem(grant: &Option<KeyvalueGrant>) -> Option<String> {
+        grant.as_ref()?.problem()
+    }
+
+    fn detail(grant: &Option<KeyvalueGrant>) -> Option<String> {
+        Some(grant.as_ref()?.prefixes.join(" "))
+    }
+
+    fn for_call(grant: &Option<KeyvalueGrant>, call: &Call<'_>) -> KeyvalueCap {
+        KeyvalueCap::new(grant.clone(), call.context.keyvalue.clone(), call.deadline)
+    }
+
+    fn add_to_linker(
+        linker: &mut Linker<CapState>,
+        get: fn(&mut CapState) -> &mut KeyvalueCap,
+    ) -> wasmtime::Result<()> {
+        store::add_to_linker::<CapState, Data>(linker, get)?;
+        atomics::add_to_linker::<CapState, Data>(linker, get)
+    }
 }
 
 #[cfg(test)]

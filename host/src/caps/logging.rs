@@ -5,14 +5,14 @@
 //! message; the rest is dropped and the drop itself logged once.
 
 use super::bindings::wasi::logging::logging::{self, Level};
-use super::CapState;
+use super::{Call, CapState, Capability};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
 const MAX_RECORDS_PER_CALL: u32 = 1000;
 const MAX_MESSAGE_BYTES: usize = 4096;
 
-pub(crate) struct LoggingCap {
+pub struct LoggingCap {
     plugin: Arc<str>,
     records: u32,
 }
@@ -67,8 +67,25 @@ impl HasData for Data {
     type Data<'a> = &'a mut LoggingCap;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<CapState>) -> wasmtime::Result<()> {
-    logging::add_to_linker::<CapState, Data>(linker, |s| &mut s.logging)
+impl Capability for LoggingCap {
+    type Grant = bool;
+    const IMPORTS: &'static [&'static str] = &["wasi:logging/logging@0.1.0-draft"];
+    const EXAMPLE: &'static str = "logging = true";
+
+    fn granted(grant: &bool) -> bool {
+        *grant
+    }
+
+    fn for_call(_: &bool, call: &Call<'_>) -> LoggingCap {
+        LoggingCap::new(call.plugin.clone())
+    }
+
+    fn add_to_linker(
+        linker: &mut Linker<CapState>,
+        get: fn(&mut CapState) -> &mut LoggingCap,
+    ) -> wasmtime::Result<()> {
+        logging::add_to_linker::<CapState, Data>(linker, get)
+    }
 }
 
 #[cfg(test)]

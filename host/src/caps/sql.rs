@@ -24,7 +24,7 @@
 //! library reads a DataRow message at once; PostgreSQL caps a field at 1GB).
 
 use super::bindings::firedrill::plugin::sql::{self, Column, Error, Rows, Value};
-use super::CapState;
+use super::{Call, CapState, Capability};
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use serde::{Deserialize, Serialize};
 use std::error::Error as StdError;
@@ -112,7 +112,7 @@ pub struct SqlTarget {
     pub url: String,
 }
 
-pub(crate) struct SqlCap {
+pub struct SqlCap {
     grant: Option<SqlGrant>,
     target: Option<SqlTarget>,
     deadline: Instant,
@@ -554,8 +554,35 @@ impl HasData for Data {
     type Data<'a> = &'a mut SqlCap;
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<CapState>) -> wasmtime::Result<()> {
-    sql::add_to_linker::<CapState, Data>(linker, |s| &mut s.sql)
+impl Capability for SqlCap {
+    type Grant = Option<SqlGrant>;
+    const IMPORTS: &'static [&'static str] = &["firedrill:plugin/sql@0.1.0"];
+    const EXAMPLE: &'static str = "sql = { database = \"drill\" }";
+
+    fn granted(grant: &Option<SqlGrant>) -> bool {
+        grant.is_some()
+    }
+
+    fn problem(grant: &Option<SqlGrant>) -> Option<String> {
+        grant.as_ref()?.problem()
+    }
+
+    fn detail(grant: &Option<SqlGrant>) -> Option<String> {
+        let g = grant.as_ref()?;
+        let access = if g.write { "write" } else { "read-only" };
+        Some(format!("{:?}, {access}", g.database))
+    }
+
+    fn for_call(grant: &Option<SqlGrant>, call: &Call<'_>) -> SqlCap {
+        SqlCap::new(grant.clone(), call.context.sql.clone(), call.deadline)
+    }
+
+    fn add_to_linker(
+        linker: &mut Linker<CapState>,
+        get: fn(&mut CapState) -> &mut SqlCap,
+    ) -> wasmtime::Result<()> {
+        sql::add_to_linker::<CapState, Data>(linker, get)
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! `firedrill backup`.
 
-use super::StoreArgs;
+use super::{RunArgs, StoreArgs};
 use anyhow::{bail, Context};
-use firedrill::jobs::backup::redis::{self as backup_redis, RedisBackupOptions};
-use firedrill::jobs::backup::{self, BackupOptions};
-use firedrill::runtime::{PluginSet, World};
+use firedrill::agent::{JobRequest, JobResult};
+use firedrill::config::{Config, SourceConfig};
+use firedrill::jobs::status::Kind;
 use firedrill::servers::pg::PgUrl;
 use firedrill::servers::redis::RedisUrl;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ pub struct Args {
         long = "database-url",
         env = "DATABASE_URL",
         hide_env_values = true,
-        required_unless_present = "redis_url",
+        required_unless_present_any = ["redis_url", "config"],
         value_delimiter = ','
     )]
     database_urls: Vec<String>,
@@ -33,14 +33,16 @@ pub struct Args {
     source: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    run: RunArgs,
     /// Parallel COPY connections.
-    #[arg(long, short = 'j', default_value_t = 4)]
+    #[arg(long, short = 'j', default_value_t = firedrill::config::DEFAULT_JOBS)]
     jobs: usize,
     /// zstd level, 1 (fast) to 19 (small).
-    #[arg(long, env = "COMPRESSION_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, env = "COMPRESSION_LEVEL", default_value_t = firedrill::config::DEFAULT_COMPRESSION_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     compression_level: i32,
     /// Cut tables into objects of about this many uncompressed bytes, for parallel restore.
-    #[arg(long, default_value = "64MiB", value_parser = firedrill::runtime::policy::parse_size)]
+    #[arg(long, default_value = firedrill::config::DEFAULT_CHUNK_SIZE, value_parser = firedrill::runtime::policy::parse_size)]
     chunk_size: u64,
     /// Skip roles and tablespaces.
     #[arg(long)]
@@ -61,66 +63,32 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Some(url) = &args.redis_url {
-        return redis(&args, url);
-    }
-    let mut urls = args
-        .database_urls
-        .iter()
-        .map(|u| PgUrl::parse(u))
-        .collect::<Result<Vec<_>, _>>()?;
-    let rt = super::runtime(args.jobs)?;
-    if args.all_databases {
-        let first = urls[0].clone();
-        let names = rt.block_on(first.list_databases())?;
-        urls = names.iter().map(|n| first.with_database(n)).collect();
-    }
-    let planner = match &args.policies {
-        None => None,
-        Some(dir) => {
-            let runtime = super::plugin_runtime()?;
-            let set = PluginSet::load_dir(&runtime, dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut planners = set.of_world(World::DumpPlanner);
-            let p = planners.next().cloned();
-            if let Some(extra) = planners.next() {
-                bail!(
-                    "{}: more than one dump-planner policy ({} and {}); keep one",
-                    dir.display(),
-                    p.unwrap().name(),
-                    extra.name()
-                );
-            }
-            p
-        }
+    let (config, source) = match args.run.config_file()? {
+        Some(config) => configured(&args, config)?,
+        None => from_flags(&args)?,
     };
-    let store = args.store.open()?;
-    let source = match args.source {
-        Some(s) => s,
-        None => urls[0].server(),
-    };
-    check_source_name(&source)?;
-    let opts = BackupOptions {
-        source,
-        databases: urls,
-        jobs: args.jobs.max(1),
-        compression_level: args.compression_level,
-        chunk_bytes: args.chunk_size.max(1),
-        globals: !args.no_globals,
-        role_passwords: args.role_passwords,
-        planner,
-        plugin_sql: args
-            .plugin_sql_url
-            .as_deref()
-            .map(PgUrl::parse)
-            .transpose()?,
-        guard: None,
-        progress: Default::default(),
-    };
-    let summary = rt
-        .block_on(backup::run(&store, &opts))
+    let req = JobRequest::new(Kind::Backup, &source, "cli");
+    let outcome = args
+        .run
+        .run(config, req, args.jobs)
         .context("backup failed; nothing was committed")?;
+    let summary = match outcome {
+        Ok(JobResult::Backup(s)) => s,
+        Ok(other) => anyhow::bail!("internal error: a backup produced {other:?}"),
+        Err(code) => return Ok(ExitCode::from(code)),
+    };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
+    } else if summary.databases.is_empty() {
+        println!(
+            "backup {} of {}: {} keys, {} stored ({} raw) in {:.1}s",
+            summary.id,
+            summary.source,
+            summary.keys,
+            super::human_bytes(summary.bytes),
+            super::human_bytes(summary.raw_bytes),
+            summary.seconds
+        );
     } else {
         println!(
             "backup {} of {} ({}): {} tables, {} rows, {} stored ({} raw) in {:.1}s",
@@ -137,44 +105,63 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn redis(args: &Args, url: &str) -> anyhow::Result<ExitCode> {
-    let url = RedisUrl::parse(url).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
-    let source = args.source.clone().unwrap_or_else(|| url.server());
-    check_source_name(&source)?;
-    let store = args.store.open()?;
-    let opts = RedisBackupOptions {
-        source,
-        url,
-        compression_level: args.compression_level,
-        guard: None,
-        progress: Default::default(),
-    };
-    let summary = super::runtime(2)?
-        .block_on(backup_redis::run(&store, &opts))
-        .context("backup failed; nothing was committed")?;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        println!(
-            "backup {} of {}: {} keys, {} stored ({} raw) in {:.1}s",
-            summary.id,
-            summary.source,
-            summary.keys,
-            super::human_bytes(summary.bytes),
-            super::human_bytes(summary.raw_bytes),
-            summary.seconds
-        );
+/// A source of the agent's configuration file, run as the agent runs it.
+fn configured(args: &Args, config: Config) -> anyhow::Result<(Config, String)> {
+    if !args.database_urls.is_empty() || args.redis_url.is_some() || args.all_databases {
+        bail!("--config names the sources: drop --database-url, --redis-url and --all-databases, and pick a source with --source");
     }
-    Ok(ExitCode::SUCCESS)
+    let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+    let source = match (&args.source, names.as_slice()) {
+        (Some(s), _) if names.contains(&s.as_str()) => s.clone(),
+        (Some(s), _) => bail!("--source {s:?}: the configuration has {}", names.join(", ")),
+        (None, [one]) => one.to_string(),
+        (None, _) => bail!("the configuration has several sources ({}): pick one with --source", names.join(", ")),
+    };
+    Ok((config, source))
 }
 
-fn check_source_name(source: &str) -> anyhow::Result<()> {
-    if source.is_empty()
-        || !source
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        bail!("--source {source:?}: use letters, digits, '-', '_' and '.'");
+/// A source made of this command's flags, under the environment's settings.
+fn from_flags(args: &Args) -> anyhow::Result<(Config, String)> {
+    let mut config = args.store.adhoc_config()?;
+    let mut source = match &args.redis_url {
+        Some(url) => {
+            let url = RedisUrl::parse(url).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+            SourceConfig::new(&args.source.clone().unwrap_or_else(|| url.server()), vec![], Some(url))
+        }
+        None => {
+            if args.database_urls.is_empty() {
+                bail!("no source: pass --database-url (or --redis-url, or --config with the agent's configuration)");
+            }
+            let mut urls = args
+                .database_urls
+                .iter()
+                .map(|u| PgUrl::parse(u))
+                .collect::<Result<Vec<_>, _>>()?;
+            if args.all_databases {
+                let first = urls[0].clone();
+                let names = super::runtime(2)?.block_on(first.list_databases())?;
+                urls = names.iter().map(|n| first.with_database(n)).collect();
+            }
+            let name = args.source.clone().unwrap_or_else(|| urls[0].server());
+            SourceConfig::new(&name, urls, None)
+        }
+    };
+    firedrill::config::check_source_name(&source.name)
+        .map_err(|m| anyhow::anyhow!("--source {m}"))?;
+    source.jobs = args.jobs.max(1);
+    source.compression_level = args.compression_level;
+    source.chunk_bytes = args.chunk_size.max(1);
+    source.globals = !args.no_globals;
+    source.role_passwords = args.role_passwords;
+    source.plugin_sql = args
+        .plugin_sql_url
+        .as_deref()
+        .map(PgUrl::parse)
+        .transpose()?;
+    if args.policies.is_some() {
+        config.policies = args.policies.clone();
     }
-    Ok(())
+    let name = source.name.clone();
+    config.sources = vec![source];
+    Ok((config, name))
 }

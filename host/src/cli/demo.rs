@@ -4,14 +4,13 @@
 //! freshness plugin; a short report. Exits 0 only if the drill passed.
 
 use anyhow::{bail, Context};
-use firedrill::archive::Store;
-use firedrill::jobs::backup::{self, BackupOptions};
-use firedrill::jobs::drill::{self, DrillOptions, DrillSession, DrillTarget, Pick, Status};
-use firedrill::runtime::{Plugin, Policy, Runtime};
+use firedrill::agent::{JobRequest, JobResult};
+use firedrill::config::{Config, DrillTargetConfig, SourceConfig};
+use firedrill::jobs::drill::Status;
+use firedrill::jobs::status::Kind;
 use firedrill::servers::local_pg::LocalCluster;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 const SEED: &[(&str, &str)] = &[
     (
@@ -82,57 +81,49 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(urls)
     })?;
     println!("  seeded     auth (users), api (profiles), admin (documents, knowledge_bases)");
-    let store_dir = work.join("store");
-    let store = Store::open(
-        &format!("file://{}", store_dir.display()),
-        &Default::default(),
-    )?;
-    let opts = BackupOptions {
-        source: "demo".into(),
-        databases: urls,
-        jobs: 4,
-        compression_level: 3,
-        chunk_bytes: 1 << 20,
-        globals: true,
-        role_passwords: false,
-        planner: None,
-        plugin_sql: None,
-        guard: None,
-        progress: Default::default(),
-    };
-    let b = rt.block_on(backup::run(&store, &opts))?;
-    println!(
-        "  backup     {}: {} databases, {} tables, {} rows, {} stored in {:.2}s",
-        b.id,
-        b.databases.len(),
-        b.tables,
-        b.rows,
-        super::human_bytes(b.bytes),
-        b.seconds
-    );
-    let runtime = super::plugin_runtime()?;
-    let verifiers = vec![load(&runtime, components, "verifier_sql", "world = \"verifier\"\n[grants]\nlogging = true\nconfig = true\nsql = { database = \"drill\" }\n")?, load(
-        &runtime,
-        components,
-        "verifier_freshness",
-        "world = \"verifier\"\n[grants]\nlogging = true\nconfig = true\nsql = { database = \"drill\" }\n[config]\ntable = \"profiles\"\ntimestamp-column = \"created_at\"\nmax-age = \"24h\"\n",
-    )?];
-    let dopts = DrillOptions {
-        target: DrillTarget::Server(cluster.url("postgres")),
-        jobs: 4,
-        source: None,
-        verifiers,
-        assertions: vec![],
-        guard: None,
-        progress: Default::default(),
-    };
-    let session = DrillSession::new();
-    let report = rt.block_on(drill::run(
-        &store,
-        &Pick::Id(b.id.clone()),
-        &dopts,
-        &session,
-    ))?;
+    // The demo's agent: a local store, the two verifiers as policies, the
+    // throwaway cluster as the drill server; its jobs take the one job path.
+    let policies = work.join("policies");
+    std::fs::create_dir_all(&policies)?;
+    let sql = "world = \"verifier\"\n[grants]\nlogging = true\nconfig = true\nsql = { database = \"drill\" }\n";
+    for (name, config) in [
+        ("verifier_sql", ""),
+        ("verifier_freshness", "[config]\ntable = \"profiles\"\ntimestamp-column = \"created_at\"\nmax-age = \"24h\"\n"),
+    ] {
+        let wasm = components.join(format!("{name}.wasm"));
+        let text = format!("wasm = {:?}\n{sql}{config}", wasm.display().to_string());
+        std::fs::write(policies.join(format!("{name}.toml")), text)?;
+    }
+    let store_url = format!("file://{}", work.join("store").display());
+    let mut config = Config::adhoc(&store_url, |_| None)?;
+    config.policies = Some(policies);
+    config.drill_target = DrillTargetConfig::Server(cluster.url("postgres"));
+    let mut source = SourceConfig::new("demo", urls, None);
+    source.chunk_bytes = 1 << 20;
+    config.sources = vec![source];
+    let report = rt.block_on(async {
+        let agent = firedrill::agent::assemble(config).await?;
+        let wait = std::time::Duration::from_secs(60);
+        let req = JobRequest::new(Kind::Backup, "demo", "cli");
+        let Some(JobResult::Backup(b)) = agent.run_now(&req, wait).await? else {
+            bail!("the backup did not run");
+        };
+        println!(
+            "  backup     {}: {} databases, {} tables, {} rows, {} stored in {:.2}s",
+            b.id,
+            b.databases.len(),
+            b.tables,
+            b.rows,
+            super::human_bytes(b.bytes),
+            b.seconds
+        );
+        let mut req = JobRequest::new(Kind::Drill, "demo", "cli");
+        req.backup = Some(b.id.clone());
+        let Some(JobResult::Drill(report)) = agent.run_now(&req, wait).await? else {
+            bail!("the drill did not run");
+        };
+        Ok(report)
+    })?;
     let count = |s: Status| report.checks.iter().filter(|c| c.status == s).count();
     println!(
         "  drill      {}: {} checks passed, {} failed, {} skipped; restore {:.2}s (RTO), backup age {}s (RPO)",
@@ -172,14 +163,6 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A plugin from the built components, with an inline policy.
-fn load(runtime: &Runtime, dir: &Path, name: &str, policy: &str) -> anyhow::Result<Arc<Plugin>> {
-    let file = dir.join(format!("{name}.toml"));
-    let text = format!("wasm = \"{name}.wasm\"\n{policy}");
-    let policy = Policy::parse(&file, &text, |_| None)?;
-    Ok(Arc::new(Plugin::load(runtime, policy)?))
 }
 
 /// The built plugins: $FIREDRILL_COMPONENTS, next to the binary's target

@@ -1,15 +1,14 @@
 //! `firedrill drill`.
 
-use super::StoreArgs;
+use super::{RunArgs, StoreArgs};
 use anyhow::Context;
-use firedrill::jobs::drill::{
-    self, DrillOptions, DrillReport, DrillSession, DrillTarget, Pick, Status,
-};
-use firedrill::runtime::{PluginSet, World};
+use firedrill::agent::{JobRequest, JobResult};
+use firedrill::config::DrillTargetConfig;
+use firedrill::jobs::drill::{DrillReport, Pick, Status};
+use firedrill::jobs::status::Kind;
 use firedrill::servers::pg::PgUrl;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,6 +26,8 @@ pub struct Args {
     source: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    run: RunArgs,
     /// A drill server; the drill creates (and drops) its own database there.
     #[arg(
         long,
@@ -45,9 +46,10 @@ pub struct Args {
     /// SQL assertions: statements ending with `;`, each true or empty to pass.
     #[arg(long)]
     assertions: Option<PathBuf>,
-    /// Parallel COPY connections for the restore.
-    #[arg(long, short = 'j', default_value_t = 4)]
-    jobs: usize,
+    /// Parallel COPY connections for the restore (default: the
+    /// configuration's drill.jobs, else 4).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -58,52 +60,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, true) => Pick::LatestUnverified,
         (None, false) => Pick::Latest,
     };
-    let target = match &args.drill_url {
-        Some(u) => DrillTarget::Server(PgUrl::parse(u)?),
-        None => DrillTarget::Local(std::env::temp_dir()),
+    let mut config = match args.run.config_file()? {
+        Some(c) => c,
+        None => args.store.adhoc_config()?,
     };
-    let verifiers = match &args.policies {
-        None => vec![],
-        Some(dir) => {
-            let runtime = super::plugin_runtime()?;
-            let set = PluginSet::load_dir(&runtime, dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-            set.of_world(World::Verifier).cloned().collect()
-        }
-    };
-    let assertions = match &args.assertions {
-        None => vec![],
-        Some(f) => {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read {}", f.display()))?;
-            drill::parse_assertions(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
-        }
-    };
-    let store = args.store.open()?;
-    let opts = DrillOptions {
-        target,
-        jobs: args.jobs.max(1),
-        source: args.source.clone(),
-        verifiers,
-        assertions,
-        guard: None,
-        progress: Default::default(),
-    };
-    let session = DrillSession::new();
-    let rt = super::runtime(args.jobs)?;
-    let outcome = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        // On a signal the drill is dropped where it stands (its client
-        // processes die with it) and what it created is removed.
-        tokio::select! {
-            r = drill::run(&store, &pick, &opts, &session) => Ok(Ok(r)),
-            _ = term.recv() => { interrupted(&session, "SIGTERM").await; Ok::<_, anyhow::Error>(Err(143)) }
-            _ = int.recv() => { interrupted(&session, "SIGINT").await; Ok(Err(130)) }
-        }
-    })?;
-    let report = match outcome {
-        Ok(r) => r.context("drill")?,
+    // The flags say more than the configuration.
+    if let Some(u) = &args.drill_url {
+        config.drill_target = DrillTargetConfig::Server(PgUrl::parse(u)?);
+    } else if args.local {
+        config.drill_target = DrillTargetConfig::Local;
+    }
+    if args.policies.is_some() {
+        config.policies = args.policies.clone();
+    }
+    if args.assertions.is_some() {
+        config.assertions = args.assertions.clone();
+    }
+    if let Some(j) = args.jobs {
+        config.drill_jobs = j.max(1);
+    }
+    let threads = config.drill_jobs;
+    let mut req = JobRequest::new(Kind::Drill, args.source.as_deref().unwrap_or(""), "cli");
+    req.pick = Some(pick);
+    let report = match args.run.run(config, req, threads).context("drill")? {
+        Ok(JobResult::Drill(r)) => r,
+        Ok(other) => anyhow::bail!("internal error: a drill produced {other:?}"),
         Err(code) => return Ok(ExitCode::from(code)),
     };
     if args.json {
@@ -116,11 +97,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-async fn interrupted(session: &Arc<DrillSession>, signal: &str) {
-    eprintln!("firedrill: {signal}: stopping the drill and dropping its database");
-    session.cleanup().await;
 }
 
 pub fn print_report(r: &DrillReport) {

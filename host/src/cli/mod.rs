@@ -13,9 +13,13 @@ pub mod prune;
 pub mod restore;
 pub mod token;
 
+use firedrill::agent::{JobRequest, JobResult};
 use firedrill::archive::{
     AzureOptions, GcsOptions, KeySettings, Keys, S3Options, Store, StoreOptions,
 };
+use firedrill::config::Config;
+use firedrill::jobs::drill::DrillSession;
+use firedrill::jobs::status::Kind;
 use firedrill::telemetry::otlp::{Otlp, Settings};
 use std::path::PathBuf;
 
@@ -81,6 +85,24 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     pub fn open(&self) -> anyhow::Result<Store> {
+        let (url, opts, keys) = self.settings()?;
+        Ok(Store::open(&url, &opts)?.with_keys(Keys::load(&keys)?))
+    }
+
+    /// The configuration a job command runs under without `--config`: the
+    /// store and keys of these flags, the rest from the environment as the
+    /// agent reads it (FIREDRILL_REDIS_URL, FIREDRILL_CATALOG_URL,
+    /// FIREDRILL_LOCK_DIR ...). The command adds its source.
+    pub fn adhoc_config(&self) -> anyhow::Result<Config> {
+        let (url, opts, keys) = self.settings()?;
+        let mut config = Config::adhoc(&url, |k| std::env::var(k).ok())?;
+        Keys::load(&keys)?;
+        (config.store, config.keys) = (opts, keys);
+        Ok(config)
+    }
+
+    /// The store URL, its cloud settings and the keys these flags name.
+    fn settings(&self) -> anyhow::Result<(String, StoreOptions, KeySettings)> {
         let url = match &self.store {
             Some(s) => s.clone(),
             None => match std::env::var("S3_BUCKET") {
@@ -117,13 +139,124 @@ impl StoreArgs {
                 endpoint: self.azure_endpoint.clone(),
             },
         };
-        let keys = Keys::load(&KeySettings {
+        let keys = KeySettings {
             recipients: self.recipients.clone(),
             identity_files: self.identities.clone(),
             signing_key_file: self.signing_key.clone(),
             verify_keys: self.verify_keys.clone(),
-        })?;
-        Ok(Store::open(&url, &opts)?.with_keys(keys))
+        };
+        Ok((url, opts, keys))
+    }
+}
+
+/// How a job command (backup, drill) runs: through the agent's one job
+/// path (`Agent::execute`), so it takes the same lease as an agent on the
+/// same source and store, and is counted, published and recorded as the
+/// agent's jobs are.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The agent's configuration file: run the job as that agent would (its
+    /// store, keys, coordination, catalog and policies; the store flags are
+    /// then not used) and pick the source with --source.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How long to wait while another run of the same job on the same source
+    /// (an agent's, another command's) holds its lease.
+    #[arg(long, default_value = "10m", value_parser = firedrill::runtime::policy::parse_duration)]
+    wait: std::time::Duration,
+}
+
+impl RunArgs {
+    /// The agent's configuration file, when given.
+    pub fn config_file(&self) -> anyhow::Result<Option<Config>> {
+        self.config
+            .as_deref()
+            .map(|f| {
+                Config::load(Some(f), |k| std::env::var(k).ok())
+                    .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+            })
+            .transpose()
+    }
+
+    /// Assembles the agent `config` describes and runs `req` through it;
+    /// on SIGTERM or SIGINT the job is dropped where it stands and what its
+    /// drill created is removed. `Err(code)`: interrupted.
+    pub fn run(
+        &self,
+        config: Config,
+        req: JobRequest,
+        threads: usize,
+    ) -> anyhow::Result<Result<JobResult, u8>> {
+        Ok(self
+            .run_all(config, req, threads)?
+            .map(|mut r| r.pop().expect("one job, one result")))
+    }
+
+    /// As [`RunArgs::run`]; a prune of no source in particular runs once
+    /// per source in the store, each under its own lease.
+    pub fn run_all(
+        &self,
+        config: Config,
+        req: JobRequest,
+        threads: usize,
+    ) -> anyhow::Result<Result<Vec<JobResult>, u8>> {
+        let (wait, mut req) = (self.wait, req);
+        runtime(threads)?.block_on(async move {
+            let agent = firedrill::agent::assemble(config).await?;
+            let sources: Vec<String> = match req.kind {
+                Kind::Drill if req.backup.is_none() => {
+                    // The lease is the drilled backup's source's: find it first.
+                    let pick = req.pick.clone().unwrap_or(agent.config().drill_pick.clone());
+                    let source = Some(req.source.as_str()).filter(|s| !s.is_empty());
+                    let (source, id) = agent.pick_backup(&pick, source).await?;
+                    req.backup = Some(id);
+                    vec![source]
+                }
+                Kind::Prune if req.source.is_empty() => {
+                    let mut all: Vec<String> = firedrill::archive::list_backups(agent.store())
+                        .await?
+                        .into_iter()
+                        .map(|b| b.source)
+                        .collect();
+                    all.dedup();
+                    all.sort();
+                    all.dedup();
+                    all
+                }
+                _ => vec![req.source.clone()],
+            };
+            let session = DrillSession::new();
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut results = Vec::new();
+            for source in sources {
+                req.source = source;
+                let record = agent.jobs.create(req.kind, &req.source, &req.trigger);
+                let (code, name) = tokio::select! {
+                    r = agent.execute(&req, &record, &session, wait) => {
+                        match r? {
+                            Some(result) => {
+                                results.push(result);
+                                continue;
+                            }
+                            None => anyhow::bail!(
+                                "another {} of source {:?} held its lease for {} (an agent's or another command's); nothing was done: try again later or pass a longer --wait",
+                                req.kind.as_str(),
+                                req.source,
+                                humantime::format_duration(wait)
+                            ),
+                        }
+                    }
+                    _ = term.recv() => (143, "SIGTERM"),
+                    _ = int.recv() => (130, "SIGINT"),
+                };
+                eprintln!("firedrill: {name}: stopping the {} and removing what it created", req.kind.as_str());
+                session.cleanup().await;
+                return Ok(Err(code));
+            }
+            Ok(Ok(results))
+        })
     }
 }
 

@@ -37,24 +37,7 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|p| {
             let pol = p.policy();
-            let g = &pol.grants;
-            let mut grants = Vec::new();
-            if g.logging {
-                grants.push("logging".to_string());
-            }
-            if g.config {
-                grants.push("config".to_string());
-            }
-            if let Some(s) = &g.sql {
-                grants.push(format!(
-                    "sql({:?}{})",
-                    s.database,
-                    if s.write { ", write" } else { ", read-only" }
-                ));
-            }
-            if let Some(k) = &g.keyvalue {
-                grants.push(format!("keyvalue({})", k.prefixes.join(" ")));
-            }
+            let grants = pol.grants.summary();
             Row {
                 name: p.name().to_string(),
                 world: p.world().name().to_string(),

@@ -1,9 +1,11 @@
-//! `firedrill prune`.
+//! `firedrill prune`: through the agent's job path, one source at a time
+//! (each under its prune lease), as the agent's scheduled prunes run.
 
-use super::StoreArgs;
-use anyhow::{bail, Context};
-use firedrill::jobs::prune::{self, PruneOptions};
-use firedrill::runtime::{PluginSet, World};
+use super::{RunArgs, StoreArgs};
+use anyhow::Context;
+use firedrill::agent::{JobRequest, JobResult};
+use firedrill::jobs::prune::PruneReport;
+use firedrill::jobs::status::Kind;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,58 +14,70 @@ use std::time::Duration;
 pub struct Args {
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    run: RunArgs,
     /// The policies directory holding the one retention policy.
-    #[arg(long, env = "FIREDRILL_POLICIES")]
-    policies: PathBuf,
-    /// Only this source's backups.
+    #[arg(long, env = "FIREDRILL_POLICIES", required_unless_present = "config")]
+    policies: Option<PathBuf>,
+    /// Only this source's backups (default: every source in the store, each
+    /// pruned on its own).
     #[arg(long)]
     source: Option<String>,
     /// Print the plan with its reasons; delete nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Never delete a backup younger than this.
-    #[arg(long, default_value = "1h", value_parser = firedrill::runtime::policy::parse_duration)]
-    min_age: Duration,
-    /// An incomplete backup older than this is a leftover and is deleted.
-    #[arg(long, default_value = "24h", value_parser = firedrill::runtime::policy::parse_duration)]
-    abandon_after: Duration,
-    /// Delete at most this many backups in one run.
-    #[arg(long, default_value_t = 10)]
-    max_deletions: usize,
+    /// Never delete a backup younger than this (default: retention.min_age, 1h).
+    #[arg(long, value_parser = firedrill::runtime::policy::parse_duration)]
+    min_age: Option<Duration>,
+    /// An incomplete backup older than this is a leftover and is deleted
+    /// (default: retention.abandon_after, 24h).
+    #[arg(long, value_parser = firedrill::runtime::policy::parse_duration)]
+    abandon_after: Option<Duration>,
+    /// Delete at most this many backups of a source in one run (default:
+    /// retention.max_deletions, 10).
+    #[arg(long)]
+    max_deletions: Option<usize>,
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let runtime = super::plugin_runtime()?;
-    let set = PluginSet::load_dir(&runtime, &args.policies).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut policies = set.of_world(World::Retention);
-    let Some(policy) = policies.next().cloned() else {
-        bail!(
-            "{}: no retention policy (world = \"retention\"); prune decides nothing without one",
-            args.policies.display()
-        );
+    let mut config = match args.run.config_file()? {
+        Some(c) => c,
+        None => args.store.adhoc_config()?,
     };
-    if let Some(other) = policies.next() {
-        bail!(
-            "{}: two retention policies ({} and {}); keep one",
-            args.policies.display(),
-            policy.name(),
-            other.name()
-        );
+    if args.policies.is_some() {
+        config.policies = args.policies.clone();
     }
-    let store = args.store.open()?;
-    let opts = PruneOptions {
-        policy,
-        min_age: args.min_age,
-        abandon_after: args.abandon_after,
-        max_deletions: args.max_deletions,
-        dry_run: args.dry_run,
-        source: args.source,
+    config.min_age = args.min_age.unwrap_or(config.min_age);
+    config.abandon_after = args.abandon_after.unwrap_or(config.abandon_after);
+    config.max_deletions = args.max_deletions.unwrap_or(config.max_deletions);
+    let shown = firedrill::archive::Store::open(&config.store_url, &config.store)?
+        .display()
+        .to_string();
+    let mut req = JobRequest::new(Kind::Prune, args.source.as_deref().unwrap_or(""), "cli");
+    req.dry_run = args.dry_run;
+    let results = match args.run.run_all(config, req, 2).context("prune")? {
+        Ok(r) => r,
+        Err(code) => return Ok(ExitCode::from(code)),
     };
-    let report = super::runtime(2)?
-        .block_on(prune::run(&store, &opts))
-        .context("prune")?;
+    let mut report: Option<PruneReport> = None;
+    for r in results {
+        let JobResult::Prune(p) = r else {
+            anyhow::bail!("internal error: a prune produced {r:?}")
+        };
+        match &mut report {
+            None => report = Some(p),
+            Some(all) => {
+                all.decisions.extend(p.decisions);
+                all.deleted.extend(p.deleted);
+            }
+        }
+    }
+    let Some(report) = report else {
+        println!("{shown}: no backups");
+        return Ok(ExitCode::SUCCESS);
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -79,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{}: policy {}, {} {} of {} backups",
-        store.display(),
+        shown,
         report.policy,
         if report.dry_run {
             "would delete"

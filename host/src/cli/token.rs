@@ -122,8 +122,8 @@ fn revoke(a: RevokeArgs) -> anyhow::Result<ExitCode> {
     }
     let keep = humantime::parse_duration(&a.keep)
         .with_context(|| format!("--keep {:?}: not a duration", a.keep))?;
-    let shown = firedrill::config::redact_url(&a.redis_url);
-    let client = firedrill::coord::redis_client(a.redis_url.as_str())
+    let shown = firedrill::telemetry::redact::redact_url(&a.redis_url);
+    let client = firedrill::servers::redis::client(a.redis_url.as_str())
         .with_context(|| format!("--redis-url {shown}"))?;
     let mut conn = client
         .get_connection_with_timeout(std::time::Duration::from_secs(5))

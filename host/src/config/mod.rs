@@ -32,6 +32,9 @@
 //! redis_url = "redis://:password@redis:6379/0"   # or FIREDRILL_REDIS_URL
 //! namespace = "firedrill:"
 //! lease = "30s"
+//! lock_dir = "/run/firedrill"        # without redis_url: where this node's agent and
+//!                                    # CLI runs take their leases (FIREDRILL_LOCK_DIR;
+//!                                    # default /run/firedrill for root, else /tmp/firedrill-<uid>)
 //!
 //! [api]
 //! audit_log = "/var/log/firedrill/audit.jsonl"   # default: the log, target "audit"
@@ -54,6 +57,7 @@
 //! backup = "1h"                      # or "cron: 0 3 * * *"
 //! drill = "6h"
 //! prune = "1d"
+//! globals = true                     # roles and tablespaces; role_passwords = false
 //! ```
 //!
 //! The environment names of the common pg_dump-to-S3 templates work as they
@@ -80,6 +84,7 @@ pub use schedule::Schedule;
 
 use crate::servers::pg::PgUrl;
 use crate::servers::redis::RedisUrl;
+use crate::telemetry::redact::redact_url;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,6 +99,31 @@ pub struct ConfigError {
 
 /// `/v1/events` streams open at once unless `api.max_event_streams` says.
 pub const DEFAULT_MAX_EVENT_STREAMS: usize = 64;
+/// Parallel COPY connections of a backup or a drill's restore.
+pub const DEFAULT_JOBS: usize = 4;
+/// zstd's level unless a source (or COMPRESSION_LEVEL) says.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// Tables are cut into objects of about this many uncompressed bytes.
+pub const DEFAULT_CHUNK_SIZE: &str = "64MiB";
+/// Retention never deletes a backup younger than this.
+pub const DEFAULT_MIN_AGE: &str = "1h";
+/// An unfinished backup older than this is abandoned (deletable).
+pub const DEFAULT_ABANDON_AFTER: &str = "24h";
+/// Deletions one prune may make.
+pub const DEFAULT_MAX_DELETIONS: usize = 10;
+
+/// A source's name files its backups (`<source>/<backup-id>/`) and names its
+/// leases: letters, digits, '-', '_' and '.'.
+pub fn check_source_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!("{name:?}: use letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
 
 fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -172,6 +202,7 @@ struct RawCoordination {
     namespace: Option<String>,
     lease: Option<String>,
     stream_len: Option<usize>,
+    lock_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +240,8 @@ struct RawSource {
     jobs: Option<usize>,
     compression_level: Option<i32>,
     chunk_size: Option<String>,
+    globals: Option<bool>,
+    role_passwords: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,12 +291,38 @@ pub struct SourceConfig {
     pub redis: Option<RedisUrl>,
     /// The role a dump planner's `source` sql grant connects as.
     pub plugin_sql: Option<PgUrl>,
-    pub backup: Schedule,
+    /// None only for the sources a CLI command makes from its flags.
+    pub backup: Option<Schedule>,
     pub drill: Option<Schedule>,
     pub prune: Option<Schedule>,
     pub jobs: usize,
     pub compression_level: i32,
     pub chunk_bytes: u64,
+    /// Roles and tablespaces in each backup.
+    pub globals: bool,
+    /// Role passwords in the globals (off: a backup then holds no hashes).
+    pub role_passwords: bool,
+}
+
+impl SourceConfig {
+    /// A source with every default and no schedule.
+    pub fn new(name: &str, urls: Vec<PgUrl>, redis: Option<RedisUrl>) -> SourceConfig {
+        SourceConfig {
+            name: name.into(),
+            urls,
+            redis,
+            plugin_sql: None,
+            backup: None,
+            drill: None,
+            prune: None,
+            jobs: DEFAULT_JOBS,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            chunk_bytes: crate::runtime::policy::parse_size(DEFAULT_CHUNK_SIZE)
+                .expect("the default chunk size parses"),
+            globals: true,
+            role_passwords: false,
+        }
+    }
 }
 
 impl Config {
@@ -301,7 +360,33 @@ impl Config {
                 ),
             )
         })?;
-        Config::build(raw, &env)
+        let c = Config::build(raw, &env)?;
+        if c.sources.is_empty() {
+            return Err(bad(
+                "source",
+                "no sources: add a [[source]] with urls, or set DATABASE_URL",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The configuration a CLI command runs its job under when no file is
+    /// given: every default, the environment applied (coordination,
+    /// catalog, drill target, policies, keys), the store `store_url`, and
+    /// the sources the command adds from its flags.
+    pub fn adhoc(
+        store_url: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::default();
+        raw.store.url = Some(store_url.into());
+        let mut c = Config::build(raw, &|k| match k {
+            // The command's own flags say these.
+            "DATABASE_URL" | "S3_BUCKET" => None,
+            _ => env(k),
+        })?;
+        c.sources.clear();
+        Ok(c)
     }
 
     fn build(
@@ -462,26 +547,11 @@ impl Config {
                 PgUrl::parse(u).map_err(|e| bad("drill.target", format!("{e} (or \"local\")")))?,
             ),
         };
-        if raw.sources.is_empty() {
-            return Err(bad(
-                "source",
-                "no sources: add a [[source]] with urls, or set DATABASE_URL",
-            ));
-        }
         let mut sources = Vec::new();
         for (i, s) in raw.sources.into_iter().enumerate() {
             let at = |k: &str| format!("source[{i}].{k}");
             let name = s.name.unwrap_or_else(|| format!("source{i}"));
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(bad(
-                    at("name"),
-                    format!("{name:?}: use letters, digits, '-', '_' and '.'"),
-                ));
-            }
+            check_source_name(&name).map_err(|m| bad(at("name"), m))?;
             if sources.iter().any(|o: &SourceConfig| o.name == name) {
                 return Err(bad(at("name"), format!("{name:?} is used twice")));
             }
@@ -535,29 +605,28 @@ impl Config {
                     .transpose()
             };
             let backup = schedule("backup", s.backup)?.ok_or_else(|| bad(at("backup"), "no backup schedule (an interval such as 1h, or \"cron: 0 3 * * *\"; or BACKUP_INTERVAL)"))?;
-            let level = s.compression_level.unwrap_or(3);
+            let level = s.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
             if !(1..=19).contains(&level) {
                 return Err(bad(
                     at("compression_level"),
                     format!("{level}: zstd levels are 1 to 19"),
                 ));
             }
-            sources.push(SourceConfig {
-                name,
-                urls,
-                redis,
-                plugin_sql,
-                backup,
-                drill: schedule("drill", s.drill)?,
-                prune: schedule("prune", s.prune)?,
-                jobs: s.jobs.unwrap_or(4).max(1),
-                compression_level: level,
-                chunk_bytes: match s.chunk_size {
-                    None => 64 << 20,
-                    Some(c) => crate::runtime::policy::parse_size(&c)
-                        .map_err(|e| bad(at("chunk_size"), e))?,
-                },
-            });
+            let mut source = SourceConfig::new(&name, urls, redis);
+            source.plugin_sql = plugin_sql;
+            source.backup = Some(backup);
+            source.drill = schedule("drill", s.drill)?;
+            source.prune = schedule("prune", s.prune)?;
+            source.jobs = s.jobs.unwrap_or(DEFAULT_JOBS).max(1);
+            source.compression_level = level;
+            if let Some(c) = s.chunk_size {
+                source.chunk_bytes = crate::runtime::policy::parse_size(&c)
+                    .map_err(|e| bad(at("chunk_size"), e))?
+                    .max(1);
+            }
+            source.globals = s.globals.unwrap_or(true);
+            source.role_passwords = s.role_passwords.unwrap_or(false);
+            sources.push(source);
         }
         let mut coordination = crate::coord::CoordOptions::default();
         if let Some(url) = raw.coordination.redis_url.filter(|u| !u.is_empty()) {
@@ -595,6 +664,12 @@ impl Config {
                 "at least 1s: renewals run every third of it",
             ));
         }
+        coordination.lock_dir = Some(
+            raw.coordination
+                .lock_dir
+                .unwrap_or_else(|| crate::coord::default_lock_dir(&|k| var(k))),
+        );
+        coordination.scope = store_url.clone();
         if let Some(n) = raw.coordination.stream_len {
             coordination.stream_len = n.max(1);
         }
@@ -689,20 +764,23 @@ impl Config {
             store,
             keys,
             drill_target,
-            drill_jobs: raw.drill.jobs.unwrap_or(4).max(1),
+            drill_jobs: raw.drill.jobs.unwrap_or(DEFAULT_JOBS).max(1),
             drill_pick: pick,
             assertions: raw.drill.assertions,
             min_age: duration(
                 "retention.min_age",
                 raw.retention.min_age,
-                Duration::from_secs(3600),
+                humantime::parse_duration(DEFAULT_MIN_AGE).expect("a duration"),
             )?,
             abandon_after: duration(
                 "retention.abandon_after",
                 raw.retention.abandon_after,
-                Duration::from_secs(86_400),
+                humantime::parse_duration(DEFAULT_ABANDON_AFTER).expect("a duration"),
             )?,
-            max_deletions: raw.retention.max_deletions.unwrap_or(10),
+            max_deletions: raw
+                .retention
+                .max_deletions
+                .unwrap_or(DEFAULT_MAX_DELETIONS),
             retention_days: raw.retention.days,
             coordination,
             audit_log: raw.api.audit_log,
@@ -814,16 +892,6 @@ impl Config {
     }
 }
 
-pub fn redact_url(s: &str) -> String {
-    match url::Url::parse(s) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => s.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,8 +902,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let raw: RawConfig = toml::from_str(toml).map_err(|e| bad("file", e.to_string()))?;
-        Config::build(raw, &|k| env.get(k).cloned())
+        Config::parse("test.toml", toml, |k| env.get(k).cloned())
     }
 
     #[test]
@@ -935,7 +1002,7 @@ mod tests {
         assert_eq!(c.sources[0].name, "default");
         assert_eq!(
             c.sources[0].backup,
-            Schedule::Every(Duration::from_secs(3600))
+            Some(Schedule::Every(Duration::from_secs(3600)))
         );
         assert_eq!(
             c.sources[0].drill,

@@ -96,12 +96,19 @@ impl Coordinator {
         let until = tokio::time::Instant::now() + give_up;
         let poll =
             (self.inner.opts.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut told = false;
         loop {
             match self.try_lock(job, source, slot).await? {
                 TryLock::Acquired(l) => return Ok(Some(l)),
                 TryLock::SlotDone => return Ok(None),
                 TryLock::Busy if tokio::time::Instant::now() + poll >= until => return Ok(None),
-                TryLock::Busy => tokio::time::sleep(poll).await,
+                TryLock::Busy => {
+                    if !told {
+                        told = true;
+                        tracing::info!(job, source, "waiting for the lease: another run of this job on this source holds it");
+                    }
+                    tokio::time::sleep(poll).await
+                }
             }
         }
     }
@@ -139,11 +146,25 @@ impl Coordinator {
                 } else if s.locks.contains_key(&k) {
                     -1
                 } else {
-                    let f = s.fences.entry(k.clone()).or_default();
-                    *f += 1;
-                    let t = *f;
-                    s.locks.insert(k, (format!("{holder}#{t}"), t));
-                    t as i64
+                    let fence = s.fences.get(&k).copied().unwrap_or(0);
+                    match self.file_lock(job, source)? {
+                        FileLock::Busy => -1,
+                        held => {
+                            let (file, t) = match held {
+                                FileLock::Held(mut file, last) => {
+                                    let t = last.max(fence) + 1;
+                                    // Read-only (another user's file): the
+                                    // lock holds, this token is not kept.
+                                    let _ = write_token(&mut file, t);
+                                    (Some(file), t)
+                                }
+                                _ => (None, fence + 1),
+                            };
+                            s.fences.insert(k.clone(), t);
+                            s.locks.insert(k, (format!("{holder}#{t}"), t, file));
+                            t as i64
+                        }
+                    }
                 }
             }
         };
@@ -173,6 +194,92 @@ impl Coordinator {
             }
         })
     }
+}
+
+/// A lease's file lock, taken beside the in-process one when the options
+/// name a lock directory.
+enum FileLock {
+    /// No lock directory: in-process only.
+    Off,
+    /// Another process of this node holds it.
+    Busy,
+    /// Held, with the last fencing token written in the file.
+    Held(std::fs::File, u64),
+}
+
+impl Coordinator {
+    /// `<lock_dir>/<job>.<source>.<scope hash>.lock`, locked without waiting.
+    /// The file also keeps the last fencing token, so tokens grow across
+    /// the processes of a node as they do through Redis.
+    fn file_lock(&self, job: &str, source: &str) -> Result<FileLock, CoordError> {
+        use sha2::Digest;
+        use std::io::Read;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+        let Some(dir) = &self.inner.opts.lock_dir else {
+            return Ok(FileLock::Off);
+        };
+        let err = |e: std::io::Error| self.lock_file_error(job, source, e);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+        let meta = std::fs::symlink_metadata(dir).map_err(err)?;
+        if !meta.is_dir() || meta.mode() & 0o022 != 0 {
+            return Err(err(std::io::Error::other(
+                "not a directory that only its owner can write to",
+            )));
+        }
+        let scope = hex::encode(&sha2::Sha256::digest(self.inner.opts.scope.as_bytes())[..6]);
+        let path = dir.join(format!("{job}.{source}.{scope}.lock"));
+        let open = |write: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .create(write)
+                .truncate(false)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        // A lock file another user made (root's command beside the agent's
+        // user) is locked read-only: the lock holds, the token is not kept.
+        let mut file = match open(true) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(false),
+            other => other,
+        }
+        .map_err(err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(FileLock::Busy),
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(err)?;
+        Ok(FileLock::Held(file, text.trim().parse().unwrap_or(0)))
+    }
+
+    fn lock_file_error(&self, job: &str, source: &str, e: std::io::Error) -> CoordError {
+        CoordError::LockFile {
+            job: job.into(),
+            name: source.into(),
+            dir: self
+                .inner
+                .opts
+                .lock_dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn write_token(file: &mut std::fs::File, token: u64) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    file.set_len(0)?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    writeln!(file, "{token}")
 }
 
 /// Renews every third of the lease until aborted; marks the lease lost when
@@ -249,7 +356,7 @@ impl CommitGuard {
                 let s = l.state.lock().unwrap();
                 s.locks
                     .get(&(self.job.clone(), self.source.clone()))
-                    .is_some_and(|(v, _)| *v == self.value)
+                    .is_some_and(|(v, _, _)| *v == self.value)
             }
         };
         if held {
@@ -312,7 +419,8 @@ impl Lease {
         if let Backend::Local(l) = &self.guard.coord.inner.backend {
             let mut s = l.state.lock().unwrap();
             let k = (self.guard.job.clone(), self.guard.source.clone());
-            if s.locks.get(&k).is_some_and(|(v, _)| *v == self.guard.value) {
+            // Removing the entry closes its lock file, which frees the lock.
+            if s.locks.get(&k).is_some_and(|(v, _, _)| *v == self.guard.value) {
                 s.locks.remove(&k);
                 if let Some(slot) = slot {
                     s.done.insert(k, slot);
@@ -335,6 +443,47 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two coordinators stand for two processes of one node (an agent and a
+    /// hand-run command): only the lock directory is between them.
+    #[tokio::test]
+    async fn a_lock_directory_is_one_lease_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = |scope: &str| super::super::CoordOptions {
+            lock_dir: Some(dir.path().join("locks")),
+            scope: scope.into(),
+            ..Default::default()
+        };
+        let (agent, cli) = (
+            Coordinator::new(opts("file:///store")).await.unwrap(),
+            Coordinator::new(opts("file:///store")).await.unwrap(),
+        );
+        let TryLock::Acquired(held) = agent.try_lock("backup", "app", None).await.unwrap() else {
+            panic!("free at first")
+        };
+        assert!(matches!(
+            cli.try_lock("backup", "app", None).await.unwrap(),
+            TryLock::Busy
+        ));
+        // Another store's source of the same name is another lease.
+        let other = Coordinator::new(opts("file:///elsewhere")).await.unwrap();
+        assert!(matches!(
+            other.try_lock("backup", "app", None).await.unwrap(),
+            TryLock::Acquired(_)
+        ));
+        let first = held.token();
+        held.release(None).await.unwrap();
+        let TryLock::Acquired(next) = cli.try_lock("backup", "app", None).await.unwrap() else {
+            panic!("free once released")
+        };
+        assert!(next.token() > first, "tokens grow across processes");
+        next.check().await.unwrap();
+        drop(next);
+        assert!(matches!(
+            agent.try_lock("backup", "app", None).await.unwrap(),
+            TryLock::Acquired(_)
+        ));
+    }
 
     #[tokio::test]
     async fn single_node_locks_fence_and_remember_done_slots() {

@@ -29,6 +29,13 @@ use std::time::Duration;
 pub enum CoordError {
     #[error("redis at {url}: {message} (check coordination.redis_url and that the server is up)")]
     Redis { url: String, message: String },
+    #[error("cannot take the {job} lease on source {name:?} in the lock directory {dir}: {message} (set coordination.lock_dir or FIREDRILL_LOCK_DIR to a directory of this user that others cannot write to; run the agent and the CLI as the same user)")]
+    LockFile {
+        job: String,
+        name: String,
+        dir: String,
+        message: String,
+    },
     #[error("the {job} lease on source {name:?} was lost (fencing token {token}): another agent may hold it now, so this run must not commit")]
     LeaseLost {
         job: String,
@@ -52,6 +59,14 @@ pub struct CoordOptions {
     pub stream_len: usize,
     /// This agent's name in lock values and events.
     pub node: String,
+    /// Without Redis: where leases are also taken as file locks, so a CLI
+    /// job and an agent on this node never run the same (job, source) at
+    /// once. None: in-process only (tests, benches).
+    pub lock_dir: Option<std::path::PathBuf>,
+    /// What else names a lease besides (job, source) in `lock_dir`: the
+    /// store, so agents of different stores that reuse a source name do not
+    /// wait for each other.
+    pub scope: String,
 }
 
 impl Default for CoordOptions {
@@ -63,7 +78,25 @@ impl Default for CoordOptions {
             drill_quota: 2,
             stream_len: 1000,
             node: default_node(),
+            lock_dir: None,
+            scope: String::new(),
         }
+    }
+}
+
+/// Where a node's agents and CLI runs meet without Redis: FIREDRILL_LOCK_DIR,
+/// else `/run/firedrill` for root and `/tmp/firedrill-<uid>` for anyone
+/// else. Fixed paths, not TMPDIR or XDG_RUNTIME_DIR: a service and an
+/// operator's shell see different values of those, and would not meet.
+/// Made 0700; one that others can write to is refused when a lease is taken.
+pub fn default_lock_dir(env: &dyn Fn(&str) -> Option<String>) -> std::path::PathBuf {
+    if let Some(d) = env("FIREDRILL_LOCK_DIR").filter(|d| !d.trim().is_empty()) {
+        return d.into();
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    match unsafe { libc::getuid() } {
+        0 => "/run/firedrill".into(),
+        uid => format!("/tmp/firedrill-{uid}").into(),
     }
 }
 
@@ -106,12 +139,12 @@ impl Coordinator {
         let backend = match &opts.redis_url {
             None => Backend::Local(local::Local::new(opts.stream_len)),
             Some(url) => {
-                let shown = crate::config::redact_url(url);
+                let shown = crate::telemetry::redact::redact_url(url);
                 let err = |e: redis::RedisError| CoordError::Redis {
                     url: shown.clone(),
                     message: e.to_string(),
                 };
-                let client = redis_client(url).map_err(err)?;
+                let client = crate::servers::redis::client(url).map_err(err)?;
                 let conn = client
                     .get_multiplexed_async_connection_with_config(&short_commands())
                     .await
@@ -155,56 +188,6 @@ impl Coordinator {
     }
 }
 
-/// A client for the coordination (and keyvalue) Redis. `rediss://` is TLS
-/// with the server's certificate always checked: against the system roots
-/// (or the PEM bundle named by `SSL_CERT_FILE`), or only against the PEM CA
-/// file named by a `?ca=/path/ca.pem` parameter, as for Redis sources. The
-/// redis crate's `#insecure` fragment is refused: a MITM could then answer
-/// "not revoked" or hand out leases.
-pub fn redis_client(url: &str) -> Result<redis::Client, redis::RedisError> {
-    let invalid = |detail: String| {
-        redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "invalid Redis URL",
-            detail,
-        ))
-    };
-    let mut parsed = url::Url::parse(url)
-        .map_err(|e| invalid(format!("{e} (expected redis:// or rediss://)")))?;
-    if parsed.fragment().is_some() {
-        return Err(invalid(
-            "a #fragment (such as #insecure) is not accepted: certificates are always checked; name a private CA with ?ca=/path/ca.pem".into(),
-        ));
-    }
-    let ca = parsed
-        .query_pairs()
-        .find(|(k, _)| k == "ca")
-        .map(|(_, v)| v.into_owned());
-    let Some(ca) = ca else {
-        return redis::Client::open(url);
-    };
-    if parsed.scheme() != "rediss" {
-        return Err(invalid(format!("ca={ca} is only for TLS: use rediss://")));
-    }
-    let rest: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter(|(k, _)| k != "ca")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    parsed.set_query(None);
-    if !rest.is_empty() {
-        parsed.query_pairs_mut().extend_pairs(rest);
-    }
-    let pem = std::fs::read(&ca).map_err(|e| invalid(format!("ca={ca}: {e}")))?;
-    redis::Client::build_with_tls(
-        parsed.as_str(),
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem),
-        },
-    )
-}
-
 fn short_commands() -> redis::AsyncConnectionConfig {
     redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -235,8 +218,9 @@ mod local {
 
     #[derive(Default)]
     pub(super) struct State {
-        /// (job, source) -> (holder value, fencing token).
-        pub(super) locks: HashMap<(String, String), (String, u64)>,
+        /// (job, source) -> (holder value, fencing token, the file lock
+        /// held with it when the options name a lock directory).
+        pub(super) locks: HashMap<(String, String), (String, u64, Option<std::fs::File>)>,
         pub(super) fences: HashMap<(String, String), u64>,
         pub(super) done: HashMap<(String, String), i64>,
         pub(super) drills: Vec<String>,

@@ -27,6 +27,7 @@ pub mod status;
 
 use crate::archive::ArchiveError;
 use crate::runtime::CallError;
+use crate::servers::ServerError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -63,25 +64,29 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// See [`ServerError::sql`]: the same message and hints.
     pub(crate) fn sql(database: &str, what: &str, e: tokio_postgres::Error) -> JobError {
-        let message = match e.as_db_error() {
-            Some(db) => {
-                // The classes an operator fixes on the server, not in firedrill.
-                let hint = match db.code().code() {
-                    "53100" => ": the server is out of disk space",
-                    "53200" => ": the server is out of memory",
-                    "57014" => ": a statement timeout or a cancel on the server stopped it",
-                    "57P01" | "57P02" | "57P03" => ": the server shut down or restarted",
-                    _ => "",
-                };
-                format!("{} ({}){hint}", db.message(), db.code().code())
-            }
-            None => e.to_string(),
-        };
-        JobError::Sql {
-            database: database.into(),
-            what: what.into(),
-            message,
+        ServerError::sql(database, what, e).into()
+    }
+}
+
+/// Variant for variant, so a server's failure reads the same as a job's.
+impl From<ServerError> for JobError {
+    fn from(e: ServerError) -> JobError {
+        match e {
+            ServerError::Config(m) => JobError::Config(m),
+            ServerError::Connect { url, message } => JobError::Connect { url, message },
+            ServerError::Sql {
+                database,
+                what,
+                message,
+            } => JobError::Sql {
+                database,
+                what,
+                message,
+            },
+            ServerError::Tool { tool, message } => JobError::Tool { tool, message },
+            ServerError::Archive(e) => JobError::Archive(e),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::caps::types::{
     BackupInfo, CheckResult, DatabaseInfo, Decision, DrillContext, DumpPlan, RequestFacts,
     RetentionDecision, TableRef, Timestamp,
 };
-use crate::caps::{CallContext, CapState, Capability};
+use crate::caps::{Call, CallContext, CapState, Import};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,7 +89,7 @@ impl Plugin {
         }
         let (imports, _) = runtime.describe(&compiled.component);
         for import in &imports {
-            match Capability::of_import(import) {
+            match Import::of(import) {
                 None => {
                     return Err(err(
                         "wasm",
@@ -189,14 +189,13 @@ impl Plugin {
             tracing::warn!(plugin = %self.name, "plugin call failed: {e}");
             return Err(e);
         };
-        let state = CapState::new(
-            self.name.clone(),
-            &self.policy.grants,
-            self.config.clone(),
-            ctx,
-            limits.memory as usize,
+        let call = Call {
+            plugin: &self.name,
+            config: &self.config,
+            context: ctx,
             deadline,
-        );
+        };
+        let state = CapState::new(&self.policy.grants, &call, limits.memory as usize);
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.memory);
         store.set_epoch_deadline(limits.deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1);

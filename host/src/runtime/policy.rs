@@ -203,13 +203,8 @@ impl Policy {
                 "must be at least 1MiB",
             ));
         }
-        if let Some(p) = raw.grants.sql.as_ref().and_then(|g| g.problem()) {
-            return Err(PolicyError::new(file, Some("grants.sql"), p));
-        }
-        if let Some(kv) = &raw.grants.keyvalue {
-            if let Some(p) = kv.problem() {
-                return Err(PolicyError::new(file, Some("grants.keyvalue"), p));
-            }
+        if let Some((field, p)) = raw.grants.problem() {
+            return Err(PolicyError::new(file, Some(&field), p));
         }
         let config = PluginConfig::from_toml(&raw.config, env)
             .map_err(|(field, m)| PolicyError::new(file, Some(&field), m))?;

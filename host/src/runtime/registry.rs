@@ -2,6 +2,8 @@
 //! linked, or none of them. Start-up and reload both go through
 //! [`PluginSet::load_dir`]; the caller swaps the whole set in only on success.
 //!
+//! At most one plugin per world, except verifiers (a drill runs them all).
+//!
 //! Invariant: a failure leaves nothing half-loaded; all problems are reported
 //! together, one per line, each naming its file.
 
@@ -74,6 +76,24 @@ impl PluginSet {
                                 "{:?} is already the name of {}",
                                 p.name(),
                                 other.policy().file.display()
+                            ),
+                        ));
+                    } else if let Some(other) = plugins
+                        .iter()
+                        .find(|o| o.world() == p.world() && p.world() != World::Verifier)
+                    {
+                        // Only verifiers add up; of two planners, retention
+                        // policies, authorizers or redactors one would be
+                        // silently ignored.
+                        errors.push(PolicyError::new(
+                            &file,
+                            Some("world"),
+                            format!(
+                                "more than one {} policy ({} in {}, and {}); keep one",
+                                p.world(),
+                                other.name(),
+                                other.policy().file.display(),
+                                p.name()
                             ),
                         ));
                     } else {

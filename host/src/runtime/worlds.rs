@@ -112,6 +112,19 @@ pub fn check_world(
     runtime.prepare(world, component).map(drop)
 }
 
+/// Telemetry's second redaction stage: it sits below the plugin host, so it
+/// calls the redactor plugin through its own trait, implemented here.
+impl crate::telemetry::redact::PluginRedactor for super::Plugin {
+    fn name(&self) -> &str {
+        super::Plugin::name(self)
+    }
+
+    fn redact(&self, lines: &[String]) -> Result<Vec<String>, String> {
+        super::Plugin::redact(self, &crate::caps::CallContext::default(), lines)
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

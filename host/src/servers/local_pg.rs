@@ -18,8 +18,7 @@
 //! that stand in for a production server: [`LocalCluster::start_tcp`].
 
 use super::pg::{pg_tool, pick_tool, Need, PgUrl};
-use crate::jobs::JobError;
-use std::net::TcpListener;
+use super::ServerError;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -47,7 +46,7 @@ impl LocalCluster {
     /// socket in that directory only, scram-sha-256 authentication with a
     /// random password for `postgres` (in [`LocalCluster::url`] only).
     /// `settings` are extra `name=value` server settings. Blocking.
-    pub fn start(parent: &Path, settings: &[&str]) -> Result<LocalCluster, JobError> {
+    pub fn start(parent: &Path, settings: &[&str]) -> Result<LocalCluster, ServerError> {
         Self::start_with(None, parent, settings, false)
     }
 
@@ -60,7 +59,7 @@ impl LocalCluster {
         parent: &Path,
         settings: &[&str],
         need: Option<&Need>,
-    ) -> Result<LocalCluster, JobError> {
+    ) -> Result<LocalCluster, ServerError> {
         let initdb = pick_tool("initdb", need)?.path;
         Self::start_with(Some(initdb), parent, settings, false)
     }
@@ -78,7 +77,7 @@ impl LocalCluster {
     /// free port where `postgres` connects without a password: only for
     /// tests and benchmarks standing in for a production server, never for
     /// a drill.
-    pub fn start_tcp(parent: &Path, settings: &[&str]) -> Result<LocalCluster, JobError> {
+    pub fn start_tcp(parent: &Path, settings: &[&str]) -> Result<LocalCluster, ServerError> {
         Self::start_with(None, parent, settings, true)
     }
 
@@ -89,7 +88,7 @@ impl LocalCluster {
         bin: &Path,
         parent: &Path,
         settings: &[&str],
-    ) -> Result<LocalCluster, JobError> {
+    ) -> Result<LocalCluster, ServerError> {
         Self::start_with(Some(bin.join("initdb")), parent, settings, true)
     }
 
@@ -98,8 +97,8 @@ impl LocalCluster {
         parent: &Path,
         settings: &[&str],
         tcp: bool,
-    ) -> Result<LocalCluster, JobError> {
-        let fail = |m: String| JobError::Tool {
+    ) -> Result<LocalCluster, ServerError> {
+        let fail = |m: String| ServerError::Tool {
             tool: "local postgres".into(),
             message: m,
         };
@@ -173,10 +172,7 @@ impl LocalCluster {
             )));
         }
         let port = if tcp {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| fail(e.to_string()))?
-                .port()
+            super::free_port().map_err(|e| fail(format!("no free port: {e}")))?
         } else {
             SOCKET_PORT
         };
@@ -199,8 +195,8 @@ impl LocalCluster {
 
     /// Starts the server on the cluster's directory and port; blocking until
     /// it accepts connections.
-    fn launch(&mut self) -> Result<(), JobError> {
-        let fail = |m: String| JobError::Tool {
+    fn launch(&mut self) -> Result<(), ServerError> {
+        let fail = |m: String| ServerError::Tool {
             tool: "local postgres".into(),
             message: m,
         };
@@ -264,7 +260,7 @@ impl LocalCluster {
     /// Stops the server at once, as a crash or a failover would, and starts
     /// it again on the same data and port (crash recovery runs). For tests
     /// of what a job does when its server goes away.
-    pub fn restart(&mut self) -> Result<(), JobError> {
+    pub fn restart(&mut self) -> Result<(), ServerError> {
         stop_pid(self.pid);
         self.launch()
     }
@@ -420,7 +416,7 @@ fn set_mode(p: &Path, mode: u32) {
 }
 
 /// initdb refuses to run as root: as root, the server runs as `postgres`.
-fn as_postgres_user(cmd: &mut Command, owned: &[&Path]) -> Result<(), JobError> {
+fn as_postgres_user(cmd: &mut Command, owned: &[&Path]) -> Result<(), ServerError> {
     use std::os::unix::process::CommandExt;
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
@@ -428,7 +424,7 @@ fn as_postgres_user(cmd: &mut Command, owned: &[&Path]) -> Result<(), JobError> 
     let name = std::ffi::CString::new("postgres").expect("no NUL");
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
     if pw.is_null() {
-        return Err(JobError::Tool {
+        return Err(ServerError::Tool {
             tool: "local postgres".into(),
             message: "running as root needs a `postgres` user (the postgresql package creates it)"
                 .into(),

@@ -2,7 +2,7 @@
 //! passwords out of process lists and messages), the client tools, catalog
 //! queries.
 
-use crate::jobs::JobError;
+use super::ServerError;
 use std::path::PathBuf;
 use url::Url;
 
@@ -21,20 +21,20 @@ impl std::fmt::Debug for PgUrl {
 }
 
 impl PgUrl {
-    pub fn parse(s: &str) -> Result<PgUrl, JobError> {
+    pub fn parse(s: &str) -> Result<PgUrl, ServerError> {
         let url = Url::parse(s).map_err(|e| {
-            JobError::Config(format!(
+            ServerError::Config(format!(
                 "database URL: {e} (expected postgres://user[:password]@host[:port]/database)"
             ))
         })?;
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-            return Err(JobError::Config(format!(
+            return Err(ServerError::Config(format!(
                 "database URL: scheme {:?}, expected postgres://",
                 url.scheme()
             )));
         }
         super::pg_tls::check_url(&url)
-            .map_err(|e| JobError::Config(format!("database URL: {e}")))?;
+            .map_err(|e| ServerError::Config(format!("database URL: {e}")))?;
         Ok(PgUrl { url, need: None })
     }
 
@@ -99,8 +99,8 @@ impl PgUrl {
         self.url.password().map(percent_decode)
     }
 
-    /// The URL with each secret parameter dropped (no `mask`) or masked.
-    fn without_secret_parameters(&self, mask: Option<&str>) -> Url {
+    /// The URL with each secret parameter dropped.
+    fn without_secret_parameters(&self) -> Url {
         let mut url = self.url.clone();
         if !url
             .query_pairs()
@@ -110,16 +110,11 @@ impl PgUrl {
         }
         let kept: Vec<(String, String)> = url
             .query_pairs()
-            .filter_map(|(k, v)| {
-                match crate::telemetry::redact::SECRET_PARAMETERS.contains(&k.as_ref()) {
-                    // sslpassword has no environment variable, and a
-                    // command line is readable by every local user: it
-                    // never goes to a tool (firedrill refuses encrypted
-                    // keys before any tool starts, see `pg_tls`).
-                    true => mask.map(|m| (k, m.into())),
-                    false => Some((k, v)),
-                }
-            })
+            // sslpassword has no environment variable, and a command line
+            // is readable by every local user: it never goes to a tool
+            // (firedrill refuses encrypted keys before any tool starts, see
+            // `pg_tls`).
+            .filter(|(k, _)| !crate::telemetry::redact::SECRET_PARAMETERS.contains(&k.as_ref()))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         url.set_query(None);
@@ -132,18 +127,15 @@ impl PgUrl {
     /// For command lines: no password, in the userinfo or as a `password`
     /// parameter (it goes through PGPASSWORD).
     pub fn without_password(&self) -> String {
-        let mut url = self.without_secret_parameters(None);
+        let mut url = self.without_secret_parameters();
         let _ = url.set_password(None);
         url.to_string()
     }
 
-    /// For people: every password masked, in the userinfo or as a parameter.
+    /// For people: every password masked, in the userinfo or as a parameter
+    /// (the one URL redactor, `telemetry::redact::redact_url`).
     pub fn redacted(&self) -> String {
-        let mut url = self.without_secret_parameters(Some("***"));
-        if url.password().is_some() {
-            let _ = url.set_password(Some("***"));
-        }
-        url.to_string()
+        crate::telemetry::redact::redact_url(self.url.as_str())
     }
 
     /// `host:port`, for naming a source.
@@ -159,8 +151,8 @@ impl PgUrl {
     }
 
     /// Connects with the URL's TLS settings (see `pg_tls`).
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, JobError> {
-        let failed = |message| JobError::Connect {
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, ServerError> {
+        let failed = |message| ServerError::Connect {
             url: self.redacted(),
             message,
         };
@@ -172,12 +164,12 @@ impl PgUrl {
     }
 
     /// The databases of this server that accept connections, templates aside.
-    pub async fn list_databases(&self) -> Result<Vec<String>, JobError> {
+    pub async fn list_databases(&self) -> Result<Vec<String>, ServerError> {
         let c = self.with_database("postgres").connect().await?;
         let rows = c
             .query("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1", &[])
             .await
-            .map_err(|e| JobError::sql("postgres", "list the databases", e))?;
+            .map_err(|e| ServerError::sql("postgres", "list the databases", e))?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
@@ -185,7 +177,7 @@ impl PgUrl {
     /// source `source`: its client tools are picked for that version, and
     /// one must exist now (pg_dump, before anything is written), else the
     /// error names the version needed and the fix.
-    pub fn on_server(&self, source: &str, server_version_num: i32) -> Result<PgUrl, JobError> {
+    pub fn on_server(&self, source: &str, server_version_num: i32) -> Result<PgUrl, ServerError> {
         let need = Need {
             major: major_of_num(server_version_num),
             subject: format!("source {source} runs"),
@@ -199,7 +191,7 @@ impl PgUrl {
 
     /// A client tool (pg_dump, psql) set up for this URL; the password goes
     /// through the environment, never the command line.
-    pub fn command(&self, tool: &str) -> Result<tokio::process::Command, JobError> {
+    pub fn command(&self, tool: &str) -> Result<tokio::process::Command, ServerError> {
         let mut cmd = tokio::process::Command::new(pick_tool(tool, self.need.as_ref())?.path);
         cmd.env_remove("PGPASSWORD");
         if let Some(p) = self.password() {
@@ -220,10 +212,10 @@ pub struct Tool {
 
 impl Tool {
     /// Starts `cmd` (stdin and stdout as the caller set them; stderr is taken).
-    pub fn spawn(mut cmd: tokio::process::Command, name: &str) -> Result<Tool, JobError> {
+    pub fn spawn(mut cmd: tokio::process::Command, name: &str) -> Result<Tool, ServerError> {
         use tokio::io::AsyncReadExt;
         cmd.stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| JobError::Tool {
+        let mut child = cmd.spawn().map_err(|e| ServerError::Tool {
             tool: name.into(),
             message: format!(
                 "cannot start: {e} (install the PostgreSQL client tools, or set FIREDRILL_PG_BIN)"
@@ -242,15 +234,15 @@ impl Tool {
         })
     }
 
-    pub fn error(&self, message: impl Into<String>) -> JobError {
-        JobError::Tool {
+    pub fn error(&self, message: impl Into<String>) -> ServerError {
+        ServerError::Tool {
             tool: self.name.clone(),
             message: message.into(),
         }
     }
 
     /// Waits for the tool; a failure carries what it wrote to stderr.
-    pub async fn wait(mut self, context: &str) -> Result<(), JobError> {
+    pub async fn wait(mut self, context: &str) -> Result<(), ServerError> {
         let status = self
             .child
             .wait()
@@ -452,12 +444,12 @@ pub struct Need {
 
 /// The tool to run for `need` (none: the newest), or an error that says
 /// which version is needed and how to get it.
-pub fn pick_tool(tool: &str, need: Option<&Need>) -> Result<FoundTool, JobError> {
+pub fn pick_tool(tool: &str, need: Option<&Need>) -> Result<FoundTool, ServerError> {
     let found = find_tools(tool);
     if let Some(f) = pick(&found, need.map(|n| n.major)) {
         return Ok(f.clone());
     }
-    Err(JobError::Config(refusal(tool, need, pick(&found, None))))
+    Err(ServerError::Config(refusal(tool, need, pick(&found, None))))
 }
 
 /// The message for no suitable `tool`: the version needed, the best one
@@ -508,7 +500,7 @@ fn refusal(tool: &str, need: Option<&Need>, newest: Option<&FoundTool>) -> Strin
 }
 
 /// A PostgreSQL tool for no server in particular: the newest installed.
-pub fn pg_tool(tool: &str) -> Result<PathBuf, JobError> {
+pub fn pg_tool(tool: &str) -> Result<PathBuf, ServerError> {
     pick_tool(tool, None).map(|f| f.path)
 }
 
@@ -534,7 +526,7 @@ pub fn versions_for(server_version: &str) -> Option<crate::archive::manifest::Pg
 pub async fn refuse_older_target(
     target: &PgUrl,
     manifest: &crate::archive::manifest::Manifest,
-) -> Result<(), JobError> {
+) -> Result<(), ServerError> {
     let Some(source) = manifest.server_major() else {
         return Ok(());
     };
@@ -544,11 +536,11 @@ pub async fn refuse_older_target(
         .await?
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
-        .map_err(|e| JobError::sql("postgres", "read the server's version", e))?
+        .map_err(|e| ServerError::sql("postgres", "read the server's version", e))?
         .get(0);
     let major = major_of_num(num);
     if major < source {
-        return Err(JobError::Config(format!(
+        return Err(ServerError::Config(format!(
             "backup {} comes from PostgreSQL {source}, and {} runs PostgreSQL {major}: restore into a server of version {source} or later (a drill with --local picks one from the installed servers)",
             manifest.id,
             target.redacted()

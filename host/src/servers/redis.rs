@@ -8,9 +8,9 @@
 //! snapshot is complete only when its announced length (or end mark) has
 //! arrived.
 
+use super::ServerError;
 use crate::archive::manifest::KeyCount;
 use crate::archive::ObjectWriter;
-use crate::jobs::JobError;
 use crate::telemetry::progress::Progress;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ impl std::fmt::Debug for RedisUrl {
 
 impl RedisUrl {
     pub fn parse(s: &str) -> Result<RedisUrl, String> {
-        let shown = crate::config::redact_url(s);
+        let shown = crate::telemetry::redact::redact_url(s);
         let url = url::Url::parse(s).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
         if url.scheme() == "redis+unix" {
             if !url.path().starts_with('/') || url.path().len() < 2 {
@@ -91,7 +91,7 @@ impl RedisUrl {
             }
             return url.to_string();
         }
-        crate::config::redact_url(self.url.as_str())
+        crate::telemetry::redact::redact_url(self.url.as_str())
     }
 
     fn is_unix(&self) -> bool {
@@ -138,9 +138,9 @@ impl RedisUrl {
         )
     }
 
-    pub async fn connect(&self) -> Result<Conn, JobError> {
+    pub async fn connect(&self) -> Result<Conn, ServerError> {
         let (host, port) = self.addr();
-        let err = |message: String| JobError::Connect {
+        let err = |message: String| ServerError::Connect {
             url: self.redacted(),
             message,
         };
@@ -241,6 +241,56 @@ impl RedisUrl {
     }
 }
 
+/// A client of the `redis` crate, for the coordination (and keyvalue) Redis. `rediss://` is TLS
+/// with the server's certificate always checked: against the system roots
+/// (or the PEM bundle named by `SSL_CERT_FILE`), or only against the PEM CA
+/// file named by a `?ca=/path/ca.pem` parameter, as for Redis sources. The
+/// redis crate's `#insecure` fragment is refused: a MITM could then answer
+/// "not revoked" or hand out leases.
+pub fn client(url: &str) -> Result<::redis::Client, ::redis::RedisError> {
+    let invalid = |detail: String| {
+        ::redis::RedisError::from((
+            ::redis::ErrorKind::InvalidClientConfig,
+            "invalid Redis URL",
+            detail,
+        ))
+    };
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| invalid(format!("{e} (expected redis:// or rediss://)")))?;
+    if parsed.fragment().is_some() {
+        return Err(invalid(
+            "a #fragment (such as #insecure) is not accepted: certificates are always checked; name a private CA with ?ca=/path/ca.pem".into(),
+        ));
+    }
+    let ca = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "ca")
+        .map(|(_, v)| v.into_owned());
+    let Some(ca) = ca else {
+        return ::redis::Client::open(url);
+    };
+    if parsed.scheme() != "rediss" {
+        return Err(invalid(format!("ca={ca} is only for TLS: use rediss://")));
+    }
+    let rest: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "ca")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed.set_query(None);
+    if !rest.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(rest);
+    }
+    let pem = std::fs::read(&ca).map_err(|e| invalid(format!("ca={ca}: {e}")))?;
+    ::redis::Client::build_with_tls(
+        parsed.as_str(),
+        ::redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+}
+
 /// A plain or TLS connection.
 trait Io: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Io for T {}
@@ -267,14 +317,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn io_error(&self, what: &str, e: impl std::fmt::Display) -> JobError {
-        JobError::Tool {
+    fn io_error(&self, what: &str, e: impl std::fmt::Display) -> ServerError {
+        ServerError::Tool {
             tool: format!("redis {}", self.shown),
             message: format!("{what}: {e}"),
         }
     }
 
-    pub async fn command(&mut self, args: &[&[u8]]) -> Result<Reply, JobError> {
+    pub async fn command(&mut self, args: &[&[u8]]) -> Result<Reply, ServerError> {
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
             out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -295,7 +345,7 @@ impl Conn {
     }
 
     /// `INFO section` as text.
-    pub async fn info(&mut self, section: &str) -> Result<String, JobError> {
+    pub async fn info(&mut self, section: &str) -> Result<String, ServerError> {
         match self.command(&[b"INFO", section.as_bytes()]).await? {
             Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
             Reply::Error(e) => Err(self.io_error("INFO", e)),
@@ -310,7 +360,7 @@ impl Conn {
         mut self,
         out: &mut ObjectWriter,
         progress: &Progress,
-    ) -> Result<u64, JobError> {
+    ) -> Result<u64, ServerError> {
         // Only the snapshot, no replication stream after it (Redis 7+;
         // older servers answer an error and stream anyway).
         let _ = self.command(&[b"REPLCONF", b"rdb-only", b"1"]).await?;
@@ -385,7 +435,7 @@ impl Conn {
         progress: &Progress,
         piece: &[u8],
         total: u64,
-    ) -> Result<(), JobError> {
+    ) -> Result<(), ServerError> {
         let start = total - piece.len() as u64;
         // Every RDB starts with "REDIS" and its version.
         if start < 5 && !piece.is_empty() {
@@ -399,7 +449,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, JobError> {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ServerError> {
         let n = tokio::time::timeout(IDLE_TIMEOUT, self.io.read(buf))
             .await
             .map_err(|_| self.io_error("SYNC", "the snapshot stalled for 60s"))?

@@ -7,8 +7,11 @@
 //! Prometheus name derived from it (`firedrill_backup_duration_seconds`,
 //! counters ending in `_total`). Labels are the same keys in both.
 //!
-//! Invariant: a label value is never a secret or unbounded (sources,
-//! plugins, kinds and results only: operators name those).
+//! Invariants: every metric the agent reports is a series here (jobs, API
+//! requests and authorizer decisions included), and `/metrics` renders this
+//! registry and nothing else, so the two outputs cannot disagree; a label
+//! value is never a secret or unbounded (sources, plugins, kinds, decisions
+//! and results only: operators name those).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -147,6 +150,49 @@ metric!(
     "Stored manifests and drill reports that signing keys do not vouch for, ignored by list, drill and prune, by kind (manifest, report); each object counted once."
 );
 
+metric!(
+    JOBS,
+    "firedrill.jobs",
+    "",
+    Counter,
+    "Jobs finished without error, by kind (backup, drill, prune, restore)."
+);
+metric!(
+    JOB_FAILURES,
+    "firedrill.job.failures",
+    "",
+    Counter,
+    "Jobs that failed."
+);
+metric!(
+    JOBS_SKIPPED,
+    "firedrill.jobs.skipped",
+    "",
+    Counter,
+    "Scheduled runs another agent of the fleet ran."
+);
+metric!(
+    API_REQUESTS,
+    "firedrill.api.requests",
+    "",
+    Counter,
+    "HTTP requests received."
+);
+metric!(
+    API_AUTHORIZATIONS,
+    "firedrill.api.authorizations",
+    "",
+    Counter,
+    "Decisions on /v1 requests, by decision (allow, deny, error)."
+);
+metric!(
+    API_AUTHORIZER_TIME,
+    "firedrill.api.authorizer",
+    "s",
+    Counter,
+    "Time spent in authorizer decisions."
+);
+
 pub const ALL: &[&Desc] = &[
     BACKUP_DURATION,
     BACKUP_SIZE,
@@ -161,6 +207,12 @@ pub const ALL: &[&Desc] = &[
     RELOADS,
     LOCK_WAIT,
     UNTRUSTED_IGNORED,
+    JOBS,
+    JOB_FAILURES,
+    JOBS_SKIPPED,
+    API_REQUESTS,
+    API_AUTHORIZATIONS,
+    API_AUTHORIZER_TIME,
 ];
 
 /// Upper bounds of histogram buckets, in seconds: from a plugin call's
@@ -211,6 +263,12 @@ impl Metrics {
             Value::Number(n) => *n += v,
             Value::Histogram(_) => {}
         }
+    }
+
+    /// Starts a counter's series at zero unless it exists: a series known in
+    /// advance is shown before its first event, so a rate has a base.
+    pub fn declare(&self, d: &'static Desc, l: &[(&'static str, &str)]) {
+        self.add(d, l, 0.0);
     }
 
     pub fn set(&self, d: &'static Desc, l: &[(&'static str, &str)], v: f64) {
@@ -357,6 +415,71 @@ mod tests {
         );
         assert!(
             out.contains("firedrill_backup_duration_seconds_count{source=\"a\\\"b\"} 2"),
+            "{out}"
+        );
+    }
+
+    /// The job and API counters keep the Prometheus names they had when
+    /// they were written outside the registry (dashboards query them).
+    #[test]
+    fn the_job_and_api_counters_keep_their_names() {
+        let names: Vec<String> = [
+            JOBS,
+            JOB_FAILURES,
+            JOBS_SKIPPED,
+            API_REQUESTS,
+            API_AUTHORIZATIONS,
+            API_AUTHORIZER_TIME,
+        ]
+        .iter()
+        .map(|d| d.prometheus_name())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "firedrill_jobs_total",
+                "firedrill_job_failures_total",
+                "firedrill_jobs_skipped_total",
+                "firedrill_api_requests_total",
+                "firedrill_api_authorizations_total",
+                "firedrill_api_authorizer_seconds_total",
+            ]
+        );
+        for d in [
+            JOBS,
+            JOB_FAILURES,
+            JOBS_SKIPPED,
+            API_REQUESTS,
+            API_AUTHORIZATIONS,
+            API_AUTHORIZER_TIME,
+        ] {
+            assert!(
+                ALL.iter().any(|a| a.name == d.name),
+                "{} is not in ALL, so neither /metrics nor OTLP shows it",
+                d.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_declared_series_shows_zero_and_keeps_its_count() {
+        let m = Metrics::default();
+        m.declare(JOBS, &[("kind", "backup")]);
+        m.declare(JOB_FAILURES, &[]);
+        let mut out = String::new();
+        m.render_prometheus(&mut out);
+        assert!(
+            out.contains("firedrill_jobs_total{kind=\"backup\"} 0\n"),
+            "{out}"
+        );
+        assert!(out.contains("firedrill_job_failures_total 0\n"), "{out}");
+        m.add(JOBS, &[("kind", "backup")], 1.0);
+        m.add(JOBS, &[("kind", "backup")], 1.0);
+        m.declare(JOBS, &[("kind", "backup")]);
+        let mut out = String::new();
+        m.render_prometheus(&mut out);
+        assert!(
+            out.contains("firedrill_jobs_total{kind=\"backup\"} 2\n"),
             "{out}"
         );
     }

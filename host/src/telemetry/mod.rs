@@ -2,8 +2,11 @@
 //! batches), error messages, API error bodies, audit lines and drill reports
 //! (through [`redact`]).
 //!
-//! Invariant: nothing is written out, returned to a client or stored as a
-//! report without passing [`redact::global`].
+//! Invariants: nothing is written out, returned to a client or stored as a
+//! report without passing [`redact::global`]. The lowest layer (see
+//! `src/layers.rs`): nothing here imports another module of the crate; what
+//! it needs from above (the redactor plugin) comes in through a trait
+//! ([`redact::PluginRedactor`]) that the higher module implements.
 
 pub mod logs;
 pub mod metrics;

@@ -5,15 +5,18 @@
 //!    configuration (URL passwords, S3 keys, token keys): no plugin can miss
 //!    those;
 //! 2. the first `redactor` plugin of the live policy set gets the lines, in
-//!    batches (one call for many lines).
+//!    batches (one call for many lines). Telemetry sits below the plugin
+//!    host, so it knows that plugin only as a [`PluginRedactor`], which the
+//!    plugin host implements.
 //!
 //! Invariants: a line is never emitted without both stages; when the plugin
 //! fails, the line is withheld (replaced by a notice naming the failure),
 //! never let through; what the redactor plugin itself logs is only
 //! host-scrubbed (it would otherwise redact itself forever).
+//!
+//! [`redact_url`] is the one redactor of a URL for messages and
+//! descriptions; stage 1 masks the same password parameters in any text.
 
-use crate::caps::CallContext;
-use crate::runtime::Plugin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -21,7 +24,19 @@ use std::sync::{Arc, OnceLock, RwLock};
 /// ordinary words ("pw", "1234") and are no real protection anyway.
 const MIN_SECRET: usize = 4;
 
-type PluginSource = Box<dyn Fn() -> Option<Arc<Plugin>> + Send + Sync>;
+/// What stands for a secret in every output.
+const MASK: &str = "***";
+
+/// Stage 2: the redactor plugin, as the plugin host provides it.
+pub trait PluginRedactor: Send + Sync {
+    /// The plugin's name, for the notice that replaces the lines it failed on.
+    fn name(&self) -> &str;
+    /// The lines, redacted, one for one; an error (its message) withholds
+    /// them all.
+    fn redact(&self, lines: &[String]) -> Result<Vec<String>, String>;
+}
+
+type PluginSource = Box<dyn Fn() -> Option<Arc<dyn PluginRedactor>> + Send + Sync>;
 
 #[derive(Default)]
 pub struct RedactStats {
@@ -62,7 +77,7 @@ impl Redactor {
         Redactor {
             known: RwLock::default(),
             plugin: RwLock::default(),
-            mask: "***".into(),
+            mask: MASK.into(),
             stats: RedactStats::default(),
         }
     }
@@ -88,10 +103,11 @@ impl Redactor {
 
     /// Where the redactor plugin comes from: called per batch, so a policy
     /// reload takes effect at the next batch.
-    pub fn set_plugin_source(
+    pub fn set_plugin_source<P: PluginRedactor + 'static>(
         &self,
-        source: impl Fn() -> Option<Arc<Plugin>> + Send + Sync + 'static,
+        source: impl Fn() -> Option<Arc<P>> + Send + Sync + 'static,
     ) {
+        let source = move || source().map(|p| p as Arc<dyn PluginRedactor>);
         *self.plugin.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(source));
     }
 
@@ -127,7 +143,7 @@ impl Redactor {
         };
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         IN_PLUGIN.with(|f| f.set(true));
-        let result = plugin.redact(&CallContext::default(), &scrubbed);
+        let result = plugin.redact(&scrubbed);
         IN_PLUGIN.with(|f| f.set(false));
         match result {
             Ok(out) => out,
@@ -136,7 +152,7 @@ impl Redactor {
                 let notice = format!(
                     "[line withheld: the redactor {} failed: {}]",
                     plugin.name(),
-                    self.scrub(&e.to_string())
+                    self.scrub(&e)
                 );
                 vec![notice; scrubbed.len()]
             }
@@ -186,6 +202,20 @@ fn mask_url_parameters(line: &str, mask: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A URL for people: the password in its userinfo and every password
+/// parameter ([`SECRET_PARAMETERS`]) masked; anything else, byte for byte
+/// as given. Text that is not a URL only has its password parameters masked.
+pub fn redact_url(s: &str) -> String {
+    let masked = match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(MASK));
+            u.to_string()
+        }
+        _ => s.to_string(),
+    };
+    mask_url_parameters(&masked, MASK)
 }
 
 /// The password of a URL: `scheme://user:password@host`, or a `password`
@@ -246,6 +276,69 @@ mod tests {
             url_password("postgres://u@h/x?sslmode=require&password=s%26cret").as_deref(),
             Some("s&cret")
         );
+    }
+
+    #[test]
+    fn a_url_shows_no_password_and_nothing_else_changes() {
+        assert_eq!(
+            redact_url("redis://:pw@cache:6380/0"),
+            "redis://:***@cache:6380/0"
+        );
+        assert_eq!(
+            redact_url("postgres://app:p%40ss@db:5433/my%20db?sslmode=disable"),
+            "postgres://app:***@db:5433/my%20db?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/x?sslmode=require&password=s%26cret&sslpassword=k"),
+            "postgres://app@db/x?sslmode=require&password=***&sslpassword=***"
+        );
+        // Without a password the text comes back as given, not re-serialized.
+        for same in [
+            "s3://bucket/prefix?region=x y",
+            "file:///b",
+            "not a url",
+            "",
+        ] {
+            assert_eq!(redact_url(same), same);
+        }
+    }
+
+    /// Stage 2 through the trait: what the plugin host provides.
+    struct Fake {
+        fail: bool,
+    }
+
+    impl PluginRedactor for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+
+        fn redact(&self, lines: &[String]) -> Result<Vec<String>, String> {
+            match self.fail {
+                true => Err("trapped near hunter2".into()),
+                false => Ok(lines.iter().map(|l| l.replace("card", "[card]")).collect()),
+            }
+        }
+    }
+
+    #[test]
+    fn the_plugin_gets_scrubbed_lines_and_its_failure_withholds_them() {
+        let r = Redactor::new();
+        r.add_known(["hunter2".to_string()]);
+        r.set_plugin_source(|| Some(Arc::new(Fake { fail: false })));
+        assert_eq!(
+            r.redact_lines(vec!["card 1 hunter2".into(), "x".into()]),
+            ["[card] 1 ***", "x"]
+        );
+        r.set_plugin_source(|| Some(Arc::new(Fake { fail: true })));
+        assert_eq!(
+            r.redact_lines(vec!["card".into(), "y".into()]),
+            vec!["[line withheld: the redactor fake failed: trapped near ***]"; 2]
+        );
+        assert_eq!(r.stats.calls.load(Ordering::Relaxed), 2);
+        assert_eq!(r.stats.failures.load(Ordering::Relaxed), 1);
+        r.set_plugin_source(|| None::<Arc<Fake>>);
+        assert_eq!(r.redact("card hunter2"), "card ***");
     }
 
     #[test]

@@ -4,7 +4,7 @@ pub mod fixture;
 pub mod new;
 
 use anyhow::{bail, Context};
-use firedrill::caps::Capability;
+use firedrill::caps;
 use firedrill::runtime::signature::{self, PluginTrust, Signed};
 use firedrill::runtime::{Runtime, RuntimeOptions, World};
 use serde::Serialize;
@@ -30,7 +30,7 @@ struct Import {
     /// The `[grants]` key a policy needs for it; none for the sandboxed WASI base and types.
     grant: Option<&'static str>,
     #[serde(skip)]
-    cap: Capability,
+    cap: caps::Import,
 }
 
 pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -57,7 +57,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     };
     let mut listed = Vec::new();
     for name in imports {
-        let Some(cap) = Capability::of_import(&name) else {
+        let Some(cap) = caps::Import::of(&name) else {
             bail!(
                 "{}: imports `{name}`, which firedrill does not provide to plugins",
                 file.display()
@@ -99,7 +99,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     for (i, imp) in report.imports.iter().enumerate() {
         let why = match (imp.grant, imp.cap) {
             (Some(g), _) => format!("needs `{g}` under [grants]"),
-            (None, Capability::Types) => "types only".to_string(),
+            (None, caps::Import::Types) => "types only".to_string(),
             (None, _) => "WASI base, sandboxed: no files, environment or network".to_string(),
         };
         println!(

@@ -51,7 +51,7 @@ pub async fn run(store: &Store, opts: &RedisBackupOptions) -> Result<BackupSumma
         Ok(n) => n,
         Err(e) => {
             out.abort().await;
-            return Err(e);
+            return Err(e.into());
         }
     };
     // `raw_bytes` records the decompressed size beside it.
