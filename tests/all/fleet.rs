@@ -331,14 +331,15 @@ fn an_unreachable_redis_is_named_without_its_password() {
     assert!(!text.contains("hunter3"), "{text}");
 }
 
-/// A redis-server speaking only TLS, its certificate (for `localhost` and
-/// 127.0.0.1) signed by a CA made for the test; stopped when dropped.
+/// A redis-server speaking TLS on `port`, its certificate (for `localhost`
+/// and 127.0.0.1) signed by a CA made for the test; the harness's own
+/// server (its plain port only tells that it is up); stopped when dropped.
 struct TlsRedis {
     port: u16,
     ca: std::path::PathBuf,
     /// A CA that signed nothing here.
     other_ca: std::path::PathBuf,
-    child: std::process::Child,
+    _server: harness::OwnRedis,
 }
 
 impl TlsRedis {
@@ -353,48 +354,24 @@ impl TlsRedis {
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
         );
         let port = harness::free_port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--tls-auth-clients",
-                "no",
-            ])
-            .arg("--tls-cert-file")
-            .arg(dir.join("server.crt"))
-            .arg("--tls-key-file")
-            .arg(dir.join("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(dir.join("ca.crt"))
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "redis-server with TLS never listened"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let path = |f: &str| dir.join(f).to_str().expect("a UTF-8 path").to_string();
+        let server = harness::OwnRedis::start(&[
+            "--tls-port",
+            &port.to_string(),
+            "--tls-auth-clients",
+            "no",
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+        ]);
         TlsRedis {
             port,
             ca: dir.join("ca.crt"),
             other_ca: dir.join("other-ca.crt"),
-            child,
+            _server: server,
         }
     }
 
@@ -403,13 +380,6 @@ impl TlsRedis {
             Some(ca) => format!("rediss://localhost:{}/?ca={}", self.port, ca.display()),
             None => format!("rediss://localhost:{}/", self.port),
         }
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -37,7 +37,10 @@ fn wait_for_backup_in_progress(store: &Path, source: &str) {
         if running {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "the agent never started its backup");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the agent never started its backup"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -67,7 +70,9 @@ fn agent_beside_cli(redis: Option<String>) {
     let locks = work.join("locks");
     let port = harness::free_port();
     let coordination = match &redis {
-        Some(r) => format!("[coordination]\nredis_url = \"{r}\"\nnamespace = \"jobpath-{port}:\"\n"),
+        Some(r) => {
+            format!("[coordination]\nredis_url = \"{r}\"\nnamespace = \"jobpath-{port}:\"\n")
+        }
         None => String::new(),
     };
     let config = work.join("agent.toml");
@@ -82,24 +87,41 @@ fn agent_beside_cli(redis: Option<String>) {
     // While the agent's backup runs: the same source by hand, with the
     // agent's configuration (Redis) or with flags (the node's lock directory).
     let args: Vec<String> = match &redis {
-        Some(_) => ["backup", "--json", "--config", config.to_str().unwrap(), "--source", "app"]
-            .map(String::from)
-            .to_vec(),
-        None => ["backup", "--json", "--store", &store, "--source", "app", "--database-url", &url]
-            .map(String::from)
-            .to_vec(),
+        Some(_) => [
+            "backup",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
+            "app",
+        ]
+        .map(String::from)
+        .to_vec(),
+        None => [
+            "backup",
+            "--json",
+            "--store",
+            &store,
+            "--source",
+            "app",
+            "--database-url",
+            &url,
+        ]
+        .map(String::from)
+        .to_vec(),
     };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = firedrill(
         &args,
-        &[
-            ("FIREDRILL_LOCK_DIR", lock_env.into()),
-            ("RUST_LOG", "info".into()),
-        ],
+        // No RUST_LOG: the wait is said at the default level.
+        &[("FIREDRILL_LOCK_DIR", lock_env.into())],
     );
     let out = output_text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("waiting for the lease"), "the hand-run backup did not wait: {out}");
+    assert!(
+        out.contains("waiting for the lease"),
+        "the hand-run backup did not wait: {out}"
+    );
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let _ = agent.wait_with_output().unwrap();
 
@@ -113,7 +135,10 @@ fn agent_beside_cli(redis: Option<String>) {
     let (Some(t1), Some(t2)) = (first.2, second.2) else {
         panic!("both backups carry a fencing token: {runs:?}")
     };
-    assert!(t2 > t1, "fencing tokens grow from one holder to the next: {runs:?}");
+    assert!(
+        t2 > t1,
+        "fencing tokens grow from one holder to the next: {runs:?}"
+    );
 }
 
 #[test]

@@ -47,7 +47,6 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-
 fn policy_dir(limits: &str) -> PathBuf {
     let dir = tempfile::tempdir().unwrap().keep();
     std::fs::copy(
@@ -203,10 +202,16 @@ fn main() {
         let with_redis = limits.is_some_and(|(redis, _)| redis);
         let mut text = format!("[store]\nurl = \"{store_url}\"\n[api]\naudit_log = {:?}\n[[source]]\nname = \"bench\"\nurls = [\"postgres://127.0.0.1:1/x\"]\nbackup = \"cron: 0 3 1 1 *\"\n", scratch.path().join("audit.jsonl").display().to_string());
         if let Some((_, l)) = limits {
-            text = format!("[agent]\npolicies = {:?}\n{text}", policy_dir(l).display().to_string());
+            text = format!(
+                "[agent]\npolicies = {:?}\n{text}",
+                policy_dir(l).display().to_string()
+            );
         }
         if with_redis {
-            text.push_str(&format!("[coordination]\nredis_url = {:?}\nnamespace = \"bench:\"\n", redis_url));
+            text.push_str(&format!(
+                "[coordination]\nredis_url = {:?}\nnamespace = \"bench:\"\n",
+                redis_url
+            ));
         }
         let file = scratch.path().join("firedrill.toml");
         std::fs::write(&file, text).unwrap();

@@ -105,9 +105,9 @@ def metric_names():
 
 
 def config_schema():
-    """Sections and keys of the configuration file, from config/mod.rs'
+    """Sections and keys of the configuration file, from config/raw.rs'
     Raw* structs (deny_unknown_fields: any other key stops the agent)."""
-    src = read("host/src/config/mod.rs")
+    src = read("host/src/config/raw.rs")
     structs = {}
     for name, body in re.findall(r"struct (Raw\w+) \{(.*?)\n\}", src, re.S):
         fields = {}
@@ -118,12 +118,12 @@ def config_schema():
             if line.startswith("#["):
                 rename = m.group(1) if m else rename
                 continue
-            f = re.match(r"(\w+):\s*(.+?),?$", line)
+            f = re.match(r"(?:pub(?:\([\w:]+\))?\s+)?(\w+):\s*(.+?),?$", line)
             if f:
                 fields[rename or f.group(1)] = f.group(2)
                 rename = None
         structs[name] = fields
-    need("RawConfig" in structs, "config/mod.rs: no RawConfig")
+    need("RawConfig" in structs, "config/raw.rs: no RawConfig")
     schema = {}
     for section, ty in structs["RawConfig"].items():
         inner = re.search(r"(Raw\w+)", ty).group(1)

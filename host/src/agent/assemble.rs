@@ -66,8 +66,12 @@ pub async fn assemble(config: Config) -> Result<Agent, StartError> {
     let assertions = match &config.assertions {
         None => vec![],
         Some(f) => {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| bad("drill.assertions", format!("cannot read {}: {e}", f.display())))?;
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                bad(
+                    "drill.assertions",
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
             drill::parse_assertions(&text)
                 .map_err(|e| bad("drill.assertions", format!("{}: {e}", f.display())))?
         }
@@ -118,7 +122,8 @@ fn age_policy(
     })?;
     let file = dir.join("retention-age (BACKUP_RETENTION_DAYS).toml");
     let text = format!("name = \"retention-age\"\nworld = \"retention\"\nwasm = \"retention_age.wasm\"\n[grants]\nconfig = true\nlogging = true\n[config]\ndays = {days}\n");
-    let policy = Policy::parse(&file, &text, |_| None).map_err(|e| bad("BACKUP_RETENTION_DAYS", e))?;
+    let policy =
+        Policy::parse(&file, &text, |_| None).map_err(|e| bad("BACKUP_RETENTION_DAYS", e))?;
     Ok(Arc::new(
         Plugin::load(runtime, policy).map_err(|e| bad("BACKUP_RETENTION_DAYS", e))?,
     ))

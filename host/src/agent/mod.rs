@@ -55,6 +55,10 @@ pub struct JobRequest {
     pub pick: Option<Pick>,
     /// Restore only: where to.
     pub target: Option<PgUrl>,
+    /// Restore only: the database of a backup of several (default: the only one).
+    pub database: Option<String>,
+    /// Restore only: replace a target database that is not empty.
+    pub force: bool,
     /// Prune only: decide, delete nothing.
     pub dry_run: bool,
     /// "schedule", "api:<principal>" or "cli".
@@ -72,6 +76,8 @@ impl JobRequest {
             backup: None,
             pick: None,
             target: None,
+            database: None,
+            force: false,
             dry_run: false,
             trigger: trigger.into(),
             trace: None,
@@ -284,10 +290,85 @@ impl Agent {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
             let _ = span.set_parent(parent.clone());
         }
-        let result = self
-            .execute_in_span(req, record, session, give_up)
-            .instrument(span)
-            .await;
+        let result = async {
+            let source = &req.source;
+            let job = req.kind.as_str();
+            let turn = self
+                .turns
+                .lock()
+                .unwrap()
+                .entry(source.clone())
+                .or_default()
+                .clone();
+            let _turn = turn.lock().await;
+            let waited = std::time::Instant::now();
+            let lease = self
+                .coord
+                .wait_for_lease(job, source, req.slot, give_up)
+                .await;
+            metrics::global().observe(
+                metrics::LOCK_WAIT,
+                &[("job", job)],
+                waited.elapsed().as_secs_f64(),
+            );
+            let lease = match lease {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    metrics::global().add(metrics::JOBS_SKIPPED, &[], 1.0);
+                    tracing::info!(source = %source, job, "another agent ran this slot (or still holds it): skipped");
+                    record.finish(State::Skipped, None, None, None);
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.failed(req, record, e.into()).await),
+            };
+            let _permit = if req.kind == Kind::Drill {
+                match self.coord.drill_permit(give_up).await {
+                    Ok(Some(p)) => Some(p),
+                    Ok(None) => {
+                        let e = JobError::Config(format!(
+                            "the fleet's drill quota ({} at once) stayed full; try again later",
+                            self.coord.options().drill_quota
+                        ));
+                        let _ = lease.release(None).await;
+                        return Err(self.failed(req, record, e).await);
+                    }
+                    Err(e) => {
+                        let _ = lease.release(None).await;
+                        return Err(self.failed(req, record, e.into()).await);
+                    }
+                }
+            } else {
+                None
+            };
+            record.running();
+            let mut started = self.coord.event(&format!("{job}.started"), source);
+            started.job = Some(record.id.clone());
+            self.coord.publish(&started).await;
+            let result = self.once(req, record, session, lease.guard()).await;
+            match result {
+                Ok(out) => {
+                    let _ = lease.release(req.slot).await;
+                    metrics::global().add(metrics::JOBS, &[("kind", job)], 1.0);
+                    let kind = match (req.kind, out.passed) {
+                        (Kind::Drill, Some(true)) => "drill.passed".to_string(),
+                        (Kind::Drill, _) => "drill.failed".to_string(),
+                        _ => format!("{job}.finished"),
+                    };
+                    let mut ev = self.coord.event(&kind, source);
+                    (ev.job, ev.backup, ev.detail) =
+                        (Some(record.id.clone()), out.backup.clone(), out.detail);
+                    self.coord.publish(&ev).await;
+                    record.finish(State::Succeeded, out.backup, out.passed, None);
+                    Ok(Some(out.result))
+                }
+                Err(e) => {
+                    let _ = lease.release(None).await;
+                    Err(self.failed(req, record, e).await)
+                }
+            }
+        }
+        .instrument(span)
+        .await;
         if let Some(c) = &self.catalog {
             if let Err(e) = c
                 .record_job(&record.view(), &self.coord.options().node)
@@ -297,90 +378,6 @@ impl Agent {
             }
         }
         result
-    }
-
-    async fn execute_in_span(
-        &self,
-        req: &JobRequest,
-        record: &JobRecord,
-        session: &Arc<DrillSession>,
-        give_up: Duration,
-    ) -> Result<Option<JobResult>, JobError> {
-        let source = &req.source;
-        let job = req.kind.as_str();
-        let turn = self
-            .turns
-            .lock()
-            .unwrap()
-            .entry(source.clone())
-            .or_default()
-            .clone();
-        let _turn = turn.lock().await;
-        let waited = std::time::Instant::now();
-        let lease = self
-            .coord
-            .wait_for_lease(job, source, req.slot, give_up)
-            .await;
-        metrics::global().observe(
-            metrics::LOCK_WAIT,
-            &[("job", job)],
-            waited.elapsed().as_secs_f64(),
-        );
-        let lease = match lease {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                metrics::global().add(metrics::JOBS_SKIPPED, &[], 1.0);
-                tracing::info!(source = %source, job, "another agent ran this slot (or still holds it): skipped");
-                record.finish(State::Skipped, None, None, None);
-                return Ok(None);
-            }
-            Err(e) => return Err(self.failed(req, record, e.into()).await),
-        };
-        let _permit = if req.kind == Kind::Drill {
-            match self.coord.drill_permit(give_up).await {
-                Ok(Some(p)) => Some(p),
-                Ok(None) => {
-                    let e = JobError::Config(format!(
-                        "the fleet's drill quota ({} at once) stayed full; try again later",
-                        self.coord.options().drill_quota
-                    ));
-                    let _ = lease.release(None).await;
-                    return Err(self.failed(req, record, e).await);
-                }
-                Err(e) => {
-                    let _ = lease.release(None).await;
-                    return Err(self.failed(req, record, e.into()).await);
-                }
-            }
-        } else {
-            None
-        };
-        record.running();
-        let mut started = self.coord.event(&format!("{job}.started"), source);
-        started.job = Some(record.id.clone());
-        self.coord.publish(&started).await;
-        let result = self.once(req, record, session, lease.guard()).await;
-        match result {
-            Ok(out) => {
-                let _ = lease.release(req.slot).await;
-                metrics::global().add(metrics::JOBS, &[("kind", job)], 1.0);
-                let kind = match (req.kind, out.passed) {
-                    (Kind::Drill, Some(true)) => "drill.passed".to_string(),
-                    (Kind::Drill, _) => "drill.failed".to_string(),
-                    _ => format!("{job}.finished"),
-                };
-                let mut ev = self.coord.event(&kind, source);
-                (ev.job, ev.backup, ev.detail) =
-                    (Some(record.id.clone()), out.backup.clone(), out.detail);
-                self.coord.publish(&ev).await;
-                record.finish(State::Succeeded, out.backup, out.passed, None);
-                Ok(Some(out.result))
-            }
-            Err(e) => {
-                let _ = lease.release(None).await;
-                Err(self.failed(req, record, e).await)
-            }
-        }
     }
 
     async fn catalog_backup(&self, source: &str, id: &str) {
@@ -587,8 +584,8 @@ impl Agent {
                 let opts = RestoreOptions {
                     target,
                     jobs: self.config.drill_jobs,
-                    force: false,
-                    database: None,
+                    force: req.force,
+                    database: req.database.clone(),
                     comment: None,
                     progress,
                     create_missing_roles: false,

@@ -23,15 +23,15 @@
 //! `verify-ca` behaves as `verify-full` for the catalog.
 
 use crate::servers::pg::PgUrl;
-use crate::servers::pg_tls::{default_file, PgConnect, Roots, SslMode, TlsSettings};
+pub(crate) use crate::servers::pg_tls::full_error;
+use crate::servers::pg_tls::{
+    default_file, split_params, PgConnect, Roots, SslMode, TlsSettings, TLS_PARAMETERS,
+};
 use base64::Engine;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
-
-/// Handled here (TLS) or nowhere (`sslpassword`: refused by `pg_tls`).
-const TLS_PARAMETERS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword"];
 
 /// The libpq parameters sqlx also knows (the rest would be logged, values and all).
 const PASSED: [&str; 7] = [
@@ -53,11 +53,7 @@ fn attempts_env(
     url: &PgUrl,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<PgConnectOptions>, String> {
-    let mut parsed = url::Url::parse(url.secret_url()).map_err(|e| format!("database URL: {e}"))?;
-    let pairs: Vec<(String, String)> = parsed
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let (pairs, passed) = split_params(url.secret_url(), |k| PASSED.contains(&k))?;
     if let Some((k, _)) = pairs
         .iter()
         .find(|(k, _)| !TLS_PARAMETERS.contains(&k.as_str()) && !PASSED.contains(&k.as_str()))
@@ -69,41 +65,30 @@ fn attempts_env(
     }
     // The same checks, and the same messages, as every other connection.
     PgConnect::from_url(url.secret_url())?;
-    let kept: Vec<&(String, String)> = pairs
-        .iter()
-        .filter(|(k, _)| PASSED.contains(&k.as_str()))
-        .collect();
-    parsed.set_query(None);
-    if !kept.is_empty() {
-        parsed
-            .query_pairs_mut()
-            .extend_pairs(kept.iter().map(|(k, v)| (k, v)));
-    }
-    let base = PgConnectOptions::from_str(parsed.as_str())
+    let base = PgConnectOptions::from_str(&passed)
         .map_err(|e| format!("database URL: {e}"))?
         // The migrator's `_sqlx_migrations` lives next to the tables it describes.
         .options([("search_path", "firedrill")]);
 
-    let TlsSettings {
-        mode,
-        root,
-        cert,
-        key,
-    } = TlsSettings::read(&pairs, env)?;
-    let system = matches!(root, Some(Roots::System));
+    let settings = TlsSettings::read(&pairs, env)?;
+    let mode = settings.mode;
+    let system = matches!(settings.root, Some(Roots::System));
     let socket = base.get_socket().is_some();
     if mode == SslMode::Disable || socket {
         return Ok(vec![base.ssl_mode(PgSslMode::Disable)]);
     }
-    let root = match root {
+    let root = match settings.root {
         Some(Roots::File(p)) => Some(p),
         Some(Roots::System) => Some(PathBuf::from("system")),
         None => default_file("root.crt", env),
     };
-    let cert = cert.or_else(|| default_file("postgresql.crt", env));
+    let cert = settings
+        .cert
+        .or_else(|| default_file("postgresql.crt", env));
     let mut tls = base.clone();
     if let Some(cert) = &cert {
-        let key = key
+        let key = settings
+            .key
             .or_else(|| default_file("postgresql.key", env))
             .ok_or_else(|| format!("sslcert {} has no key: set sslkey", cert.display()))?;
         tls = tls.ssl_client_cert(cert).ssl_client_key(key);
@@ -158,21 +143,6 @@ fn retry(e: &sqlx::Error) -> bool {
             .is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>()),
         _ => false,
     }
-}
-
-/// The error with its causes (which certificate check failed is what the
-/// operator needs). sqlx's messages never hold the password.
-pub(crate) fn full_error(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s = format!("{s}: {c}");
-        }
-        source = cause.source();
-    }
-    s
 }
 
 /// A small pool: the agent's writes share it, and a catalog that restarts

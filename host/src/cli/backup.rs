@@ -1,6 +1,6 @@
 //! `firedrill backup`.
 
-use super::{RunArgs, StoreArgs};
+use super::RunArgs;
 use anyhow::{bail, Context};
 use firedrill::agent::{JobRequest, JobResult};
 use firedrill::config::{Config, SourceConfig};
@@ -31,8 +31,6 @@ pub struct Args {
     /// The name backups of this server are filed under (default: host-port).
     #[arg(long)]
     source: Option<String>,
-    #[command(flatten)]
-    store: StoreArgs,
     #[command(flatten)]
     run: RunArgs,
     /// Parallel COPY connections.
@@ -115,18 +113,25 @@ fn configured(args: &Args, config: Config) -> anyhow::Result<(Config, String)> {
         (Some(s), _) if names.contains(&s.as_str()) => s.clone(),
         (Some(s), _) => bail!("--source {s:?}: the configuration has {}", names.join(", ")),
         (None, [one]) => one.to_string(),
-        (None, _) => bail!("the configuration has several sources ({}): pick one with --source", names.join(", ")),
+        (None, _) => bail!(
+            "the configuration has several sources ({}): pick one with --source",
+            names.join(", ")
+        ),
     };
     Ok((config, source))
 }
 
 /// A source made of this command's flags, under the environment's settings.
 fn from_flags(args: &Args) -> anyhow::Result<(Config, String)> {
-    let mut config = args.store.adhoc_config()?;
+    let mut config = args.run.store.adhoc_config()?;
     let mut source = match &args.redis_url {
         Some(url) => {
             let url = RedisUrl::parse(url).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
-            SourceConfig::new(&args.source.clone().unwrap_or_else(|| url.server()), vec![], Some(url))
+            SourceConfig::new(
+                &args.source.clone().unwrap_or_else(|| url.server()),
+                vec![],
+                Some(url),
+            )
         }
         None => {
             if args.database_urls.is_empty() {

@@ -1,6 +1,6 @@
 //! `firedrill drill`.
 
-use super::{RunArgs, StoreArgs};
+use super::RunArgs;
 use anyhow::Context;
 use firedrill::agent::{JobRequest, JobResult};
 use firedrill::config::DrillTargetConfig;
@@ -24,8 +24,6 @@ pub struct Args {
     /// Only backups of this source.
     #[arg(long)]
     source: Option<String>,
-    #[command(flatten)]
-    store: StoreArgs,
     #[command(flatten)]
     run: RunArgs,
     /// A drill server; the drill creates (and drops) its own database there.
@@ -60,10 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, true) => Pick::LatestUnverified,
         (None, false) => Pick::Latest,
     };
-    let mut config = match args.run.config_file()? {
-        Some(c) => c,
-        None => args.store.adhoc_config()?,
-    };
+    let mut config = args.run.config()?;
     // The flags say more than the configuration.
     if let Some(u) = &args.drill_url {
         config.drill_target = DrillTargetConfig::Server(PgUrl::parse(u)?);

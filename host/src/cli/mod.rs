@@ -18,7 +18,7 @@ use firedrill::archive::{
     AzureOptions, GcsOptions, KeySettings, Keys, S3Options, Store, StoreOptions,
 };
 use firedrill::config::Config;
-use firedrill::jobs::drill::DrillSession;
+use firedrill::jobs::drill::{DrillSession, Pick};
 use firedrill::jobs::status::Kind;
 use firedrill::telemetry::otlp::{Otlp, Settings};
 use std::path::PathBuf;
@@ -155,6 +155,8 @@ impl StoreArgs {
 /// agent's jobs are.
 #[derive(clap::Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The agent's configuration file: run the job as that agent would (its
     /// store, keys, coordination, catalog and policies; the store flags are
     /// then not used) and pick the source with --source.
@@ -176,6 +178,15 @@ impl RunArgs {
                     .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
             })
             .transpose()
+    }
+
+    /// The configuration the job runs under: the agent's file, else one
+    /// made of the store flags and the environment.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        match self.config_file()? {
+            Some(c) => Ok(c),
+            None => self.store.adhoc_config(),
+        }
     }
 
     /// Assembles the agent `config` describes and runs `req` through it;
@@ -204,9 +215,14 @@ impl RunArgs {
         runtime(threads)?.block_on(async move {
             let agent = firedrill::agent::assemble(config).await?;
             let sources: Vec<String> = match req.kind {
-                Kind::Drill if req.backup.is_none() => {
-                    // The lease is the drilled backup's source's: find it first.
-                    let pick = req.pick.clone().unwrap_or(agent.config().drill_pick.clone());
+                Kind::Drill | Kind::Restore => {
+                    // The lease is the backup's source's: find it first.
+                    let pick = match (&req.backup, &req.pick, req.kind) {
+                        (Some(id), _, _) => Pick::Id(id.clone()),
+                        (None, Some(p), _) => p.clone(),
+                        (None, None, Kind::Restore) => Pick::Latest,
+                        (None, None, _) => agent.config().drill_pick.clone(),
+                    };
                     let source = Some(req.source.as_str()).filter(|s| !s.is_empty());
                     let (source, id) = agent.pick_backup(&pick, source).await?;
                     req.backup = Some(id);
@@ -218,7 +234,6 @@ impl RunArgs {
                         .into_iter()
                         .map(|b| b.source)
                         .collect();
-                    all.dedup();
                     all.sort();
                     all.dedup();
                     all
@@ -298,7 +313,7 @@ pub fn plugin_runtime() -> anyhow::Result<firedrill::runtime::Runtime> {
 
 /// Logs go to stderr (stdout is for results), or to stdout for the agent,
 /// as text unless `FIREDRILL_LOG_FORMAT=json`, through the redactor; the
-/// level comes from `RUST_LOG` (default warn). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans,
+/// level comes from `RUST_LOG` (default warn, and info for coordination). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans,
 /// metrics and the same redacted logs are exported over OTLP; the returned
 /// exporter is flushed at exit.
 pub fn init_logging(to_stdout: bool) -> Option<Otlp> {
@@ -324,7 +339,10 @@ pub fn init_logging(to_stdout: bool) -> Option<Otlp> {
     };
     // Log records are exported too: the exporters' own chatter below warn
     // would feed itself (each export logs, each log is exported).
-    let mut directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    // Waiting for a lease is worth a line by default: a command run beside
+    // an agent would otherwise sit silent for up to --wait.
+    let mut directives =
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,firedrill::coord=info".into());
     if otlp.is_some() {
         directives.push_str(&format!(",{EXPORTER_TARGETS}").replace("=off", "=warn"));
     }

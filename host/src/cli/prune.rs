@@ -1,7 +1,7 @@
 //! `firedrill prune`: through the agent's job path, one source at a time
 //! (each under its prune lease), as the agent's scheduled prunes run.
 
-use super::{RunArgs, StoreArgs};
+use super::RunArgs;
 use anyhow::Context;
 use firedrill::agent::{JobRequest, JobResult};
 use firedrill::jobs::prune::PruneReport;
@@ -12,8 +12,6 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    store: StoreArgs,
     #[command(flatten)]
     run: RunArgs,
     /// The policies directory holding the one retention policy.
@@ -42,10 +40,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = match args.run.config_file()? {
-        Some(c) => c,
-        None => args.store.adhoc_config()?,
-    };
+    let mut config = args.run.config()?;
     if args.policies.is_some() {
         config.policies = args.policies.clone();
     }

@@ -1,9 +1,9 @@
 //! `firedrill restore`.
 
-use super::StoreArgs;
+use super::RunArgs;
 use anyhow::Context;
-use firedrill::archive;
-use firedrill::jobs::restore::{self, RestoreOptions};
+use firedrill::agent::{JobRequest, JobResult};
+use firedrill::jobs::status::Kind;
 use firedrill::servers::pg::PgUrl;
 use std::process::ExitCode;
 
@@ -19,16 +19,16 @@ pub struct Args {
     #[arg(long)]
     source: Option<String>,
     #[command(flatten)]
-    store: StoreArgs,
+    run: RunArgs,
     /// The database to restore into; created when missing.
     #[arg(long, hide_env_values = true, env = "FIREDRILL_TARGET_URL")]
     target_url: String,
     /// Which database of the backup, when it holds several.
     #[arg(long)]
     database: Option<String>,
-    /// Parallel COPY connections.
-    #[arg(long, short = 'j', default_value_t = 4)]
-    jobs: usize,
+    /// Parallel COPY connections (default: the configuration's drill.jobs, else 4).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
     /// Replace the target database if it exists and is not empty.
     #[arg(long)]
     force: bool,
@@ -37,24 +37,25 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let store = args.store.open()?;
-    let opts = RestoreOptions {
-        target: PgUrl::parse(&args.target_url)?,
-        jobs: args.jobs.max(1),
-        force: args.force,
-        database: args.database,
-        comment: None,
-        progress: Default::default(),
-        create_missing_roles: false,
+    let mut config = args.run.config()?;
+    if let Some(j) = args.jobs {
+        config.drill_jobs = j.max(1);
+    }
+    let threads = config.drill_jobs;
+    let mut req = JobRequest::new(Kind::Restore, args.source.as_deref().unwrap_or(""), "cli");
+    req.backup = args.backup_id.clone();
+    req.target = Some(PgUrl::parse(&args.target_url)?);
+    req.database = args.database.clone();
+    req.force = args.force;
+    let summary = match args
+        .run
+        .run(config, req, threads)
+        .context("restore failed")?
+    {
+        Ok(JobResult::Restore(s)) => s,
+        Ok(other) => anyhow::bail!("internal error: a restore produced {other:?}"),
+        Err(code) => return Ok(ExitCode::from(code)),
     };
-    let rt = super::runtime(args.jobs)?;
-    let summary = rt.block_on(async {
-        let (source, id) =
-            archive::find_backup(&store, args.backup_id.as_deref(), args.source.as_deref()).await?;
-        let backup = archive::open_backup(&store, &source, &id).await?;
-        restore::run(&store, &backup, &opts).await
-    });
-    let summary = summary.context("restore failed")?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

@@ -77,15 +77,25 @@
 //! Invariants: an invalid setting is an error that names it, before anything
 //! starts; secret values (passwords in URLs, keys) never appear in messages
 //! or in [`Config::describe`].
+//!
+//! One way through, in files: `raw.rs` parses the text into the file's
+//! tables (unknown keys refused with their line), `env.rs` lays the
+//! environment over them (every environment name is read there and only
+//! there; `Config::adhoc` only hides two), `validate.rs` checks the result
+//! whole into a [`Config`]; this file holds the types, the defaults,
+//! loading, `describe` and `secrets`.
 
+mod env;
+mod raw;
 pub mod schedule;
+mod validate;
 
 pub use schedule::Schedule;
 
 use crate::servers::pg::PgUrl;
 use crate::servers::redis::RedisUrl;
 use crate::telemetry::redact::redact_url;
-use serde::Deserialize;
+use raw::RawConfig;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -130,118 +140,6 @@ fn bad(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
         setting: setting.into(),
         message: message.into(),
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    agent: RawAgent,
-    #[serde(default)]
-    store: RawStore,
-    #[serde(default)]
-    drill: RawDrill,
-    #[serde(default)]
-    retention: RawRetention,
-    #[serde(default)]
-    coordination: RawCoordination,
-    #[serde(default)]
-    api: RawApi,
-    #[serde(default)]
-    catalog: RawCatalog,
-    #[serde(default, rename = "source")]
-    sources: Vec<RawSource>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAgent {
-    listen: Option<String>,
-    policies: Option<PathBuf>,
-    reload_debounce: Option<String>,
-    #[serde(default)]
-    trusted_plugin_keys: Vec<String>,
-    require_signed_plugins: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    url: Option<String>,
-    s3_endpoint: Option<String>,
-    s3_region: Option<String>,
-    s3_access_key_id: Option<String>,
-    s3_secret_access_key: Option<String>,
-    gcs_credentials_file: Option<PathBuf>,
-    gcs_endpoint: Option<String>,
-    azure_account: Option<String>,
-    azure_endpoint: Option<String>,
-    #[serde(default)]
-    recipients: Vec<String>,
-    #[serde(default)]
-    identity_files: Vec<PathBuf>,
-    signing_key_file: Option<PathBuf>,
-    #[serde(default)]
-    verify_keys: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDrill {
-    target: Option<String>,
-    jobs: Option<usize>,
-    pick: Option<String>,
-    assertions: Option<PathBuf>,
-    quota: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCoordination {
-    redis_url: Option<String>,
-    namespace: Option<String>,
-    lease: Option<String>,
-    stream_len: Option<usize>,
-    lock_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApi {
-    audit_log: Option<PathBuf>,
-    max_event_streams: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCatalog {
-    url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    min_age: Option<String>,
-    abandon_after: Option<String>,
-    max_deletions: Option<usize>,
-    days: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    name: Option<String>,
-    #[serde(default)]
-    urls: Vec<String>,
-    plugin_sql_url: Option<String>,
-    backup: Option<String>,
-    drill: Option<String>,
-    prune: Option<String>,
-    jobs: Option<usize>,
-    compression_level: Option<i32>,
-    chunk_size: Option<String>,
-    globals: Option<bool>,
-    role_passwords: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -347,19 +245,7 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            bad(
-                name,
-                format!(
-                    "{}{}",
-                    e.message().trim(),
-                    line.map(|l| format!(" (line {l})")).unwrap_or_default()
-                ),
-            )
-        })?;
+        let raw = RawConfig::parse(name, text)?;
         let c = Config::build(raw, &env)?;
         if c.sources.is_empty() {
             return Err(bad(
@@ -389,405 +275,13 @@ impl Config {
         Ok(c)
     }
 
+    /// The environment over `raw`, then every check.
     fn build(
         mut raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        // The template environment, over the file.
-        if let Some(url) = var("DATABASE_URL") {
-            match raw.sources.first_mut() {
-                Some(s) => s.urls = vec![url],
-                None => raw.sources.push(RawSource {
-                    name: Some("default".into()),
-                    urls: vec![url],
-                    ..Default::default()
-                }),
-            }
-        }
-        if let Some(url) = var("FIREDRILL_PLUGIN_SQL_URL") {
-            if let Some(s) = raw.sources.first_mut() {
-                s.plugin_sql_url = Some(url);
-            }
-        }
-        for (k, slot) in [
-            ("S3_ENDPOINT", &mut raw.store.s3_endpoint),
-            ("S3_REGION", &mut raw.store.s3_region),
-            ("S3_ACCESS_KEY_ID", &mut raw.store.s3_access_key_id),
-            ("S3_SECRET_ACCESS_KEY", &mut raw.store.s3_secret_access_key),
-            ("FIREDRILL_REDIS_URL", &mut raw.coordination.redis_url),
-            ("FIREDRILL_CATALOG_URL", &mut raw.catalog.url),
-            ("FIREDRILL_LISTEN", &mut raw.agent.listen),
-            ("FIREDRILL_DRILL_URL", &mut raw.drill.target),
-        ] {
-            if let Some(v) = var(k) {
-                *slot = Some(v);
-            }
-        }
-        // Each cloud's own names; the secrets are read from the
-        // environment only, never from the file.
-        if let Some(v) = var("GOOGLE_APPLICATION_CREDENTIALS") {
-            raw.store.gcs_credentials_file = Some(v.into());
-        }
-        if let Some(v) = var("AZURE_STORAGE_ACCOUNT") {
-            raw.store.azure_account = Some(v);
-        }
-        if let Some(v) = var("AZURE_STORAGE_SERVICE_ENDPOINT") {
-            raw.store.azure_endpoint = Some(v);
-        }
-        if let Some(v) = var("FIREDRILL_POLICIES") {
-            raw.agent.policies = Some(v.into());
-        }
-        let list = |v: String| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .collect::<Vec<_>>()
-        };
-        if let Some(v) = var("FIREDRILL_AGE_RECIPIENTS") {
-            raw.store.recipients = list(v);
-        }
-        if let Some(v) = var("FIREDRILL_AGE_IDENTITY") {
-            raw.store.identity_files = list(v).into_iter().map(PathBuf::from).collect();
-        }
-        if let Some(v) = var("FIREDRILL_SIGNING_KEY") {
-            raw.store.signing_key_file = Some(v.into());
-        }
-        if let Some(v) = var("FIREDRILL_VERIFY_KEYS") {
-            raw.store.verify_keys = list(v);
-        }
-        if let Some(v) = var("FIREDRILL_TRUSTED_PLUGIN_KEYS") {
-            raw.agent.trusted_plugin_keys = list(v);
-        }
-        if let Some(bucket) = var("S3_BUCKET") {
-            raw.store.url = Some(format!(
-                "s3://{bucket}/{}",
-                var("BACKUP_PREFIX").unwrap_or_default()
-            ));
-        }
-        for s in &mut raw.sources {
-            if let Some(v) = var("BACKUP_INTERVAL") {
-                s.backup = Some(v);
-            }
-            if let Some(v) = var("VERIFY_INTERVAL") {
-                s.drill = Some(v);
-            }
-            if let Some(v) = var("COMPRESSION_LEVEL") {
-                s.compression_level = Some(
-                    v.trim()
-                        .parse()
-                        .map_err(|_| bad("COMPRESSION_LEVEL", format!("{v:?} is not a number")))?,
-                );
-            }
-        }
-        if let Some(v) = var("BACKUP_RETENTION_DAYS") {
-            raw.retention.days = Some(v.trim().parse().map_err(|_| {
-                bad(
-                    "BACKUP_RETENTION_DAYS",
-                    format!("{v:?} is not a number of days"),
-                )
-            })?);
-        }
-        let pick = match var("VERIFY_BACKUP_FILE") {
-            Some(id) => crate::jobs::drill::Pick::Id(id),
-            None => {
-                let latest = match var("VERIFY_LATEST").as_deref().map(str::trim) {
-                    None => None,
-                    Some("true" | "1" | "yes") => Some(true),
-                    Some("false" | "0" | "no") => Some(false),
-                    Some(v) => {
-                        return Err(bad("VERIFY_LATEST", format!("{v:?}: use true or false")))
-                    }
-                };
-                match (latest, raw.drill.pick.as_deref()) {
-                    (Some(true), _) | (None, Some("latest")) => crate::jobs::drill::Pick::Latest,
-                    (Some(false), _) | (None, None | Some("latest-unverified")) => {
-                        crate::jobs::drill::Pick::LatestUnverified
-                    }
-                    (None, Some(p)) => {
-                        return Err(bad(
-                            "drill.pick",
-                            format!("{p:?}: use \"latest\" or \"latest-unverified\""),
-                        ))
-                    }
-                }
-            }
-        };
-
-        let duration = |setting: &str,
-                        v: Option<String>,
-                        default: Duration|
-         -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(s) => humantime::parse_duration(s.trim())
-                    .map_err(|_| bad(setting, format!("{s:?} is not a duration (e.g. 30m, 1h)"))),
-            }
-        };
-        let listen = raw.agent.listen.unwrap_or_else(|| "127.0.0.1:9187".into());
-        let listen = listen.parse().map_err(|_| {
-            bad(
-                "agent.listen",
-                format!("{listen:?} is not an address (e.g. 127.0.0.1:9187)"),
-            )
-        })?;
-        let store_url = raw.store.url.ok_or_else(|| {
-            bad(
-                "store.url",
-                format!(
-                    "no store: set store.url ({}) or S3_BUCKET",
-                    crate::archive::store::STORE_URL_FORMS
-                ),
-            )
-        })?;
-        crate::archive::store::check_url(&store_url)
-            .map_err(|m| bad("store.url", format!("{:?}: {m}", redact_url(&store_url))))?;
-        let drill_target = match raw.drill.target.as_deref() {
-            None | Some("local") => DrillTargetConfig::Local,
-            Some(u) => DrillTargetConfig::Server(
-                PgUrl::parse(u).map_err(|e| bad("drill.target", format!("{e} (or \"local\")")))?,
-            ),
-        };
-        let mut sources = Vec::new();
-        for (i, s) in raw.sources.into_iter().enumerate() {
-            let at = |k: &str| format!("source[{i}].{k}");
-            let name = s.name.unwrap_or_else(|| format!("source{i}"));
-            check_source_name(&name).map_err(|m| bad(at("name"), m))?;
-            if sources.iter().any(|o: &SourceConfig| o.name == name) {
-                return Err(bad(at("name"), format!("{name:?} is used twice")));
-            }
-            if s.urls.is_empty() {
-                return Err(bad(at("urls"), "no database URL"));
-            }
-            // A Redis source is one server: its snapshot holds every database.
-            let redis = match s.urls.iter().filter(|u| RedisUrl::is_redis(u)).count() {
-                0 => None,
-                1 if s.urls.len() == 1 => Some(RedisUrl::parse(&s.urls[0]).map_err(|e| bad(at("urls"), e))?),
-                _ => {
-                    return Err(bad(
-                        at("urls"),
-                        "a Redis source has exactly one redis:// URL (its snapshot holds every database); put PostgreSQL servers in sources of their own",
-                    ))
-                }
-            };
-            let urls = s
-                .urls
-                .iter()
-                .filter(|_| redis.is_none())
-                .map(|u| PgUrl::parse(u).map_err(|e| bad(at("urls"), e.to_string())))
-                .collect::<Result<Vec<_>, _>>()?;
-            let plugin_sql = match s.plugin_sql_url.as_deref().filter(|u| !u.trim().is_empty()) {
-                None => None,
-                Some(_) if redis.is_some() => {
-                    return Err(bad(
-                        at("plugin_sql_url"),
-                        "a Redis source has no SQL: remove the setting",
-                    ))
-                }
-                Some(u) => {
-                    let p =
-                        PgUrl::parse(u).map_err(|e| bad(at("plugin_sql_url"), e.to_string()))?;
-                    // Plugins must never act as the backup role.
-                    if let Some(same) = urls.iter().find(|b| b.user() == p.user()) {
-                        return Err(bad(
-                            at("plugin_sql_url"),
-                            format!(
-                                "connects as {:?}, the role the backups run as ({}): create a role of its own for plugins (e.g. CREATE ROLE planner LOGIN; GRANT pg_read_all_stats TO planner)",
-                                p.user(),
-                                same.redacted()
-                            ),
-                        ));
-                    }
-                    Some(p)
-                }
-            };
-            let schedule = |k: &str, v: Option<String>| {
-                v.map(|v| Schedule::parse(&v).map_err(|e| bad(at(k), e)))
-                    .transpose()
-            };
-            let backup = schedule("backup", s.backup)?.ok_or_else(|| bad(at("backup"), "no backup schedule (an interval such as 1h, or \"cron: 0 3 * * *\"; or BACKUP_INTERVAL)"))?;
-            let level = s.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
-            if !(1..=19).contains(&level) {
-                return Err(bad(
-                    at("compression_level"),
-                    format!("{level}: zstd levels are 1 to 19"),
-                ));
-            }
-            let mut source = SourceConfig::new(&name, urls, redis);
-            source.plugin_sql = plugin_sql;
-            source.backup = Some(backup);
-            source.drill = schedule("drill", s.drill)?;
-            source.prune = schedule("prune", s.prune)?;
-            source.jobs = s.jobs.unwrap_or(DEFAULT_JOBS).max(1);
-            source.compression_level = level;
-            if let Some(c) = s.chunk_size {
-                source.chunk_bytes = crate::runtime::policy::parse_size(&c)
-                    .map_err(|e| bad(at("chunk_size"), e))?
-                    .max(1);
-            }
-            source.globals = s.globals.unwrap_or(true);
-            source.role_passwords = s.role_passwords.unwrap_or(false);
-            sources.push(source);
-        }
-        let mut coordination = crate::coord::CoordOptions::default();
-        if let Some(url) = raw.coordination.redis_url.filter(|u| !u.is_empty()) {
-            let parsed = url::Url::parse(&url)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "redis" | "rediss"));
-            if parsed.is_none() {
-                return Err(bad(
-                    "coordination.redis_url",
-                    format!(
-                        "{:?}: expected redis://[user:password@]host:port/db",
-                        redact_url(&url)
-                    ),
-                ));
-            }
-            coordination.redis_url = Some(url);
-        }
-        if let Some(ns) = raw.coordination.namespace {
-            if ns.is_empty() || ns.contains(char::is_whitespace) {
-                return Err(bad(
-                    "coordination.namespace",
-                    format!("{ns:?}: a non-empty prefix without spaces, e.g. \"firedrill:\""),
-                ));
-            }
-            coordination.namespace = ns;
-        }
-        coordination.lease = duration(
-            "coordination.lease",
-            raw.coordination.lease,
-            coordination.lease,
-        )?;
-        if coordination.lease < Duration::from_secs(1) {
-            return Err(bad(
-                "coordination.lease",
-                "at least 1s: renewals run every third of it",
-            ));
-        }
-        coordination.lock_dir = Some(
-            raw.coordination
-                .lock_dir
-                .unwrap_or_else(|| crate::coord::default_lock_dir(&|k| var(k))),
-        );
-        coordination.scope = store_url.clone();
-        if let Some(n) = raw.coordination.stream_len {
-            coordination.stream_len = n.max(1);
-        }
-        if let Some(q) = raw.drill.quota {
-            if q == 0 {
-                return Err(bad("drill.quota", "0 would never drill; at least 1"));
-            }
-            coordination.drill_quota = q;
-        }
-        let catalog = match raw.catalog.url {
-            None => None,
-            Some(u) => Some(PgUrl::parse(&u).map_err(|e| bad("catalog.url", e.to_string()))?),
-        };
-        let keys = crate::archive::KeySettings {
-            recipients: raw.store.recipients,
-            identity_files: raw.store.identity_files,
-            signing_key_file: raw.store.signing_key_file,
-            verify_keys: raw.store.verify_keys,
-        };
-        crate::archive::Keys::load(&keys).map_err(|e| bad(e.setting(), e.to_string()))?;
-        let plugin_trust = crate::runtime::PluginTrust::new(
-            &raw.agent.trusted_plugin_keys,
-            raw.agent.require_signed_plugins,
-        )
-        .map_err(|e| bad("agent.trusted_plugin_keys", e.to_string()))?;
-        if raw.agent.require_signed_plugins == Some(true)
-            && raw.agent.trusted_plugin_keys.is_empty()
-        {
-            return Err(bad(
-                "agent.require_signed_plugins",
-                "no plugin could load: list the keys that sign plugins in agent.trusted_plugin_keys",
-            ));
-        }
-        let max_event_streams = match var("FIREDRILL_MAX_EVENT_STREAMS") {
-            Some(v) => v.trim().parse().map_err(|_| {
-                bad(
-                    "FIREDRILL_MAX_EVENT_STREAMS",
-                    format!("{v:?} is not a number of streams"),
-                )
-            })?,
-            None => raw
-                .api
-                .max_event_streams
-                .unwrap_or(DEFAULT_MAX_EVENT_STREAMS),
-        };
-        if !(1..=100_000).contains(&max_event_streams) {
-            return Err(bad(
-                "api.max_event_streams",
-                format!("{max_event_streams}: use 1 to 100000 (each stream holds a connection and a task)"),
-            ));
-        }
-        let store = crate::archive::StoreOptions {
-            s3: crate::archive::S3Options {
-                endpoint: raw.store.s3_endpoint,
-                region: raw.store.s3_region,
-                access_key_id: raw.store.s3_access_key_id,
-                secret_access_key: raw.store.s3_secret_access_key,
-            },
-            gcs: crate::archive::GcsOptions {
-                credentials_file: raw.store.gcs_credentials_file,
-                emulator_host: var("STORAGE_EMULATOR_HOST"),
-                endpoint: raw.store.gcs_endpoint,
-            },
-            azure: crate::archive::AzureOptions {
-                connection_string: var("AZURE_STORAGE_CONNECTION_STRING"),
-                account: raw.store.azure_account,
-                key: var("AZURE_STORAGE_KEY"),
-                sas_token: var("AZURE_STORAGE_SAS_TOKEN"),
-                endpoint: raw.store.azure_endpoint,
-            },
-        };
-        // A cloud store's credentials are checked now (present, well formed;
-        // nothing is sent): opening one builds its client and no more.
-        if store_url.starts_with("gs://") || store_url.starts_with("azblob://") {
-            crate::archive::Store::open(&store_url, &store).map_err(|e| {
-                bad(
-                    "store",
-                    e.to_string().trim_start_matches("store: ").to_string(),
-                )
-            })?;
-        }
-        Ok(Config {
-            listen,
-            policies: raw.agent.policies,
-            reload_debounce: duration(
-                "agent.reload_debounce",
-                raw.agent.reload_debounce,
-                Duration::from_millis(200),
-            )?,
-            plugin_trust,
-            store_url,
-            store,
-            keys,
-            drill_target,
-            drill_jobs: raw.drill.jobs.unwrap_or(DEFAULT_JOBS).max(1),
-            drill_pick: pick,
-            assertions: raw.drill.assertions,
-            min_age: duration(
-                "retention.min_age",
-                raw.retention.min_age,
-                humantime::parse_duration(DEFAULT_MIN_AGE).expect("a duration"),
-            )?,
-            abandon_after: duration(
-                "retention.abandon_after",
-                raw.retention.abandon_after,
-                humantime::parse_duration(DEFAULT_ABANDON_AFTER).expect("a duration"),
-            )?,
-            max_deletions: raw
-                .retention
-                .max_deletions
-                .unwrap_or(DEFAULT_MAX_DELETIONS),
-            retention_days: raw.retention.days,
-            coordination,
-            audit_log: raw.api.audit_log,
-            max_event_streams,
-            catalog,
-            sources,
-        })
+        let only = env::overlay(&mut raw, env)?;
+        validate::validate(raw, only)
     }
 
     /// Every secret value this configuration holds: the host scrubs them
@@ -1137,6 +631,46 @@ mod tests {
                 .unwrap_or_else(|| panic!("{setting}: accepted"));
             assert_eq!(e.setting, setting, "{e}");
         }
+    }
+
+    #[test]
+    fn the_environment_picks_the_drilled_backup_over_the_file() {
+        use crate::jobs::drill::Pick;
+        let base = "[store]\nurl = \"file:///b\"\n[[source]]\nname = \"a\"\nurls = [\"postgres://db/a\"]\nbackup = \"1h\"\n";
+        let pick = |toml: &str, env: &[(&str, &str)]| load(toml, env).map(|c| c.drill_pick);
+        let file = format!("[drill]\npick = \"latest\"\n{base}");
+        assert!(matches!(pick(&file, &[]), Ok(Pick::Latest)));
+        assert!(matches!(
+            pick(&file, &[("VERIFY_LATEST", "no")]),
+            Ok(Pick::LatestUnverified)
+        ));
+        // An environment answer makes a wrong file value moot, as before.
+        let wrong = format!("[drill]\npick = \"oldest\"\n{base}");
+        assert_eq!(pick(&wrong, &[]).unwrap_err().setting, "drill.pick");
+        assert!(matches!(
+            pick(&wrong, &[("VERIFY_LATEST", "yes")]),
+            Ok(Pick::Latest)
+        ));
+        // A backup id wins, and VERIFY_LATEST is not read then.
+        assert!(matches!(
+            pick(&wrong, &[("VERIFY_BACKUP_FILE", "b1"), ("VERIFY_LATEST", "maybe")]),
+            Ok(Pick::Id(id)) if id == "b1"
+        ));
+    }
+
+    #[test]
+    fn a_cli_job_takes_its_database_and_bucket_from_its_flags_only() {
+        let env: HashMap<&str, &str> = [
+            ("DATABASE_URL", "postgres://app@db/app"),
+            ("S3_BUCKET", "elsewhere"),
+            ("FIREDRILL_LISTEN", "0.0.0.0:9187"),
+        ]
+        .into();
+        let c = Config::adhoc("file:///b", |k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.store_url, "file:///b");
+        assert!(c.sources.is_empty(), "{:?}", c.sources);
+        // The rest of the environment still applies.
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9187");
     }
 
     #[test]

@@ -420,7 +420,10 @@ impl Lease {
             let mut s = l.state.lock().unwrap();
             let k = (self.guard.job.clone(), self.guard.source.clone());
             // Removing the entry closes its lock file, which frees the lock.
-            if s.locks.get(&k).is_some_and(|(v, _, _)| *v == self.guard.value) {
+            if s.locks
+                .get(&k)
+                .is_some_and(|(v, _, _)| *v == self.guard.value)
+            {
                 s.locks.remove(&k);
                 if let Some(slot) = slot {
                     s.done.insert(k, slot);

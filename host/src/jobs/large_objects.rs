@@ -118,16 +118,16 @@ pub(super) async fn refuse_unreadable(
         ),
         false => oids.join(", "),
     };
-    Err(JobError::Sql {
-        database: db.into(),
-        what: "back up the large objects".into(),
-        message: format!(
+    Err(JobError::refused(
+        db,
+        "back up the large objects",
+        format!(
             "role {role} may not read large object{} {listed}: grant it SELECT on each (GRANT SELECT ON LARGE OBJECT {} TO {}), make it their owner, or use a superuser; pg_read_all_data does not cover large objects, and a backup without them would be incomplete",
             if total == 1 { "" } else { "s" },
             oids[0],
             crate::servers::pg::ident(&role)
         ),
-    })
+    ))
 }
 
 /// Reads every large object's data in `snapshot` into chunks under

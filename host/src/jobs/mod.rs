@@ -33,16 +33,10 @@ use crate::servers::ServerError;
 pub enum JobError {
     #[error("{0}")]
     Config(String),
-    #[error("cannot connect to {url}: {message}")]
-    Connect { url: String, message: String },
-    #[error("database {database}: cannot {what}: {message}")]
-    Sql {
-        database: String,
-        what: String,
-        message: String,
-    },
-    #[error("{tool}: {message}")]
-    Tool { tool: String, message: String },
+    /// A server's failure (a URL, a connection, a statement, a client
+    /// tool), in the servers' own words.
+    #[error(transparent)]
+    Server(#[from] ServerError),
     #[error("the target database {database} is not empty ({objects} tables, views or sequences); restore into a new database, or pass --force to replace it")]
     TargetNotEmpty { database: String, objects: i64 },
     #[error("dump plan: {0}")]
@@ -68,25 +62,24 @@ impl JobError {
     pub(crate) fn sql(database: &str, what: &str, e: tokio_postgres::Error) -> JobError {
         ServerError::sql(database, what, e).into()
     }
-}
 
-/// Variant for variant, so a server's failure reads the same as a job's.
-impl From<ServerError> for JobError {
-    fn from(e: ServerError) -> JobError {
-        match e {
-            ServerError::Config(m) => JobError::Config(m),
-            ServerError::Connect { url, message } => JobError::Connect { url, message },
-            ServerError::Sql {
-                database,
-                what,
-                message,
-            } => JobError::Sql {
-                database,
-                what,
-                message,
-            },
-            ServerError::Tool { tool, message } => JobError::Tool { tool, message },
-            ServerError::Archive(e) => JobError::Archive(e),
+    /// A statement on `database` that cannot go on for a reason firedrill
+    /// names itself (`message` says the fix).
+    pub(crate) fn refused(database: &str, what: impl Into<String>, message: String) -> JobError {
+        ServerError::Sql {
+            database: database.into(),
+            what: what.into(),
+            message,
         }
+        .into()
+    }
+
+    /// A client tool or a local server that failed.
+    pub(crate) fn tool(tool: &str, message: String) -> JobError {
+        ServerError::Tool {
+            tool: tool.into(),
+            message,
+        }
+        .into()
     }
 }

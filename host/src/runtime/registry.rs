@@ -90,7 +90,7 @@ impl PluginSet {
                             Some("world"),
                             format!(
                                 "more than one {} policy ({} in {}, and {}); keep one",
-                                p.world(),
+                                p.world().name(),
                                 other.name(),
                                 other.policy().file.display(),
                                 p.name()

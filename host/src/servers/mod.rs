@@ -7,8 +7,8 @@
 //! Invariants: below the plugin host in the layering (see `src/layers.rs`):
 //! nothing here knows about jobs, plugins, coordination, the configuration
 //! or the agent; from the archive it takes only manifest types and the
-//! writer a snapshot streams into. Failures are [`ServerError`]s, which the jobs wrap variant
-//! for variant. A password never reaches a message (URLs are shown through
+//! writer a snapshot streams into. Failures are [`ServerError`]s, which a
+//! job's error carries as they are (`JobError::Server`). A password never reaches a message (URLs are shown through
 //! `telemetry::redact::redact_url`) or a command line.
 
 pub mod local_pg;
@@ -17,9 +17,9 @@ pub mod pg;
 pub mod pg_tls;
 pub mod redis;
 
-/// Why talking to (or starting) a server failed. The jobs wrap it in
-/// `JobError` variant for variant, so a message reads the same whichever
-/// layer reports it.
+/// Why talking to (or starting) a server failed. A job's error carries it
+/// as it is (`JobError::Server`, transparent), so a message reads the same
+/// whichever layer reports it.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A URL, a setting or an installation that must be fixed first; the

@@ -28,8 +28,10 @@ use tokio_rustls::rustls::{
     CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-/// The parameters handled here, never passed to tokio-postgres.
-const OURS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword"];
+/// The parameters handled here (or nowhere: `sslpassword` is refused),
+/// never passed to tokio-postgres or sqlx.
+pub const TLS_PARAMETERS: [&str; 5] =
+    ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -152,29 +154,9 @@ impl PgConnect {
     }
 
     fn from_url_env(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PgConnect, String> {
-        let mut parsed = url::Url::parse(url).map_err(|e| format!("database URL: {e}"))?;
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let TlsSettings {
-            mode,
-            root,
-            cert,
-            key,
-        } = TlsSettings::read(&pairs, env)?;
-        let kept: Vec<&(String, String)> = pairs
-            .iter()
-            .filter(|(k, _)| !OURS.contains(&k.as_str()))
-            .collect();
-        parsed.set_query(None);
-        if !kept.is_empty() {
-            parsed
-                .query_pairs_mut()
-                .extend_pairs(kept.iter().map(|(k, v)| (k, v)));
-        }
-        let config: tokio_postgres::Config = parsed
-            .as_str()
+        let (pairs, rest) = split_params(url, |k| !TLS_PARAMETERS.contains(&k))?;
+        let settings = TlsSettings::read(&pairs, env)?;
+        let config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e: tokio_postgres::Error| format!("database URL: {e}"))?;
         let sockets_only = config
@@ -182,15 +164,15 @@ impl PgConnect {
             .iter()
             .all(|h| matches!(h, Host::Unix(_)))
             && !config.get_hosts().is_empty();
-        let (attempts, tls) = if mode == SslMode::Disable || sockets_only {
+        let (attempts, tls) = if settings.mode == SslMode::Disable || sockets_only {
             (vec![WireMode::Disable], plain_connector()?)
         } else {
-            let attempts = match mode {
+            let attempts = match settings.mode {
                 SslMode::Allow => vec![WireMode::Disable, WireMode::Require],
                 SslMode::Prefer => vec![WireMode::Prefer, WireMode::Disable],
                 _ => vec![WireMode::Require],
             };
-            (attempts, connector(mode, root, cert, key, env)?)
+            (attempts, connector(settings, env)?)
         };
         Ok(PgConnect {
             config,
@@ -205,7 +187,7 @@ impl PgConnect {
     }
 
     pub async fn connect(&self) -> Result<tokio_postgres::Client, String> {
-        let mut failed = Vec::new();
+        let mut failed = Failed::default();
         for mode in &self.attempts {
             let mut config = self.config.clone();
             config.ssl_mode(*mode);
@@ -217,15 +199,13 @@ impl PgConnect {
                     return Ok(client);
                 }
                 Err(e) => {
-                    let again = retry(&e);
-                    failed.push((*mode, full_error(&e)));
-                    if !again {
+                    if !failed.retry_after(*mode, &e) {
                         break;
                     }
                 }
             }
         }
-        Err(describe(failed))
+        Err(failed.describe())
     }
 
     /// The same for the blocking `postgres` client; `adjust` sets what the
@@ -234,7 +214,7 @@ impl PgConnect {
         &self,
         adjust: impl Fn(&mut postgres::Config),
     ) -> Result<postgres::Client, String> {
-        let mut failed = Vec::new();
+        let mut failed = Failed::default();
         for mode in &self.attempts {
             let mut config = postgres::Config::from(self.config.clone());
             config.ssl_mode(*mode);
@@ -242,28 +222,41 @@ impl PgConnect {
             match config.connect(self.tls.clone()) {
                 Ok(client) => return Ok(client),
                 Err(e) => {
-                    let again = retry(&e);
-                    failed.push((*mode, full_error(&e)));
-                    if !again {
+                    if !failed.retry_after(*mode, &e) {
                         break;
                     }
                 }
             }
         }
-        Err(describe(failed))
+        Err(failed.describe())
     }
 }
 
-/// libpq's allow and prefer try the other way after the server refused
-/// the session (pg_hba.conf, authentication) or the TLS handshake failed,
-/// not when the server cannot be reached at all.
-fn retry(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some() || e.to_string().contains("TLS")
+/// A libpq URL's parameters, and the URL with only those `keep` accepts.
+pub fn split_params(
+    url: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(Vec<(String, String)>, String), String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| format!("database URL: {e}"))?;
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let kept: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| keep(k)).collect();
+    parsed.set_query(None);
+    if !kept.is_empty() {
+        parsed
+            .query_pairs_mut()
+            .extend_pairs(kept.iter().map(|(k, v)| (k, v)));
+    }
+    Ok((pairs, parsed.into()))
 }
 
-/// tokio-postgres's Display says only "error performing TLS handshake":
-/// the cause (which certificate check failed) is what the operator needs.
-fn full_error(e: &dyn std::error::Error) -> String {
+/// The error with its causes: tokio-postgres's Display says only "error
+/// performing TLS handshake", and which certificate check failed is what
+/// the operator needs. sqlx's messages (the catalog's) never hold the
+/// password.
+pub fn full_error(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -276,22 +269,39 @@ fn full_error(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn describe(failed: Vec<(WireMode, String)>) -> String {
-    if failed.len() == 1 {
-        return failed
-            .into_iter()
-            .next()
-            .map(|(_, m)| m)
-            .unwrap_or_default();
+/// The attempts of one connection that failed so far, for one message.
+#[derive(Default)]
+struct Failed(Vec<(WireMode, String)>);
+
+impl Failed {
+    /// Records the failure of the attempt in `mode`; true when libpq's
+    /// allow and prefer would try the other way after it: after the server
+    /// refused the session (pg_hba.conf, authentication) or the TLS
+    /// handshake failed, not when the server cannot be reached at all.
+    fn retry_after(&mut self, mode: WireMode, e: &tokio_postgres::Error) -> bool {
+        self.0.push((mode, full_error(e)));
+        e.as_db_error().is_some() || e.to_string().contains("TLS")
     }
-    failed
-        .into_iter()
-        .map(|(mode, m)| match mode {
-            WireMode::Disable => format!("without TLS: {m}"),
-            _ => format!("with TLS: {m}"),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+
+    /// One failure as it is; several, each named by whether it used TLS.
+    fn describe(self) -> String {
+        let failed = self.0;
+        if failed.len() == 1 {
+            return failed
+                .into_iter()
+                .next()
+                .map(|(_, m)| m)
+                .unwrap_or_default();
+        }
+        failed
+            .into_iter()
+            .map(|(mode, m)| match mode {
+                WireMode::Disable => format!("without TLS: {m}"),
+                _ => format!("with TLS: {m}"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -305,7 +315,10 @@ fn plain_connector() -> Result<MakeRustlsConnect, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+        .with_custom_certificate_verifier(Arc::new(Lenient {
+            chain: None,
+            provider,
+        }))
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
@@ -318,10 +331,12 @@ pub(crate) fn default_file(name: &str, env: &dyn Fn(&str) -> Option<String>) -> 
 }
 
 fn connector(
-    mode: SslMode,
-    root: Option<Roots>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
+    TlsSettings {
+        mode,
+        root,
+        cert,
+        key,
+    }: TlsSettings,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<MakeRustlsConnect, String> {
     let provider = provider();
@@ -364,7 +379,10 @@ fn connector(
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
-                Arc::new(AnyName(webpki))
+                Arc::new(Lenient {
+                    chain: Some(webpki),
+                    provider: provider.clone(),
+                })
             }
         }
         None if mode.verifies() => {
@@ -373,7 +391,10 @@ fn connector(
                 mode.name()
             ))
         }
-        None => Arc::new(Unverified(provider.clone())),
+        None => Arc::new(Lenient {
+            chain: None,
+            provider: provider.clone(),
+        }),
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -436,12 +457,19 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// verify-ca (and require with a root certificate): the chain must end at
-/// a trusted root, and any host name will do.
+/// What libpq verifies short of verify-full. With a root certificate
+/// (verify-ca, and require with one: `chain`) the chain must end at a
+/// trusted root, and any host name will do; without one (require, prefer,
+/// allow) the session is encrypted, not authenticated (libpq's meaning).
+/// Either way the handshake's signatures are checked, so the session is
+/// bound to the certificate shown.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -450,11 +478,11 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
         // webpki checks the name only after the chain: a name error means the chain is good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -462,47 +490,7 @@ impl ServerCertVerifier for AnyName {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// require/prefer/allow without a root certificate: encrypted, not
-/// authenticated (libpq's meaning). The handshake's signatures are still
-/// checked, so the session is bound to the certificate shown.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
+    // The provider's algorithms, which are also the ones `chain` was built with.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
@@ -513,7 +501,7 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -527,12 +515,14 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

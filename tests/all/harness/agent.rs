@@ -17,8 +17,11 @@ pub fn firedrill(args: &[&str], env: &[(&str, String)]) -> std::process::Output 
 /// and acts while it runs.
 pub fn firedrill_command(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_firedrill"));
+    // Leases without Redis are file locks: the run's own directory, not
+    // the machine's /run/firedrill.
     cmd.args(args)
-        .env("FIREDRILL_CACHE_DIR", scratch().join("cli-cache"));
+        .env("FIREDRILL_CACHE_DIR", scratch().join("cli-cache"))
+        .env("FIREDRILL_LOCK_DIR", scratch().join("locks"));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -44,7 +47,8 @@ pub fn output_text(o: &std::process::Output) -> String {
 pub fn start_agent(config: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_firedrill"));
     cmd.args(["agent", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        .env("FIREDRILL_LOCK_DIR", scratch().join("locks"));
     for k in [
         "DATABASE_URL",
         "S3_BUCKET",

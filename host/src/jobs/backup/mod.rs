@@ -143,10 +143,7 @@ async fn dump_database(
     let (info, extras) = plan::describe(&leader, &db, &opts.source, &version, version_num).await?;
     let dump_plan = plan::ask_planner(opts, &db, &info).await?;
     let (mut jobs, excluded) = plan::apply_plan(&info, &dump_plan)?;
-    plan::refuse_unreadable_tables(&leader, &db, &jobs).await?;
-    plan::refuse_row_security(&leader, &db, &jobs).await?;
-    crate::jobs::large_objects::refuse_unreadable(&leader, &db).await?;
-    plan::refuse_hidden_subscriptions(&leader, &db).await?;
+    plan::refuse_incomplete(&leader, &db, &jobs).await?;
     plan::add_extras(&mut jobs, &extras);
     if version_num >= plan::TID_RANGE_SCANS && opts.jobs > 1 {
         jobs = plan::split_large_tables(jobs, &extras, opts.jobs, opts.chunk_bytes);

@@ -3,9 +3,9 @@
 //! the plan applied (`apply_plan`: tables copied whole, as schema only,
 //! or left out), large tables cut into page ranges
 //! (`split_large_tables`), and the refusals checked before anything is
-//! copied: tables the backup role may not read, row-level security that
-//! applies to it, subscriptions pg_dump would silently leave out (each a
-//! query through `tables_where` or its own).
+//! copied (`refuse_incomplete`): tables the backup role may not read,
+//! row-level security that applies to it, large objects it may not read,
+//! subscriptions pg_dump would silently leave out.
 //!
 //! Invariants: the catalog queries only read, on the leader's connection
 //! inside its snapshot transaction; a refusal names every table it concerns
@@ -287,72 +287,53 @@ pub(super) fn split_large_tables(
     out
 }
 
-/// Fails before anything is copied when a table whose data is backed up has
-/// a row-level security policy that applies to the backup role: its COPY
-/// would fail (row_security is off), so every such table is named at once.
-pub(super) async fn refuse_row_security(
+/// Fails before anything is copied when the backup would fail halfway or
+/// silently lack something, each check naming everything it concerns and
+/// the fix (rather than whichever of pg_dump or a COPY happens to fail
+/// first), in this order: tables the backup role may not read (pg_dump
+/// locks each table whose definition it writes, and COPY reads the rows);
+/// tables whose data is backed up with a row-level security policy that
+/// applies to the role (their COPY would fail: row_security is off); large
+/// objects it may not read; subscriptions pg_dump would leave out.
+pub(super) async fn refuse_incomplete(
     client: &tokio_postgres::Client,
     db: &str,
     jobs: &[Job],
 ) -> Result<(), JobError> {
-    let (hit, role) = tables_where(
-        client,
-        db,
-        "c.relrowsecurity AND row_security_active(c.oid)",
-        "look for row-level security policies",
-        jobs.iter().filter(|j| j.mode == TableMode::Full),
-    )
-    .await?;
-    match hit.is_empty() {
-        true => Ok(()),
-        false => Err(row_security_refusal(db, &hit.join(", "), &role)),
-    }
-}
-
-/// Fails before anything is copied when the backup role may not read some
-/// of the tables it is to back up (pg_dump locks each table whose
-/// definition it writes, and COPY reads the rows), naming them all and the
-/// fix, instead of whichever of pg_dump or a COPY happens to fail first.
-pub(super) async fn refuse_unreadable_tables(
-    client: &tokio_postgres::Client,
-    db: &str,
-    jobs: &[Job],
-) -> Result<(), JobError> {
-    let (hit, role) = tables_where(
+    refuse_tables_where(
         client,
         db,
         "c.relkind = 'r' AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')
                                   AND pg_catalog.has_table_privilege(c.oid, 'SELECT'))",
         "check that the tables are readable",
         jobs.iter(),
+        |hit, role| unreadable_refusal(db, hit, role),
     )
     .await?;
-    let Some(example) = hit.first() else {
-        return Ok(());
-    };
-    let shown = match hit.len() > 10 {
-        true => format!("{} and {} more", hit[..10].join(", "), hit.len() - 10),
-        false => hit.join(", "),
-    };
-    Err(JobError::Sql {
-        database: db.into(),
-        what: "back up its tables".into(),
-        message: format!(
-            "role {role} may not read {shown}: grant it pg_read_all_data (GRANT pg_read_all_data TO {}; PostgreSQL 14 and later), or USAGE on their schemas and SELECT on each (such as {example}); see docs/ROLES.md",
-            ident(&role)
-        ),
-    })
+    refuse_tables_where(
+        client,
+        db,
+        "c.relrowsecurity AND row_security_active(c.oid)",
+        "look for row-level security policies",
+        jobs.iter().filter(|j| j.mode == TableMode::Full),
+        |hit, role| row_security_refusal(db, &hit.join(", "), role),
+    )
+    .await?;
+    crate::jobs::large_objects::refuse_unreadable(client, db).await?;
+    refuse_hidden_subscriptions(client, db).await
 }
 
-/// The user tables (`schema.table`) matching `condition` that are among
-/// `jobs`, and the backup role's name.
-async fn tables_where(
+/// Fails with `refusal(tables, backup role)` when some user tables
+/// (`schema.table`) among `jobs` match `condition`; the role is looked up
+/// only then.
+async fn refuse_tables_where(
     client: &tokio_postgres::Client,
     db: &str,
     condition: &str,
     what: &str,
     jobs: impl Iterator<Item = &Job>,
-) -> Result<(Vec<String>, String), JobError> {
+    refusal: impl FnOnce(&[String], &str) -> JobError,
+) -> Result<(), JobError> {
     let wanted: std::collections::HashSet<(&str, &str)> =
         jobs.map(|j| (j.schema.as_str(), j.name.as_str())).collect();
     let rows = client
@@ -373,21 +354,21 @@ async fn tables_where(
         .filter(|(s, t)| wanted.contains(&(s.as_str(), t.as_str())))
         .map(|(s, t)| format!("{s}.{t}"))
         .collect();
-    let role = match hit.is_empty() {
-        true => String::new(),
-        false => client
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .map_err(|e| JobError::sql(db, what, e))?
-            .get(0),
-    };
-    Ok((hit, role))
+    if hit.is_empty() {
+        return Ok(());
+    }
+    let role: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(|e| JobError::sql(db, what, e))?
+        .get(0);
+    Err(refusal(&hit, &role))
 }
 
 /// pg_dump leaves out a database's subscriptions unless it runs as a
 /// superuser, with only a warning ("subscriptions not dumped"): the backup
 /// would lack them and still succeed, so it fails here instead, naming them.
-pub(super) async fn refuse_hidden_subscriptions(
+async fn refuse_hidden_subscriptions(
     client: &tokio_postgres::Client,
     db: &str,
 ) -> Result<(), JobError> {
@@ -405,15 +386,33 @@ pub(super) async fn refuse_hidden_subscriptions(
         return Ok(());
     };
     let names: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    Err(JobError::Sql {
-        database: db.into(),
-        what: "back up the subscriptions".into(),
-        message: format!(
+    Err(JobError::refused(
+        db,
+        "back up the subscriptions",
+        format!(
             "the database has subscriptions ({}) and pg_dump writes them only for a superuser, which role {} is not: back it up as a superuser; a backup without them would be incomplete",
             names.join(", "),
             first.get::<_, String>(1)
         ),
-    })
+    ))
+}
+
+/// Tables the backup role may not read (`hit`, at least one): the first
+/// ten, and the fix.
+fn unreadable_refusal(db: &str, hit: &[String], role: &str) -> JobError {
+    let shown = match hit.len() > 10 {
+        true => format!("{} and {} more", hit[..10].join(", "), hit.len() - 10),
+        false => hit.join(", "),
+    };
+    JobError::refused(
+        db,
+        "back up its tables",
+        format!(
+            "role {role} may not read {shown}: grant it pg_read_all_data (GRANT pg_read_all_data TO {}; PostgreSQL 14 and later), or USAGE on their schemas and SELECT on each (such as {}); see docs/ROLES.md",
+            ident(role),
+            hit[0]
+        ),
+    )
 }
 
 /// A table the backup role would read only part of: which, and the fix.
@@ -422,14 +421,14 @@ pub(super) fn row_security_refusal(db: &str, tables: &str, role: &str) -> JobErr
         true => ("tables", "have"),
         false => ("table", "has"),
     };
-    JobError::Sql {
-        database: db.into(),
-        what: format!("back up {tables}"),
-        message: format!(
+    JobError::refused(
+        db,
+        format!("back up {tables}"),
+        format!(
             "{noun} {tables} {verb} row-level security and role {role} is subject to it: grant BYPASSRLS to the backup role (ALTER ROLE {} BYPASSRLS) or use a superuser; a backup without it would hold only the rows the policy shows",
             ident(role)
         ),
-    }
+    )
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::archive::manifest::{self, Chunk, SequenceEntry, TableEntry, TableMode
 use crate::archive::{ObjectRef, ObjectWriter, Store};
 use crate::jobs::JobError;
 use crate::servers::pg::{ident, PgUrl, Tool};
+use crate::servers::ServerError;
 use futures::TryStreamExt;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -91,14 +92,14 @@ pub(super) async fn sequences(
             .await
             .map_err(|e| match e.as_db_error().is_some_and(|d| d.code().code() == "42501") {
                 // Named with the fix: pg_read_all_data covers sequences too.
-                true => JobError::Sql {
-                    database: db.into(),
-                    what: format!("read sequence {schema}.{name}"),
-                    message: format!(
+                true => JobError::refused(
+                    db,
+                    format!("read sequence {schema}.{name}"),
+                    format!(
                         "{}: grant the backup role pg_read_all_data, or USAGE on schema {schema} and SELECT on the sequence; see docs/ROLES.md",
                         e.as_db_error().map(|d| d.message()).unwrap_or_default()
                     ),
-                },
+                ),
                 false => JobError::sql(db, &format!("read sequence {schema}.{name}"), e),
             })?;
         out.push(SequenceEntry {
@@ -213,7 +214,7 @@ pub(super) async fn dump_globals(
             path: "globals.sql.zst".into(),
             ..o
         })),
-        Err(JobError::Tool { message, .. }) => {
+        Err(JobError::Server(ServerError::Tool { message, .. })) => {
             tracing::warn!(
                 "roles and tablespaces not backed up (the user cannot read them?): {message}"
             );
@@ -321,7 +322,7 @@ async fn copy_table(
         }
     };
     let stream = client.copy_out(&query).await.map_err(|e| {
-        // A policy that appeared after `refuse_row_security` looked.
+        // A policy that appeared after `refuse_incomplete` looked.
         let rls = e.as_db_error().is_some_and(|d| {
             d.code().code() == "42501" && d.message().contains("row-level security")
         });

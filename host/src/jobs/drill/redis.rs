@@ -125,10 +125,10 @@ async fn wait_loaded(
             .as_mut()
             .and_then(|r| r.exited());
         if let Some(why) = exited {
-            return Err(JobError::Tool {
-                tool: "redis-server".into(),
-                message: format!("could not load the snapshot ({why})"),
-            });
+            return Err(JobError::tool(
+                "redis-server",
+                format!("could not load the snapshot ({why})"),
+            ));
         }
         if let Ok(mut conn) = url.connect().await {
             if let Ok(persistence) = conn.info("persistence").await {
@@ -138,13 +138,13 @@ async fn wait_loaded(
             }
         }
         if start.elapsed() > LOAD_TIMEOUT {
-            return Err(JobError::Tool {
-                tool: "redis-server".into(),
-                message: format!(
+            return Err(JobError::tool(
+                "redis-server",
+                format!(
                     "the snapshot did not load within {}s",
                     LOAD_TIMEOUT.as_secs()
                 ),
-            });
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

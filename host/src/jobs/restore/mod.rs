@@ -277,13 +277,13 @@ async fn apply_sql(
                     created += 1;
                 }
                 (Some((_, message)), _) => {
-                    return Err(JobError::Sql {
-                        database: db.clone(),
-                        what: what(),
-                        message: format!(
+                    return Err(JobError::refused(
+                        &db,
+                        what(),
+                        format!(
                             "{message}: the backup's objects are owned by or granted to roles this server does not have; create them first (the backup's globals.sql.zst holds its roles: see docs/RESTORE-BY-HAND.md), then restore again"
                         ),
-                    })
+                    ))
                 }
                 (None, _) => return Err(JobError::sql(&db, &what(), e)),
             }

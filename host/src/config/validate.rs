@@ -1,0 +1,298 @@
+//! The file's settings, the environment applied, checked whole and turned
+//! into a [`Config`].
+//!
+//! Invariants: every error names the setting it is about (the file key,
+//! `source[i].key` for a source) and never shows a secret (URLs are
+//! redacted); nothing reads the environment here ([`super::env`] did);
+//! keys load and a cloud store's credentials are checked (nothing is sent)
+//! before the agent starts.
+
+use super::env::EnvOnly;
+use super::raw::RawConfig;
+use super::{
+    bad, check_source_name, Config, ConfigError, DrillTargetConfig, Schedule, SourceConfig,
+    DEFAULT_ABANDON_AFTER, DEFAULT_COMPRESSION_LEVEL, DEFAULT_JOBS, DEFAULT_MAX_DELETIONS,
+    DEFAULT_MAX_EVENT_STREAMS, DEFAULT_MIN_AGE,
+};
+use crate::jobs::drill::Pick;
+use crate::servers::pg::PgUrl;
+use crate::servers::redis::RedisUrl;
+use crate::telemetry::redact::redact_url;
+use std::time::Duration;
+
+/// `raw` (the file with the environment applied) and what only the
+/// environment says, as a [`Config`]; the first wrong setting is the error.
+pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigError> {
+    let pick = match env.backup_id {
+        Some(id) => Pick::Id(id),
+        None => match raw.drill.pick.as_deref() {
+            Some("latest") => Pick::Latest,
+            None | Some("latest-unverified") => Pick::LatestUnverified,
+            Some(p) => {
+                return Err(bad(
+                    "drill.pick",
+                    format!("{p:?}: use \"latest\" or \"latest-unverified\""),
+                ))
+            }
+        },
+    };
+
+    let listen = raw.agent.listen.unwrap_or_else(|| "127.0.0.1:9187".into());
+    let listen = listen.parse().map_err(|_| {
+        bad(
+            "agent.listen",
+            format!("{listen:?} is not an address (e.g. 127.0.0.1:9187)"),
+        )
+    })?;
+    let store_url = raw.store.url.ok_or_else(|| {
+        bad(
+            "store.url",
+            format!(
+                "no store: set store.url ({}) or S3_BUCKET",
+                crate::archive::store::STORE_URL_FORMS
+            ),
+        )
+    })?;
+    crate::archive::store::check_url(&store_url)
+        .map_err(|m| bad("store.url", format!("{:?}: {m}", redact_url(&store_url))))?;
+    let drill_target = match raw.drill.target.as_deref() {
+        None | Some("local") => DrillTargetConfig::Local,
+        Some(u) => DrillTargetConfig::Server(
+            PgUrl::parse(u).map_err(|e| bad("drill.target", format!("{e} (or \"local\")")))?,
+        ),
+    };
+    let mut sources = Vec::new();
+    for (i, s) in raw.sources.into_iter().enumerate() {
+        let at = |k: &str| format!("source[{i}].{k}");
+        let name = s.name.unwrap_or_else(|| format!("source{i}"));
+        check_source_name(&name).map_err(|m| bad(at("name"), m))?;
+        if sources.iter().any(|o: &SourceConfig| o.name == name) {
+            return Err(bad(at("name"), format!("{name:?} is used twice")));
+        }
+        if s.urls.is_empty() {
+            return Err(bad(at("urls"), "no database URL"));
+        }
+        // A Redis source is one server: its snapshot holds every database.
+        let redis = match s.urls.iter().filter(|u| RedisUrl::is_redis(u)).count() {
+            0 => None,
+            1 if s.urls.len() == 1 => Some(RedisUrl::parse(&s.urls[0]).map_err(|e| bad(at("urls"), e))?),
+            _ => {
+                return Err(bad(
+                    at("urls"),
+                    "a Redis source has exactly one redis:// URL (its snapshot holds every database); put PostgreSQL servers in sources of their own",
+                ))
+            }
+        };
+        let urls = s
+            .urls
+            .iter()
+            .filter(|_| redis.is_none())
+            .map(|u| PgUrl::parse(u).map_err(|e| bad(at("urls"), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let plugin_sql = match s.plugin_sql_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(_) if redis.is_some() => {
+                return Err(bad(
+                    at("plugin_sql_url"),
+                    "a Redis source has no SQL: remove the setting",
+                ))
+            }
+            Some(u) => {
+                let p = PgUrl::parse(u).map_err(|e| bad(at("plugin_sql_url"), e.to_string()))?;
+                // Plugins must never act as the backup role.
+                if let Some(same) = urls.iter().find(|b| b.user() == p.user()) {
+                    return Err(bad(
+                        at("plugin_sql_url"),
+                        format!(
+                            "connects as {:?}, the role the backups run as ({}): create a role of its own for plugins (e.g. CREATE ROLE planner LOGIN; GRANT pg_read_all_stats TO planner)",
+                            p.user(),
+                            same.redacted()
+                        ),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let schedule = |k: &str, v: Option<String>| {
+            v.map(|v| Schedule::parse(&v).map_err(|e| bad(at(k), e)))
+                .transpose()
+        };
+        let backup = schedule("backup", s.backup)?.ok_or_else(|| bad(at("backup"), "no backup schedule (an interval such as 1h, or \"cron: 0 3 * * *\"; or BACKUP_INTERVAL)"))?;
+        let level = s.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
+        if !(1..=19).contains(&level) {
+            return Err(bad(
+                at("compression_level"),
+                format!("{level}: zstd levels are 1 to 19"),
+            ));
+        }
+        let mut source = SourceConfig::new(&name, urls, redis);
+        source.plugin_sql = plugin_sql;
+        source.backup = Some(backup);
+        source.drill = schedule("drill", s.drill)?;
+        source.prune = schedule("prune", s.prune)?;
+        source.jobs = s.jobs.unwrap_or(DEFAULT_JOBS).max(1);
+        source.compression_level = level;
+        if let Some(c) = s.chunk_size {
+            source.chunk_bytes = crate::runtime::policy::parse_size(&c)
+                .map_err(|e| bad(at("chunk_size"), e))?
+                .max(1);
+        }
+        source.globals = s.globals.unwrap_or(true);
+        source.role_passwords = s.role_passwords.unwrap_or(false);
+        sources.push(source);
+    }
+    let mut coordination = crate::coord::CoordOptions::default();
+    if let Some(url) = raw.coordination.redis_url.filter(|u| !u.is_empty()) {
+        let parsed = url::Url::parse(&url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "redis" | "rediss"));
+        if parsed.is_none() {
+            return Err(bad(
+                "coordination.redis_url",
+                format!(
+                    "{:?}: expected redis://[user:password@]host:port/db",
+                    redact_url(&url)
+                ),
+            ));
+        }
+        coordination.redis_url = Some(url);
+    }
+    if let Some(ns) = raw.coordination.namespace {
+        if ns.is_empty() || ns.contains(char::is_whitespace) {
+            return Err(bad(
+                "coordination.namespace",
+                format!("{ns:?}: a non-empty prefix without spaces, e.g. \"firedrill:\""),
+            ));
+        }
+        coordination.namespace = ns;
+    }
+    coordination.lease = duration(
+        "coordination.lease",
+        raw.coordination.lease,
+        coordination.lease,
+    )?;
+    if coordination.lease < Duration::from_secs(1) {
+        return Err(bad(
+            "coordination.lease",
+            "at least 1s: renewals run every third of it",
+        ));
+    }
+    coordination.lock_dir = Some(raw.coordination.lock_dir.unwrap_or(env.lock_dir));
+    coordination.scope = store_url.clone();
+    if let Some(n) = raw.coordination.stream_len {
+        coordination.stream_len = n.max(1);
+    }
+    if let Some(q) = raw.drill.quota {
+        if q == 0 {
+            return Err(bad("drill.quota", "0 would never drill; at least 1"));
+        }
+        coordination.drill_quota = q;
+    }
+    let catalog = match raw.catalog.url {
+        None => None,
+        Some(u) => Some(PgUrl::parse(&u).map_err(|e| bad("catalog.url", e.to_string()))?),
+    };
+    let keys = crate::archive::KeySettings {
+        recipients: raw.store.recipients,
+        identity_files: raw.store.identity_files,
+        signing_key_file: raw.store.signing_key_file,
+        verify_keys: raw.store.verify_keys,
+    };
+    crate::archive::Keys::load(&keys).map_err(|e| bad(e.setting(), e.to_string()))?;
+    let plugin_trust = crate::runtime::PluginTrust::new(
+        &raw.agent.trusted_plugin_keys,
+        raw.agent.require_signed_plugins,
+    )
+    .map_err(|e| bad("agent.trusted_plugin_keys", e.to_string()))?;
+    if raw.agent.require_signed_plugins == Some(true) && raw.agent.trusted_plugin_keys.is_empty() {
+        return Err(bad(
+            "agent.require_signed_plugins",
+            "no plugin could load: list the keys that sign plugins in agent.trusted_plugin_keys",
+        ));
+    }
+    let max_event_streams = raw
+        .api
+        .max_event_streams
+        .unwrap_or(DEFAULT_MAX_EVENT_STREAMS);
+    if !(1..=100_000).contains(&max_event_streams) {
+        return Err(bad(
+            "api.max_event_streams",
+            format!(
+                "{max_event_streams}: use 1 to 100000 (each stream holds a connection and a task)"
+            ),
+        ));
+    }
+    let store = crate::archive::StoreOptions {
+        s3: crate::archive::S3Options {
+            endpoint: raw.store.s3_endpoint,
+            region: raw.store.s3_region,
+            access_key_id: raw.store.s3_access_key_id,
+            secret_access_key: raw.store.s3_secret_access_key,
+        },
+        gcs: crate::archive::GcsOptions {
+            credentials_file: raw.store.gcs_credentials_file,
+            emulator_host: env.gcs_emulator_host,
+            endpoint: raw.store.gcs_endpoint,
+        },
+        azure: crate::archive::AzureOptions {
+            connection_string: env.azure_connection_string,
+            account: raw.store.azure_account,
+            key: env.azure_key,
+            sas_token: env.azure_sas_token,
+            endpoint: raw.store.azure_endpoint,
+        },
+    };
+    // A cloud store's credentials are checked now (present, well formed;
+    // nothing is sent): opening one builds its client and no more.
+    if store_url.starts_with("gs://") || store_url.starts_with("azblob://") {
+        crate::archive::Store::open(&store_url, &store).map_err(|e| {
+            bad(
+                "store",
+                e.to_string().trim_start_matches("store: ").to_string(),
+            )
+        })?;
+    }
+    Ok(Config {
+        listen,
+        policies: raw.agent.policies,
+        reload_debounce: duration(
+            "agent.reload_debounce",
+            raw.agent.reload_debounce,
+            Duration::from_millis(200),
+        )?,
+        plugin_trust,
+        store_url,
+        store,
+        keys,
+        drill_target,
+        drill_jobs: raw.drill.jobs.unwrap_or(DEFAULT_JOBS).max(1),
+        drill_pick: pick,
+        assertions: raw.drill.assertions,
+        min_age: duration(
+            "retention.min_age",
+            raw.retention.min_age,
+            humantime::parse_duration(DEFAULT_MIN_AGE).expect("a duration"),
+        )?,
+        abandon_after: duration(
+            "retention.abandon_after",
+            raw.retention.abandon_after,
+            humantime::parse_duration(DEFAULT_ABANDON_AFTER).expect("a duration"),
+        )?,
+        max_deletions: raw.retention.max_deletions.unwrap_or(DEFAULT_MAX_DELETIONS),
+        retention_days: raw.retention.days,
+        coordination,
+        audit_log: raw.api.audit_log,
+        max_event_streams,
+        catalog,
+        sources,
+    })
+}
+
+/// A duration setting: `default` when unset.
+fn duration(setting: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s.trim())
+            .map_err(|_| bad(setting, format!("{s:?} is not a duration (e.g. 30m, 1h)"))),
+    }
+}
