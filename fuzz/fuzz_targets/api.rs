@@ -44,7 +44,7 @@ fn world() -> &'static World {
             .build()
             .unwrap();
         let state = rt.block_on(async {
-            let agent = Arc::new(firedrill::agent::assemble(config).await.unwrap());
+            let agent = Arc::new(firedrill::agent::assemble(config, firedrill::agent::Purpose::Agent).await.unwrap());
             firedrill::launch::api_state(
                 agent,
                 Arc::new(Readiness::default()),

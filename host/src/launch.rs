@@ -7,7 +7,7 @@
 //! Invariant: nothing listens before every part has been checked; readiness
 //! turns true only once the schedules run, and false before shutdown starts.
 
-use crate::agent::{assemble, Agent, StartError};
+use crate::agent::{assemble, Agent, Purpose, StartError};
 use crate::api::{ApiState, Audit, Authorization, Readiness};
 use crate::caps::keyvalue::KvTarget;
 use crate::config::Config;
@@ -60,7 +60,7 @@ pub async fn api_state(
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let listen = config.listen;
     let debounce = config.reload_debounce;
-    let agent = Arc::new(assemble(config).await?);
+    let agent = Arc::new(assemble(config, Purpose::Agent).await?);
     let watch = match agent.policies() {
         Some(p) => Some(p.watch(debounce).map_err(|e| StartError {
             setting: "agent.policies".into(),

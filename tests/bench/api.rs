@@ -217,7 +217,11 @@ fn main() {
         std::fs::write(&file, text).unwrap();
         let config = Config::load(Some(&file), |_| None).unwrap();
         let (addr, server, policies) = rt.block_on(async {
-            let agent = Arc::new(firedrill::agent::assemble(config).await.unwrap());
+            let agent = Arc::new(
+                firedrill::agent::assemble(config, firedrill::agent::Purpose::Agent)
+                    .await
+                    .unwrap(),
+            );
             let policies = agent.policies().cloned();
             let auth = if policies.is_some() {
                 Authorization::Plugins

@@ -32,9 +32,19 @@ fn bad(setting: &str, e: impl std::fmt::Display) -> StartError {
     }
 }
 
+/// What an assembled agent is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The long-running agent: every part must be there.
+    Agent,
+    /// One job by hand (a restore in a disaster among them): a catalog that
+    /// cannot be reached is a warning, its history is not worth the job.
+    Command,
+}
+
 /// The agent `config` describes, connected (coordination, catalog) and
 /// checked, with its policies loaded (not yet watched).
-pub async fn assemble(config: Config) -> Result<Agent, StartError> {
+pub async fn assemble(config: Config, purpose: Purpose) -> Result<Agent, StartError> {
     crate::telemetry::redactor().add_known(config.secrets());
     for w in config.keys.warnings() {
         tracing::warn!("{w}");
@@ -86,11 +96,18 @@ pub async fn assemble(config: Config) -> Result<Agent, StartError> {
     let catalog = match &config.catalog {
         None => None,
         Some(url) => {
-            let c = Catalog::connect(url)
-                .await
-                .map_err(|e| bad("catalog.url", e))?;
-            c.check_version().await.map_err(|e| bad("catalog.url", e))?;
-            Some(Arc::new(c))
+            let connected = match Catalog::connect(url).await {
+                Ok(c) => c.check_version().await.map(|()| c),
+                Err(e) => Err(e),
+            };
+            match (connected, purpose) {
+                (Ok(c), _) => Some(Arc::new(c)),
+                (Err(e), Purpose::Agent) => return Err(bad("catalog.url", e)),
+                (Err(e), Purpose::Command) => {
+                    tracing::warn!("catalog.url: {e}; this job is not recorded there");
+                    None
+                }
+            }
         }
     };
     Ok(Agent {

@@ -16,7 +16,7 @@
 mod assemble;
 mod table;
 
-pub use assemble::{assemble, StartError};
+pub use assemble::{assemble, Purpose, StartError};
 pub use table::{JobRecord, JobTable};
 
 use crate::archive::{self as arch, Store};
@@ -61,6 +61,8 @@ pub struct JobRequest {
     pub force: bool,
     /// Prune only: decide, delete nothing.
     pub dry_run: bool,
+    /// Prune only: at most this many deletions (default: the configuration's).
+    pub max_deletions: Option<usize>,
     /// "schedule", "api:<principal>" or "cli".
     pub trigger: String,
     /// The trace of the API request that asked for it, if any.
@@ -79,6 +81,7 @@ impl JobRequest {
             database: None,
             force: false,
             dry_run: false,
+            max_deletions: None,
             trigger: trigger.into(),
             trace: None,
         }
@@ -392,7 +395,11 @@ impl Agent {
     async fn failed(&self, req: &JobRequest, record: &JobRecord, e: JobError) -> JobError {
         metrics::global().add(metrics::JOB_FAILURES, &[], 1.0);
         let job = req.kind.as_str();
-        tracing::error!(source = %req.source, job, "job failed, retrying at the next tick: {e}");
+        if req.slot.is_some() {
+            tracing::error!(source = %req.source, job, "job failed, retrying at the next tick: {e}");
+        } else {
+            tracing::error!(source = %req.source, job, trigger = %req.trigger, "job failed: {e}");
+        }
         let mut ev = self.coord.event(&format!("{job}.failed"), &req.source);
         (ev.job, ev.detail) = (Some(record.id.clone()), Some(e.to_string()));
         self.coord.publish(&ev).await;
@@ -555,7 +562,7 @@ impl Agent {
                     policy,
                     min_age: self.config.min_age,
                     abandon_after: self.config.abandon_after,
-                    max_deletions: self.config.max_deletions,
+                    max_deletions: req.max_deletions.unwrap_or(self.config.max_deletions),
                     dry_run: req.dry_run,
                     source: Some(source.name.clone()),
                 };

@@ -34,14 +34,16 @@ pub struct Args {
     #[command(flatten)]
     run: RunArgs,
     /// Parallel COPY connections.
-    #[arg(long, short = 'j', default_value_t = firedrill::config::DEFAULT_JOBS)]
-    jobs: usize,
-    /// zstd level, 1 (fast) to 19 (small).
-    #[arg(long, env = "COMPRESSION_LEVEL", default_value_t = firedrill::config::DEFAULT_COMPRESSION_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
-    compression_level: i32,
-    /// Cut tables into objects of about this many uncompressed bytes, for parallel restore.
-    #[arg(long, default_value = firedrill::config::DEFAULT_CHUNK_SIZE, value_parser = firedrill::runtime::policy::parse_size)]
-    chunk_size: u64,
+    /// (default 4, or the configured source's).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    /// zstd level, 1 (fast) to 19 (small) (default 3, or the configured source's).
+    #[arg(long, env = "COMPRESSION_LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
+    compression_level: Option<i32>,
+    /// Cut tables into objects of about this many uncompressed bytes, for
+    /// parallel restore (default 64MiB, or the configured source's).
+    #[arg(long, value_parser = firedrill::runtime::policy::parse_size)]
+    chunk_size: Option<u64>,
     /// Skip roles and tablespaces.
     #[arg(long)]
     no_globals: bool,
@@ -66,9 +68,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => from_flags(&args)?,
     };
     let req = JobRequest::new(Kind::Backup, &source, "cli");
+    let threads = config
+        .sources
+        .iter()
+        .find(|s| s.name == source)
+        .map_or(2, |s| s.jobs);
     let outcome = args
         .run
-        .run(config, req, args.jobs)
+        .run(config, req, threads)
         .context("backup failed; nothing was committed")?;
     let summary = match outcome {
         Ok(JobResult::Backup(s)) => s,
@@ -104,8 +111,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// A source of the agent's configuration file, run as the agent runs it.
-fn configured(args: &Args, config: Config) -> anyhow::Result<(Config, String)> {
-    if !args.database_urls.is_empty() || args.redis_url.is_some() || args.all_databases {
+fn configured(args: &Args, mut config: Config) -> anyhow::Result<(Config, String)> {
+    // DATABASE_URL in the environment (an env file sourced for its other
+    // settings) is the configuration's business, not a flag given here.
+    let from_env = std::env::var("DATABASE_URL").is_ok_and(|v| {
+        v.split(',')
+            .eq(args.database_urls.iter().map(String::as_str))
+    });
+    if (!args.database_urls.is_empty() && !from_env)
+        || args.redis_url.is_some()
+        || args.all_databases
+    {
         bail!("--config names the sources: drop --database-url, --redis-url and --all-databases, and pick a source with --source");
     }
     let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
@@ -118,7 +134,33 @@ fn configured(args: &Args, config: Config) -> anyhow::Result<(Config, String)> {
             names.join(", ")
         ),
     };
+    let chosen = config
+        .sources
+        .iter_mut()
+        .find(|s| s.name == source)
+        .expect("a configured source");
+    tune(args, chosen, &mut config.policies)?;
     Ok((config, source))
+}
+
+/// The flags that tune a backup, over the source's settings.
+fn tune(
+    args: &Args,
+    source: &mut SourceConfig,
+    policies: &mut Option<PathBuf>,
+) -> anyhow::Result<()> {
+    source.jobs = args.jobs.unwrap_or(source.jobs).max(1);
+    source.compression_level = args.compression_level.unwrap_or(source.compression_level);
+    source.chunk_bytes = args.chunk_size.unwrap_or(source.chunk_bytes).max(1);
+    source.globals &= !args.no_globals;
+    source.role_passwords |= args.role_passwords;
+    if let Some(u) = &args.plugin_sql_url {
+        source.plugin_sql = Some(PgUrl::parse(u)?);
+    }
+    if args.policies.is_some() {
+        *policies = args.policies.clone();
+    }
+    Ok(())
 }
 
 /// A source made of this command's flags, under the environment's settings.
@@ -153,19 +195,7 @@ fn from_flags(args: &Args) -> anyhow::Result<(Config, String)> {
     };
     firedrill::config::check_source_name(&source.name)
         .map_err(|m| anyhow::anyhow!("--source {m}"))?;
-    source.jobs = args.jobs.max(1);
-    source.compression_level = args.compression_level;
-    source.chunk_bytes = args.chunk_size.max(1);
-    source.globals = !args.no_globals;
-    source.role_passwords = args.role_passwords;
-    source.plugin_sql = args
-        .plugin_sql_url
-        .as_deref()
-        .map(PgUrl::parse)
-        .transpose()?;
-    if args.policies.is_some() {
-        config.policies = args.policies.clone();
-    }
+    tune(args, &mut source, &mut config.policies)?;
     let name = source.name.clone();
     config.sources = vec![source];
     Ok((config, name))

@@ -95,14 +95,14 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
         std::fs::write(policies.join(format!("{name}.toml")), text)?;
     }
     let store_url = format!("file://{}", work.join("store").display());
-    let mut config = Config::adhoc(&store_url, |_| None)?;
+    let mut config = Config::adhoc(&store_url, Default::default(), Default::default(), |_| None)?;
     config.policies = Some(policies);
     config.drill_target = DrillTargetConfig::Server(cluster.url("postgres"));
     let mut source = SourceConfig::new("demo", urls, None);
     source.chunk_bytes = 1 << 20;
     config.sources = vec![source];
     let report = rt.block_on(async {
-        let agent = firedrill::agent::assemble(config).await?;
+        let agent = firedrill::agent::assemble(config, firedrill::agent::Purpose::Command).await?;
         let wait = std::time::Duration::from_secs(60);
         let req = JobRequest::new(Kind::Backup, "demo", "cli");
         let Some(JobResult::Backup(b)) = agent.run_now(&req, wait).await? else {

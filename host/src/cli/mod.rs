@@ -95,10 +95,7 @@ impl StoreArgs {
     /// FIREDRILL_LOCK_DIR ...). The command adds its source.
     pub fn adhoc_config(&self) -> anyhow::Result<Config> {
         let (url, opts, keys) = self.settings()?;
-        let mut config = Config::adhoc(&url, |k| std::env::var(k).ok())?;
-        Keys::load(&keys)?;
-        (config.store, config.keys) = (opts, keys);
-        Ok(config)
+        Ok(Config::adhoc(&url, opts, keys, |k| std::env::var(k).ok())?)
     }
 
     /// The store URL, its cloud settings and the keys these flags name.
@@ -213,7 +210,7 @@ impl RunArgs {
     ) -> anyhow::Result<Result<Vec<JobResult>, u8>> {
         let (wait, mut req) = (self.wait, req);
         runtime(threads)?.block_on(async move {
-            let agent = firedrill::agent::assemble(config).await?;
+            let agent = firedrill::agent::assemble(config, firedrill::agent::Purpose::Command).await?;
             let sources: Vec<String> = match req.kind {
                 Kind::Drill | Kind::Restore => {
                     // The lease is the backup's source's: find it first.
@@ -245,28 +242,45 @@ impl RunArgs {
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
             let mut results = Vec::new();
+            // One prune of several sources keeps one deletion budget.
+            let mut budget = agent.config().max_deletions;
             for source in sources {
                 req.source = source;
+                if req.kind == Kind::Prune {
+                    req.max_deletions = Some(budget);
+                }
                 let record = agent.jobs.create(req.kind, &req.source, &req.trigger);
                 let (code, name) = tokio::select! {
                     r = agent.execute(&req, &record, &session, wait) => {
                         match r? {
                             Some(result) => {
+                                if let JobResult::Prune(p) = &result {
+                                    let used = p.decisions.iter().filter(|d| d.delete).count();
+                                    budget = budget.saturating_sub(used);
+                                }
                                 results.push(result);
                                 continue;
                             }
-                            None => anyhow::bail!(
-                                "another {} of source {:?} held its lease for {} (an agent's or another command's); nothing was done: try again later or pass a longer --wait",
-                                req.kind.as_str(),
-                                req.source,
-                                humantime::format_duration(wait)
-                            ),
+                            None => {
+                                eprintln!(
+                                    "firedrill: another {} of source {:?} held its lease for {} (an agent's or another command's); nothing was done: try again later or pass a longer --wait",
+                                    req.kind.as_str(),
+                                    req.source,
+                                    humantime::format_duration(wait)
+                                );
+                                // EX_TEMPFAIL: try again later.
+                                return Ok(Err(75));
+                            }
                         }
                     }
                     _ = term.recv() => (143, "SIGTERM"),
                     _ = int.recv() => (130, "SIGINT"),
                 };
-                eprintln!("firedrill: {name}: stopping the {} and removing what it created", req.kind.as_str());
+                eprintln!(
+                    "firedrill: {name}: the {} is stopped where it stood{}",
+                    req.kind.as_str(),
+                    if req.kind == Kind::Drill { "; its databases are removed" } else { "" }
+                );
                 session.cleanup().await;
                 return Ok(Err(code));
             }

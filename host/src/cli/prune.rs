@@ -31,8 +31,8 @@ pub struct Args {
     /// (default: retention.abandon_after, 24h).
     #[arg(long, value_parser = firedrill::runtime::policy::parse_duration)]
     abandon_after: Option<Duration>,
-    /// Delete at most this many backups of a source in one run (default:
-    /// retention.max_deletions, 10).
+    /// Delete at most this many backups in one run, over every source
+    /// (default: retention.max_deletions, 10).
     #[arg(long)]
     max_deletions: Option<usize>,
     #[arg(long)]
@@ -70,7 +70,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let Some(report) = report else {
-        println!("{shown}: no backups");
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"dry_run": args.dry_run, "decisions": [], "deleted": []})
+            );
+        } else {
+            println!("{shown}: no backups");
+        }
         return Ok(ExitCode::SUCCESS);
     };
     if args.json {

@@ -34,7 +34,8 @@
 //! lease = "30s"
 //! lock_dir = "/run/firedrill"        # without redis_url: where this node's agent and
 //!                                    # CLI runs take their leases (FIREDRILL_LOCK_DIR;
-//!                                    # default /run/firedrill for root, else /tmp/firedrill-<uid>)
+//!                                    # default /run/firedrill if it exists or for root,
+//!                                    # else /tmp/firedrill-<uid>)
 //!
 //! [api]
 //! audit_log = "/var/log/firedrill/audit.jsonl"   # default: the log, target "audit"
@@ -262,16 +263,25 @@ impl Config {
     /// the sources the command adds from its flags.
     pub fn adhoc(
         store_url: &str,
+        store: crate::archive::StoreOptions,
+        keys: crate::archive::KeySettings,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        crate::archive::store::check_url(store_url)
+            .map_err(|m| bad("--store", format!("{:?}: {m}", redact_url(store_url))))?;
+        crate::archive::Keys::load(&keys).map_err(|e| bad(e.setting(), e.to_string()))?;
+        // The store and its keys are the flags'; the rest is checked as the
+        // agent's would be (the store's own check is the open, later).
         let mut raw = RawConfig::default();
-        raw.store.url = Some(store_url.into());
+        raw.store.url = Some("file:///".into());
         let mut c = Config::build(raw, &|k| match k {
             // The command's own flags say these.
             "DATABASE_URL" | "S3_BUCKET" => None,
             _ => env(k),
         })?;
         c.sources.clear();
+        (c.store_url, c.store, c.keys) = (store_url.into(), store, keys);
+        c.coordination.scope = store_url.into();
         Ok(c)
     }
 
@@ -666,8 +676,29 @@ mod tests {
             ("FIREDRILL_LISTEN", "0.0.0.0:9187"),
         ]
         .into();
-        let c = Config::adhoc("file:///b", |k| env.get(k).map(|v| v.to_string())).unwrap();
+        let c = Config::adhoc("file:///b", Default::default(), Default::default(), |k| {
+            env.get(k).map(|v| v.to_string())
+        })
+        .unwrap();
         assert_eq!(c.store_url, "file:///b");
+        assert_eq!(c.coordination.scope, "file:///b");
+        // A cloud store's settings come from the flags, checked when opened.
+        let gcs = crate::archive::StoreOptions {
+            gcs: crate::archive::GcsOptions {
+                credentials_file: Some("/etc/firedrill/gcs.json".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cloud = Config::adhoc("gs://bucket/p", gcs, Default::default(), |_| None).unwrap();
+        assert!(cloud.store.gcs.credentials_file.is_some());
+        assert!(Config::adhoc(
+            "gcs://bucket",
+            Default::default(),
+            Default::default(),
+            |_| None
+        )
+        .is_err_and(|e| e.setting == "--store"));
         assert!(c.sources.is_empty(), "{:?}", c.sources);
         // The rest of the environment still applies.
         assert_eq!(c.listen.to_string(), "0.0.0.0:9187");

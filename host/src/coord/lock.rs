@@ -151,11 +151,14 @@ impl Coordinator {
                         FileLock::Busy => -1,
                         held => {
                             let (file, t) = match held {
-                                FileLock::Held(mut file, last) => {
+                                FileLock::Held(mut file, last, writable) => {
                                     let t = last.max(fence) + 1;
-                                    // Read-only (another user's file): the
-                                    // lock holds, this token is not kept.
-                                    let _ = write_token(&mut file, t);
+                                    // Another user's file is only locked:
+                                    // the token stays in this process.
+                                    if writable {
+                                        write_token(&mut file, t)
+                                            .map_err(|e| self.lock_file_error(job, source, e))?;
+                                    }
                                     (Some(file), t)
                                 }
                                 _ => (None, fence + 1),
@@ -203,8 +206,9 @@ enum FileLock {
     Off,
     /// Another process of this node holds it.
     Busy,
-    /// Held, with the last fencing token written in the file.
-    Held(std::fs::File, u64),
+    /// Held, with the last fencing token written in the file, and whether
+    /// this user owns the file (and so keeps the token in it).
+    Held(std::fs::File, u64, bool),
 }
 
 impl Coordinator {
@@ -224,14 +228,34 @@ impl Coordinator {
             .mode(0o700)
             .create(dir)
             .map_err(err)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
         let meta = std::fs::symlink_metadata(dir).map_err(err)?;
-        if !meta.is_dir() || meta.mode() & 0o022 != 0 {
+        // Another user's directory could hold a lock forever: only this
+        // user's or root's (root trusts any owner, e.g. the agent's user's
+        // /run/firedrill), and never one that others can write to.
+        if !meta.is_dir() || meta.mode() & 0o022 != 0 || (me != 0 && ![me, 0].contains(&meta.uid()))
+        {
             return Err(err(std::io::Error::other(
-                "not a directory that only its owner can write to",
+                "not a directory of this user (or root) that only its owner can write to",
             )));
         }
-        let scope = hex::encode(&sha2::Sha256::digest(self.inner.opts.scope.as_bytes())[..6]);
-        let path = dir.join(format!("{job}.{source}.{scope}.lock"));
+        // `s3://b` and `s3://b/` are one store.
+        let scope = self.inner.opts.scope.trim_end_matches('/');
+        let scope = hex::encode(&sha2::Sha256::digest(scope.as_bytes())[..6]);
+        // A source's name comes from a store listing too: nothing in it may
+        // reach outside the directory.
+        let name: String = source
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("{job}.{name}.{scope}.lock"));
         let open = |write: bool| {
             std::fs::OpenOptions::new()
                 .read(true)
@@ -239,7 +263,8 @@ impl Coordinator {
                 .create(write)
                 .truncate(false)
                 .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW)
+                // No symlink, and no blocking on a FIFO planted in its place.
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&path)
         };
         // A lock file another user made (root's command beside the agent's
@@ -249,14 +274,33 @@ impl Coordinator {
             other => other,
         }
         .map_err(err)?;
+        let meta = file.metadata().map_err(err)?;
+        if !meta.is_file() || meta.nlink() != 1 {
+            return Err(err(std::io::Error::other(format!(
+                "{} is not a plain lock file (a link or a special file): remove it",
+                path.display()
+            ))));
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(FileLock::Busy),
             Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
         }
         let mut text = String::new();
-        file.read_to_string(&mut text).map_err(err)?;
-        Ok(FileLock::Held(file, text.trim().parse().unwrap_or(0)))
+        (&mut file)
+            .take(64)
+            .read_to_string(&mut text)
+            .map_err(err)?;
+        // A token that could not come from us (garbage, or near the top of
+        // the range) starts the count again rather than wrapping it.
+        let last = text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|t| *t < i64::MAX as u64 / 2)
+            .unwrap_or(0);
+        let writable = meta.uid() == me;
+        Ok(FileLock::Held(file, last, writable))
     }
 
     fn lock_file_error(&self, job: &str, source: &str, e: std::io::Error) -> CoordError {
@@ -275,11 +319,11 @@ impl Coordinator {
     }
 }
 
+/// Overwrites the token in place with a fixed-width line, so a crash
+/// mid-write never leaves the file empty or shorter (no `set_len(0)`).
 fn write_token(file: &mut std::fs::File, token: u64) -> std::io::Result<()> {
-    use std::io::{Seek, Write};
-    file.set_len(0)?;
-    file.seek(std::io::SeekFrom::Start(0))?;
-    writeln!(file, "{token}")
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(format!("{token:020}\n").as_bytes(), 0)
 }
 
 /// Renews every third of the lease until aborted; marks the lease lost when
@@ -446,6 +490,58 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What another local user could plant is refused, not waited on.
+    #[tokio::test]
+    async fn a_planted_lock_directory_or_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        let coord = |d: &std::path::Path| {
+            Coordinator::new(super::super::CoordOptions {
+                lock_dir: Some(d.into()),
+                scope: "file:///store".into(),
+                ..Default::default()
+            })
+        };
+        std::fs::create_dir(&locks).unwrap();
+        std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let c = coord(&locks).await.unwrap();
+        assert!(matches!(
+            c.try_lock("backup", "app", None).await,
+            Err(CoordError::LockFile { .. })
+        ));
+        std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A FIFO where the lock file goes: an error, never a hang.
+        let TryLock::Acquired(l) = c.try_lock("backup", "app", None).await.unwrap() else {
+            panic!("free")
+        };
+        drop(l);
+        let file = std::fs::read_dir(&locks)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::remove_file(&file).unwrap();
+        let fifo = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; mkfifo has no other precondition.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(matches!(
+            c.try_lock("backup", "app", None).await,
+            Err(CoordError::LockFile { .. })
+        ));
+        // A hard link to another file: refused (a write would reach it).
+        std::fs::remove_file(&file).unwrap();
+        let other = dir.path().join("precious");
+        std::fs::write(&other, "keep me").unwrap();
+        std::fs::hard_link(&other, &file).unwrap();
+        assert!(matches!(
+            c.try_lock("backup", "app", None).await,
+            Err(CoordError::LockFile { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
+    }
 
     /// Two coordinators stand for two processes of one node (an agent and a
     /// hand-run command): only the lock directory is between them.

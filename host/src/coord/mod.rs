@@ -29,7 +29,7 @@ use std::time::Duration;
 pub enum CoordError {
     #[error("redis at {url}: {message} (check coordination.redis_url and that the server is up)")]
     Redis { url: String, message: String },
-    #[error("cannot take the {job} lease on source {name:?} in the lock directory {dir}: {message} (set coordination.lock_dir or FIREDRILL_LOCK_DIR to a directory of this user that others cannot write to; run the agent and the CLI as the same user)")]
+    #[error("cannot take the {job} lease on source {name:?} in the lock directory {dir}: {message} (set coordination.lock_dir or FIREDRILL_LOCK_DIR to a directory of this user, or of root, that others cannot write to; the agent and hand-run commands must name the same one)")]
     LockFile {
         job: String,
         name: String,
@@ -85,17 +85,21 @@ impl Default for CoordOptions {
 }
 
 /// Where a node's agents and CLI runs meet without Redis: FIREDRILL_LOCK_DIR,
-/// else `/run/firedrill` for root and `/tmp/firedrill-<uid>` for anyone
-/// else. Fixed paths, not TMPDIR or XDG_RUNTIME_DIR: a service and an
-/// operator's shell see different values of those, and would not meet.
-/// Made 0700; one that others can write to is refused when a lease is taken.
+/// else `/run/firedrill` when it exists (the systemd unit's runtime
+/// directory: the agent's user and root both use it) or for root, else
+/// `/tmp/firedrill-<uid>`. Fixed paths, not TMPDIR or XDG_RUNTIME_DIR: a
+/// service and an operator's shell see different values of those, and
+/// would not meet. Made 0700; one that others can write to, or another
+/// user's (but for root), is refused when a lease is taken.
 pub fn default_lock_dir(env: &dyn Fn(&str) -> Option<String>) -> std::path::PathBuf {
     if let Some(d) = env("FIREDRILL_LOCK_DIR").filter(|d| !d.trim().is_empty()) {
         return d.into();
     }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    match unsafe { libc::getuid() } {
-        0 => "/run/firedrill".into(),
+    let run = std::path::Path::new("/run/firedrill");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    match unsafe { libc::geteuid() } {
+        _ if run.is_dir() => run.into(),
+        0 => run.into(),
         uid => format!("/tmp/firedrill-{uid}").into(),
     }
 }
