@@ -150,3 +150,61 @@ fn a_cli_backup_waits_for_the_agents_backup_of_the_same_source_without_redis() {
 fn a_cli_backup_waits_for_the_agents_backup_of_the_same_source_through_redis() {
     agent_beside_cli(Some(harness::redis().url()));
 }
+
+/// A prune of the whole store by hand runs per source, each under its
+/// lease, as the agent's do, and still deletes at most `--max-deletions`
+/// in all: the limit is the operator's safety net, not one per source.
+#[test]
+fn a_prune_of_every_source_keeps_one_deletion_budget() {
+    let pg = harness::postgres();
+    let (db, store, dir) = crate::backup_restore::seeded("budget");
+    for source in ["a", "b"] {
+        for _ in 0..3 {
+            crate::backup_restore::backup_id(
+                &[
+                    "--database-url",
+                    &pg.url(&db),
+                    "--store",
+                    &store,
+                    "--source",
+                    source,
+                    "--no-globals",
+                ],
+                &[],
+            );
+        }
+    }
+    let keep1 = crate::retention::policies(1);
+    let o = firedrill(
+        &[
+            "prune",
+            "--json",
+            "--store",
+            &store,
+            "--policies",
+            keep1.to_str().unwrap(),
+            "--min-age",
+            "0s",
+            "--max-deletions",
+            "2",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["deleted"].as_array().unwrap().len(), 2, "{r:#}");
+    let sources: std::collections::BTreeSet<&str> = r["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["a", "b"].into(), "both sources decided: {r:#}");
+    let left = |s: &str| {
+        std::fs::read_dir(dir.join(s))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().join("manifest.json").exists())
+            .count()
+    };
+    assert_eq!(left("a") + left("b"), 4, "two of six deleted");
+}

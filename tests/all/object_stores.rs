@@ -93,6 +93,8 @@ fn round_trip(t: Target, db: &str) {
     let env = with_store(&t);
     let args = ["--database-url", &pg.url(db), "--source", "app"];
     let first = backup(&args, &env)["id"].as_str().unwrap().to_string();
+    // Ids sort by their second: two in one second would order by chance.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let second = backup(&args, &env)["id"].as_str().unwrap().to_string();
     assert_eq!(listed(&env), [first.clone(), second.clone()]);
     let stored = (t.objects)();
