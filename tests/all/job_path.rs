@@ -174,24 +174,7 @@ fn a_prune_of_every_source_keeps_one_deletion_budget() {
             );
         }
     }
-    let keep1 = crate::retention::policies(1);
-    let o = firedrill(
-        &[
-            "prune",
-            "--json",
-            "--store",
-            &store,
-            "--policies",
-            keep1.to_str().unwrap(),
-            "--min-age",
-            "0s",
-            "--max-deletions",
-            "2",
-        ],
-        &[],
-    );
-    assert!(o.status.success(), "{}", output_text(&o));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = crate::retention::prune(&store, 1, &["--min-age", "0s", "--max-deletions", "2"]);
     assert_eq!(r["deleted"].as_array().unwrap().len(), 2, "{r:#}");
     let sources: std::collections::BTreeSet<&str> = r["decisions"]
         .as_array()

@@ -506,22 +506,7 @@ fn redis_backups_are_listed_and_pruned_like_any_other() {
         .collect();
     let (o, _) = drill(&store, &[]);
     assert!(o.status.success(), "{}", output_text(&o));
-    let keep1 = crate::retention::policies(1);
-    let o = firedrill(
-        &[
-            "prune",
-            "--json",
-            "--store",
-            &store,
-            "--policies",
-            keep1.to_str().unwrap(),
-            "--min-age",
-            "0s",
-        ],
-        &[],
-    );
-    assert!(o.status.success(), "{}", output_text(&o));
-    let pruned: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let pruned = crate::retention::prune(&store, 1, &["--min-age", "0s"]);
     let mut deleted: Vec<String> = pruned["deleted"]
         .as_array()
         .unwrap()

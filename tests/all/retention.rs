@@ -85,6 +85,24 @@ pub fn policies(keep: u32) -> std::path::PathBuf {
     )
 }
 
+/// `firedrill prune --json` of `store` under a keep-the-newest-`keep`
+/// policy, with `extra` flags; it must succeed: its report.
+pub fn prune(store: &str, keep: u32, extra: &[&str]) -> serde_json::Value {
+    let policies = policies(keep);
+    let mut args = vec![
+        "prune",
+        "--json",
+        "--store",
+        store,
+        "--policies",
+        policies.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = firedrill(&args, &[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 #[test]
 fn prune_follows_the_plugin_within_the_guards() {
     let pg = harness::postgres();
@@ -227,24 +245,7 @@ fn prune_leaves_backups_in_progress_and_clears_leftovers() {
         &[],
     );
     std::fs::remove_file(dir.join("l").join(&id).join("manifest.json")).unwrap();
-    let keep = policies(5);
-    let run = |abandon: &str| {
-        let o = firedrill(
-            &[
-                "prune",
-                "--json",
-                "--store",
-                &store,
-                "--policies",
-                keep.to_str().unwrap(),
-                "--abandon-after",
-                abandon,
-            ],
-            &[],
-        );
-        assert!(o.status.success(), "{}", output_text(&o));
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
-    };
+    let run = |abandon: &str| prune(&store, 5, &["--abandon-after", abandon]);
     let r = run("1h");
     assert_eq!(r["decisions"][0]["delete"], false);
     assert!(
