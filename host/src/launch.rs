@@ -34,22 +34,18 @@ pub async fn api_state(
     authorization: Authorization,
 ) -> Result<Arc<ApiState>, StartError> {
     let config = agent.config();
-    let bad = |setting: &str, e: &dyn std::fmt::Display| StartError {
-        setting: setting.into(),
-        message: e.to_string(),
-    };
     let keyvalue = match &config.coordination.redis_url {
         Some(url) => Some(
             KvTarget::new(url, &format!("{}plugin:", config.coordination.namespace))
-                .map_err(|e| bad("coordination.redis_url", &e))?,
+                .map_err(|e| StartError::new("coordination.redis_url", e))?,
         ),
         None => None,
     };
     let audit = Audit::open(config.audit_log.as_deref())
         .map_err(|e| {
-            bad(
+            StartError::new(
                 "api.audit_log",
-                &format!("cannot open {:?} for appending: {e}", config.audit_log),
+                format!("cannot open {:?} for appending: {e}", config.audit_log),
             )
         })?
         .with_catalog(agent.catalog().cloned());
@@ -62,9 +58,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let debounce = config.reload_debounce;
     let agent = Arc::new(assemble(config, Purpose::Agent).await?);
     let watch = match agent.policies() {
-        Some(p) => Some(p.watch(debounce).map_err(|e| StartError {
-            setting: "agent.policies".into(),
-            message: format!("cannot watch the directory: {e}"),
+        Some(p) => Some(p.watch(debounce).map_err(|e| {
+            StartError::new("agent.policies", format!("cannot watch the directory: {e}"))
         })?),
         None => None,
     };
@@ -72,10 +67,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let state = api_state(agent.clone(), ready.clone(), Authorization::Plugins).await?;
     let (addr, server) = crate::api::serve(listen, state.clone())
         .await
-        .map_err(|e| StartError {
-            setting: "agent.listen".into(),
-            message: format!("cannot listen on {listen}: {e}"),
-        })?;
+        .map_err(|e| StartError::new("agent.listen", format!("cannot listen on {listen}: {e}")))?;
     tracing::info!(%addr, sources = agent.config().sources.len(), "agent started");
     let schedules = tokio::spawn(agent.clone().run());
     ready.set(true);

@@ -25,11 +25,17 @@ pub struct StartError {
     pub message: String,
 }
 
-fn bad(setting: &str, e: impl std::fmt::Display) -> StartError {
-    StartError {
-        setting: setting.into(),
-        message: e.to_string(),
+impl StartError {
+    pub fn new(setting: &str, message: impl std::fmt::Display) -> StartError {
+        StartError {
+            setting: setting.into(),
+            message: message.to_string(),
+        }
     }
+}
+
+fn bad(setting: &str, e: impl std::fmt::Display) -> StartError {
+    StartError::new(setting, e)
 }
 
 /// What an assembled agent is for.

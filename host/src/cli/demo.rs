@@ -91,7 +91,9 @@ fn demo(work: &Path, components: &Path) -> anyhow::Result<ExitCode> {
         ("verifier_freshness", "[config]\ntable = \"profiles\"\ntimestamp-column = \"created_at\"\nmax-age = \"24h\"\n"),
     ] {
         let wasm = components.join(format!("{name}.wasm"));
-        let text = format!("wasm = {:?}\n{sql}{config}", wasm.display().to_string());
+        // A TOML string, whatever the path holds.
+        let wasm = toml::Value::String(wasm.display().to_string());
+        let text = format!("wasm = {wasm}\n{sql}{config}");
         std::fs::write(policies.join(format!("{name}.toml")), text)?;
     }
     let store_url = format!("file://{}", work.join("store").display());

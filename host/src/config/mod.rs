@@ -269,9 +269,9 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         crate::archive::store::check_url(store_url)
             .map_err(|m| bad("--store", format!("{:?}: {m}", redact_url(store_url))))?;
-        crate::archive::Keys::load(&keys).map_err(|e| bad(e.setting(), e.to_string()))?;
         // The store and its keys are the flags'; the rest is checked as the
-        // agent's would be (the store's own check is the open, later).
+        // agent's would be (the store and the keys are opened, and so checked,
+        // when the agent is assembled).
         let mut raw = RawConfig::default();
         raw.store.url = Some("file:///".into());
         let mut c = Config::build(raw, &|k| match k {
