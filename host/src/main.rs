@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::catalog::Command,
     },
+    /// The WAL archive of physical sources: stream, fetch (restore_command), verify.
+    Wal {
+        #[command(subcommand)]
+        command: cli::wal::Command,
+    },
     /// Signed API tokens: issue, revoke, make a key pair.
     Token {
         #[command(subcommand)]
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
             command: PolicyCommand::Check { dir, json },
         } => cli::policy::check(&dir, json),
         Command::Token { command } => cli::token::run(command),
+        Command::Wal { command } => cli::wal::run(command),
         Command::Rekey(a) => cli::keys::rekey(a),
         Command::Catalog { command } => cli::catalog::run(command),
         Command::Keygen { command } => cli::keys::keygen(command),

@@ -25,6 +25,7 @@ mod least_privilege;
 mod load;
 mod many_tables;
 mod object_stores;
+mod pitr;
 mod plugin_authoring;
 mod policies;
 mod postgres_objects;

@@ -15,6 +15,7 @@
 
 mod assemble;
 mod table;
+pub mod wal;
 
 pub use assemble::{assemble, Purpose, StartError};
 pub use table::{JobRecord, JobTable};
@@ -23,12 +24,17 @@ use crate::archive::{self as arch, Store};
 use crate::catalog::Catalog;
 use crate::config::{Config, DrillTargetConfig, Schedule, SourceConfig};
 use crate::coord::{CommitGuard, Coordinator};
+use crate::jobs::backup::physical::{self as backup_physical, PhysicalBackupOptions};
 use crate::jobs::backup::redis::{self as backup_redis, RedisBackupOptions};
 use crate::jobs::backup::{self, BackupOptions, BackupSummary};
 use crate::jobs::drill::{self, DrillOptions, DrillReport, DrillSession, DrillTarget, Pick};
 use crate::jobs::prune::{self, PruneOptions, PruneReport};
+use crate::jobs::restore::physical::{
+    self as restore_physical, PhysicalRestoreOptions, PhysicalRestoreSummary, RecoveryTarget,
+};
 use crate::jobs::restore::{self, RestoreOptions, RestoreSummary};
 use crate::jobs::status::{Kind, State};
+use crate::jobs::wal::fetch::FetchServer;
 use crate::jobs::JobError;
 use crate::runtime::{Plugin, Policies, World};
 use crate::servers::pg::PgUrl;
@@ -59,6 +65,10 @@ pub struct JobRequest {
     pub database: Option<String>,
     /// Restore only: replace a target database that is not empty.
     pub force: bool,
+    /// Restore of a physical backup only: the new data directory, and
+    /// where recovery stops (default: as far as the WAL archive goes).
+    pub data_dir: Option<std::path::PathBuf>,
+    pub recovery: Option<RecoveryTarget>,
     /// Prune only: decide, delete nothing.
     pub dry_run: bool,
     /// Prune only: at most this many deletions (default: the configuration's).
@@ -80,6 +90,8 @@ impl JobRequest {
             target: None,
             database: None,
             force: false,
+            data_dir: None,
+            recovery: None,
             dry_run: false,
             max_deletions: None,
             trigger: trigger.into(),
@@ -106,6 +118,7 @@ pub enum JobResult {
     Drill(Box<DrillReport>),
     Prune(PruneReport),
     Restore(RestoreSummary),
+    PhysicalRestore(PhysicalRestoreSummary),
 }
 
 /// What a job produced, for its record and its event.
@@ -178,6 +191,10 @@ impl Agent {
                 (Kind::Drill, source.drill.clone()),
                 (Kind::Prune, source.prune.clone()),
             ];
+            if source.physical && source.wal_stream {
+                let (me, source, stop) = (self.clone(), source.clone(), shutdown.clone());
+                tasks.push(tokio::spawn(async move { me.wal_loop(source, stop).await }));
+            }
             for (kind, schedule) in jobs {
                 let Some(schedule) = schedule else { continue };
                 let (me, source, stop) = (self.clone(), source.clone(), shutdown.clone());
@@ -456,6 +473,30 @@ impl Agent {
                     result: JobResult::Backup(s),
                 })
             }
+            Kind::Backup if source.physical => {
+                let url = source.urls.first().cloned().ok_or_else(|| {
+                    JobError::Config(format!("source {} has no URL", source.name))
+                })?;
+                let opts = PhysicalBackupOptions {
+                    source: source.name.clone(),
+                    url,
+                    compression_level: source.compression_level,
+                    part_bytes: source.chunk_bytes,
+                    fast_checkpoint: true,
+                    guard: Some(guard),
+                    progress,
+                };
+                let s = backup_physical::run(&self.store, &opts).await?;
+                record_backup(&source.name, s.bytes, s.seconds);
+                self.catalog_backup(&source.name, &s.id).await;
+                tracing::info!(source = %source.name, backup = %s.id, bytes = s.bytes, seconds = s.seconds, "physical backup done");
+                Ok(Outcome {
+                    detail: Some(format!("physical, {} bytes in {:.1}s", s.bytes, s.seconds)),
+                    backup: Some(s.id.clone()),
+                    passed: None,
+                    result: JobResult::Backup(s),
+                })
+            }
             Kind::Backup => {
                 let opts = BackupOptions {
                     source: source.name.clone(),
@@ -578,6 +619,45 @@ impl Agent {
                     backup: None,
                     passed: None,
                     result: JobResult::Prune(r),
+                })
+            }
+            Kind::Restore if req.data_dir.is_some() => {
+                let (src, id) =
+                    arch::find_backup(&self.store, req.backup.as_deref(), Some(&source.name))
+                        .await?;
+                let backup = arch::open_backup(&self.store, &src, &id).await?;
+                let system_id = match &backup.manifest.physical {
+                    Some(p) => p.system_id.clone(),
+                    None => {
+                        return Err(JobError::Config(format!(
+                            "backup {id} is a logical backup: restore it into a database (--target-url), not a data directory"
+                        )))
+                    }
+                };
+                let exe = std::env::current_exe().map_err(|e| {
+                    JobError::Internal(format!("cannot find the firedrill binary: {e}"))
+                })?;
+                let (_wal, restore_command) =
+                    FetchServer::for_restore(&self.store, &src, &system_id, &exe)?;
+                let opts = PhysicalRestoreOptions {
+                    data_dir: req.data_dir.clone().expect("checked above"),
+                    force: req.force,
+                    target: req.recovery.clone().unwrap_or(RecoveryTarget::Latest),
+                    restore_command: Some(restore_command),
+                    env: vec![],
+                    progress,
+                    keep_running: false,
+                };
+                let (r, _) = restore_physical::run(&self.store, &backup, &opts).await?;
+                Ok(Outcome {
+                    detail: Some(format!(
+                        "recovered to {} into {}",
+                        r.reached_lsn,
+                        r.data_dir.display()
+                    )),
+                    backup: Some(id),
+                    passed: None,
+                    result: JobResult::PhysicalRestore(r),
                 })
             }
             Kind::Restore => {

@@ -174,9 +174,54 @@ pub struct Manifest {
     /// (see [`Manifest::server_major`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PgVersions>,
+    /// For `kind = "physical"`: a base backup of the whole cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalEntry>,
     /// Always last: see [`Manifest::to_bytes`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
+}
+
+/// A physical base backup: the server's tar streams, each cut into parts,
+/// and where in the WAL it starts and ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhysicalEntry {
+    /// The cluster's system identifier (`IDENTIFY_SYSTEM`): WAL of another
+    /// cluster never applies to this backup.
+    pub system_id: String,
+    pub timeline: u32,
+    pub start_lsn: super::wal::Lsn,
+    pub end_lsn: super::wal::Lsn,
+    /// The timeline the backup ended on.
+    pub end_timeline: u32,
+    pub segment_size: u64,
+    /// The bootstrap superuser (the role with OID 10): a restored copy is
+    /// checked as this role.
+    pub superuser: String,
+    /// The WAL from `start_lsn` to `end_lsn` is inside the base archive
+    /// (`pg_wal/`): the backup restores to a consistent state without the
+    /// WAL archive.
+    pub wal_included: bool,
+    /// `base` first, then one per tablespace.
+    pub archives: Vec<TarArchive>,
+    /// The server's own `backup_manifest` (PostgreSQL 13+), as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_manifest: Option<ObjectRef>,
+}
+
+/// One tar stream of a base backup: `base` (the data directory) or a
+/// tablespace. Its parts, each decompressed and concatenated in order, are
+/// the tar file the server sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TarArchive {
+    /// `base`, or the tablespace's OID.
+    pub name: String,
+    /// A tablespace's directory on the source server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Each part records its decompressed size (`raw`).
+    pub parts: Vec<ObjectRef>,
+    pub raw_bytes: u64,
 }
 
 /// The versions behind a PostgreSQL backup: a restore needs a server at
@@ -259,7 +304,7 @@ impl Manifest {
     /// The PostgreSQL source's major version: recorded, or read from
     /// `server_version` in older manifests. None for Redis.
     pub fn server_major(&self) -> Option<u32> {
-        if self.kind != "postgres" {
+        if self.kind != "postgres" && self.kind != "physical" {
             return None;
         }
         if let Some(v) = &self.postgres {
@@ -299,6 +344,11 @@ impl Manifest {
             .map(|e| &e.header)
             .chain(self.globals.iter())
             .chain(self.redis.iter().map(|r| &r.rdb))
+            .chain(self.physical.iter().flat_map(|p| {
+                p.backup_manifest
+                    .iter()
+                    .chain(p.archives.iter().flat_map(|a| a.parts.iter()))
+            }))
             .chain(self.databases.iter().flat_map(|d| {
                 [&d.pre_data, &d.post_data]
                     .into_iter()
@@ -331,6 +381,10 @@ impl Manifest {
     pub fn raw_bytes(&self) -> u64 {
         self.tables().map(|t| t.raw_bytes).sum::<u64>()
             + self.redis.as_ref().map_or(0, |r| r.raw_bytes)
+            + self
+                .physical
+                .as_ref()
+                .map_or(0, |p| p.archives.iter().map(|a| a.raw_bytes).sum())
     }
 
     /// Keys in the snapshot (Redis), as counted after it was taken.

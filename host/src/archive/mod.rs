@@ -28,6 +28,8 @@ pub mod keys;
 pub mod manifest;
 pub mod signed;
 pub mod store;
+pub mod untar;
+pub mod wal;
 
 pub use chunk::{ObjectReader, ObjectWriter};
 pub use keys::{KeySettings, Keys};

@@ -25,6 +25,11 @@ pub struct Args {
     /// protocol): redis://[user:password@]host:port.
     #[arg(long)]
     redis_url: Option<String>,
+    /// A physical base backup of the whole cluster over the replication
+    /// protocol (the role needs REPLICATION), for point-in-time recovery
+    /// with the WAL archive (`firedrill wal stream`).
+    #[arg(long, conflicts_with_all = ["redis_url", "all_databases"])]
+    physical: bool,
     /// Every database of the server the first URL points at (except templates).
     #[arg(long)]
     all_databases: bool,
@@ -121,8 +126,9 @@ fn configured(args: &Args, mut config: Config) -> anyhow::Result<(Config, String
     if (!args.database_urls.is_empty() && !from_env)
         || args.redis_url.is_some()
         || args.all_databases
+        || args.physical
     {
-        bail!("--config names the sources: drop --database-url, --redis-url and --all-databases, and pick a source with --source");
+        bail!("--config names the sources: drop --database-url, --redis-url, --all-databases and --physical (a source's kind is configured), and pick a source with --source");
     }
     let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
     let source = match (&args.source, names.as_slice()) {
@@ -189,8 +195,13 @@ fn from_flags(args: &Args) -> anyhow::Result<(Config, String)> {
                 let names = super::runtime(2)?.block_on(first.list_databases())?;
                 urls = names.iter().map(|n| first.with_database(n)).collect();
             }
+            if args.physical && urls.len() > 1 {
+                bail!("--physical backs up the whole cluster: give one --database-url");
+            }
             let name = args.source.clone().unwrap_or_else(|| urls[0].server());
-            SourceConfig::new(&name, urls, None)
+            let mut s = SourceConfig::new(&name, urls, None);
+            s.physical = args.physical;
+            s
         }
     };
     firedrill::config::check_source_name(&source.name)

@@ -12,6 +12,7 @@ pub mod policy;
 pub mod prune;
 pub mod restore;
 pub mod token;
+pub mod wal;
 
 use firedrill::agent::{JobRequest, JobResult};
 use firedrill::archive::{
@@ -175,6 +176,11 @@ impl RunArgs {
                     .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
             })
             .transpose()
+    }
+
+    /// How long to wait for a lease another run holds.
+    pub fn wait(&self) -> std::time::Duration {
+        self.wait
     }
 
     /// The configuration the job runs under: the agent's file, else one

@@ -122,6 +122,10 @@ pub const DEFAULT_MIN_AGE: &str = "1h";
 pub const DEFAULT_ABANDON_AFTER: &str = "24h";
 /// Deletions one prune may make.
 pub const DEFAULT_MAX_DELETIONS: usize = 10;
+/// How often a physical source's heartbeat is written.
+pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the WAL segment in progress is archived as `.partial`.
+pub const DEFAULT_WAL_PARTIAL_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A source's name files its backups (`<source>/<backup-id>/`) and names its
 /// leases: letters, digits, '-', '_' and '.'.
@@ -132,6 +136,21 @@ pub fn check_source_name(name: &str) -> Result<(), String> {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(format!("{name:?}: use letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+/// A physical replication slot's name, as PostgreSQL allows it.
+pub fn check_slot_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+    {
+        return Err(format!(
+            "{name:?}: a slot name has 1 to 63 lower-case letters, digits and '_'"
+        ));
     }
     Ok(())
 }
@@ -201,6 +220,18 @@ pub struct SourceConfig {
     pub globals: bool,
     /// Role passwords in the globals (off: a backup then holds no hashes).
     pub role_passwords: bool,
+    /// Physical: base backups over the replication protocol (one URL, the
+    /// whole cluster) and, with `wal_stream`, continuous WAL archiving.
+    pub physical: bool,
+    /// The physical replication slot (default `firedrill_<source>`).
+    pub slot: Option<String>,
+    /// A physical source's WAL is streamed into the archive by the agent.
+    pub wal_stream: bool,
+    /// The streamer writes `firedrill.heartbeat` in the source this often:
+    /// what a point-in-time drill proves the replay by (None: off).
+    pub heartbeat: Option<std::time::Duration>,
+    /// The WAL segment in progress is archived as `.partial` this often.
+    pub wal_partial_every: std::time::Duration,
 }
 
 impl SourceConfig {
@@ -220,6 +251,11 @@ impl SourceConfig {
                 .expect("the default chunk size parses"),
             globals: true,
             role_passwords: false,
+            physical: false,
+            slot: None,
+            wal_stream: false,
+            heartbeat: Some(DEFAULT_HEARTBEAT),
+            wal_partial_every: DEFAULT_WAL_PARTIAL_EVERY,
         }
     }
 }

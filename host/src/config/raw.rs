@@ -120,6 +120,13 @@ pub(super) struct RawSource {
     pub(super) chunk_size: Option<String>,
     pub(super) globals: Option<bool>,
     pub(super) role_passwords: Option<bool>,
+    /// `logical` (the default) or `physical`.
+    pub(super) kind: Option<String>,
+    pub(super) slot: Option<String>,
+    pub(super) wal_stream: Option<bool>,
+    /// `10s`, or `off`.
+    pub(super) heartbeat: Option<String>,
+    pub(super) wal_partial_every: Option<String>,
 }
 
 impl RawConfig {

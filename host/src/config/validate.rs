@@ -139,6 +139,48 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
         }
         source.globals = s.globals.unwrap_or(true);
         source.role_passwords = s.role_passwords.unwrap_or(false);
+        match s.kind.as_deref() {
+            None | Some("logical") => {
+                if s.slot.is_some()
+                    || s.wal_stream.is_some()
+                    || s.heartbeat.is_some()
+                    || s.wal_partial_every.is_some()
+                {
+                    return Err(bad(at("kind"), "slot, wal_stream, heartbeat and wal_partial_every belong to physical sources: add kind = \"physical\""));
+                }
+            }
+            Some("physical") => {
+                if source.redis.is_some() {
+                    return Err(bad(at("kind"), "a Redis source cannot be physical"));
+                }
+                if source.urls.len() != 1 {
+                    return Err(bad(at("urls"), "a physical source is one server: give exactly one URL (a base backup holds every database)"));
+                }
+                source.physical = true;
+                source.wal_stream = s.wal_stream.unwrap_or(true);
+                source.heartbeat = match s.heartbeat.as_deref() {
+                    Some("off") => None,
+                    None => source.heartbeat,
+                    Some(h) => Some(
+                        crate::runtime::policy::parse_duration(h)
+                            .map_err(|e| bad(at("heartbeat"), format!("{e} (or \"off\")")))?
+                            .max(std::time::Duration::from_secs(1)),
+                    ),
+                };
+                if let Some(p) = s.wal_partial_every {
+                    source.wal_partial_every = crate::runtime::policy::parse_duration(&p)
+                        .map_err(|e| bad(at("wal_partial_every"), e))?
+                        .max(std::time::Duration::from_secs(1));
+                }
+                if let Some(slot) = s.slot {
+                    crate::config::check_slot_name(&slot).map_err(|m| bad(at("slot"), m))?;
+                    source.slot = Some(slot);
+                }
+            }
+            Some(other) => {
+                return Err(bad(at("kind"), format!("{other:?}: expected \"logical\" (pg_dump-compatible, per database) or \"physical\" (base backups and WAL, point-in-time recovery)")))
+            }
+        }
         sources.push(source);
     }
     let mut coordination = crate::coord::CoordOptions::default();

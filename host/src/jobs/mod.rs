@@ -24,6 +24,7 @@ pub mod prune;
 pub mod rekey;
 pub mod restore;
 pub mod status;
+pub mod wal;
 
 use crate::archive::ArchiveError;
 use crate::runtime::CallError;

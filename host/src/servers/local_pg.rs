@@ -478,6 +478,228 @@ pub fn spawn_kept(mut cmd: Command) -> std::io::Result<Child> {
     rx.recv().map_err(std::io::Error::other)?
 }
 
+/// Restored clusters (physical restores): a data directory firedrill
+/// unpacked and configured itself, started as it is, with no initdb.
+impl LocalCluster {
+    /// A private directory (0700, mkdtemp semantics) under `parent` for a
+    /// restored cluster's socket and log; named like every local cluster's,
+    /// so [`LocalCluster::sweep_orphans`] removes it after a crash.
+    pub fn private_run_dir(parent: &Path) -> Result<PathBuf, ServerError> {
+        let me = std::process::id();
+        let dir = private_dir(
+            parent,
+            &format!("{PREFIX}{me}.{}-", start_time(me).unwrap_or(0)),
+        )
+        .map_err(|e| ServerError::Tool {
+            tool: "local postgres".into(),
+            message: format!("cannot create a directory in {}: {e}", parent.display()),
+        })?;
+        set_mode(&dir, 0o700);
+        Ok(dir)
+    }
+
+    /// Starts `bin`/postgres on the prepared data directory `data`, its
+    /// socket (and nothing else: no TCP) in `run_dir` (from
+    /// [`LocalCluster::private_run_dir`]), its log in `run_dir/postgres.log`.
+    /// Returns once the server process runs, not once it accepts
+    /// connections: recovery may replay for hours; watch
+    /// [`LocalCluster::exited`]. As root, `owned` (the data directory and
+    /// the tablespaces' directories) are given to `postgres` whole, links
+    /// not followed. Stopping (or dropping) it removes `run_dir`, not `data`
+    /// (unless inside it). Not for [`LocalCluster::restart`]. Connect with
+    /// [`LocalCluster::url_as`] (the cluster's own roles; authentication is
+    /// the data directory's pg_hba.conf). `env` is added to the server's
+    /// environment (its restore_command inherits it: secrets go there, never
+    /// on a command line).
+    pub fn start_restored(
+        bin: &Path,
+        run_dir: PathBuf,
+        data: &Path,
+        owned: &[&Path],
+        env: &[(String, String)],
+    ) -> Result<LocalCluster, ServerError> {
+        let fail = |m: String| ServerError::Tool {
+            tool: "local postgres".into(),
+            message: m,
+        };
+        let log = run_dir.join("postgres.log");
+        let logfile = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| fail(format!("{}: {e}", log.display())))?;
+        if unsafe { libc::geteuid() } == 0 {
+            let (uid, gid) = postgres_ids()?;
+            for tree in owned {
+                chown_tree(tree, uid, gid).map_err(|e| {
+                    fail(format!("cannot give {} to postgres: {e}", tree.display()))
+                })?;
+            }
+        }
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(data)
+            .arg("-p")
+            .arg(SOCKET_PORT.to_string());
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let socket_dir = format!("unix_socket_directories={}", run_dir.display());
+        for s in [
+            "listen_addresses=",
+            &socket_dir,
+            "unix_socket_permissions=0700",
+        ] {
+            cmd.arg("-c").arg(s);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(
+                logfile.try_clone().map_err(|e| fail(e.to_string()))?,
+            ))
+            .stderr(Stdio::from(logfile));
+        as_postgres_user(&mut cmd, &[&run_dir, &log])?;
+        let child = spawn_kept(cmd).map_err(|e| fail(format!("cannot start postgres: {e}")))?;
+        Ok(LocalCluster {
+            dir: run_dir,
+            port: SOCKET_PORT,
+            tcp: false,
+            password: String::new(),
+            pid: child.id(),
+            stopped: false,
+            bin: bin.to_path_buf(),
+            settings: vec![],
+        })
+    }
+
+    /// How the server process ended, if it has (reaped here). Once it has
+    /// said so, dropping the cluster no longer removes its directory (the
+    /// log is there to read, and the pid is no longer the server's to
+    /// signal): remove [`LocalCluster::dir`] when done with it.
+    pub fn exited(&mut self) -> Option<String> {
+        if self.stopped {
+            return Some("stopped".into());
+        }
+        let mut status = 0;
+        let r = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
+        if r == self.pid as i32 {
+            self.stopped = true;
+            return Some(if libc::WIFEXITED(status) {
+                format!("exit status {}", libc::WEXITSTATUS(status))
+            } else if libc::WIFSIGNALED(status) {
+                format!("killed by signal {}", libc::WTERMSIG(status))
+            } else {
+                format!("wait status {status}")
+            });
+        }
+        if r < 0 && !alive(self.pid as i32) {
+            self.stopped = true;
+            return Some("gone".into());
+        }
+        None
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read(self.dir.join("postgres.log")).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Role `user` on database `db` over the private socket, with the
+    /// cluster's password when it has one (a restored cluster has none: its
+    /// pg_hba.conf decides).
+    pub fn url_as(&self, user: &str, db: &str) -> PgUrl {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let password = if self.password.is_empty() {
+            String::new()
+        } else {
+            format!(":{}", self.password)
+        };
+        // A restored catalog is the backup's: settings it attaches to roles
+        // and databases (ALTER ROLE ... SET) must not load libraries into
+        // the sessions firedrill opens; startup options win over them.
+        let options = if self.password.is_empty() {
+            format!(
+                "?options={}",
+                enc("-c session_preload_libraries= -c local_preload_libraries=")
+            )
+        } else {
+            String::new()
+        };
+        let url = format!(
+            "postgres://{}{password}@{}:{}/{}{options}",
+            enc(user),
+            socket_host(&self.dir),
+            self.port,
+            enc(db)
+        );
+        PgUrl::parse(&url).expect("a valid URL")
+    }
+
+    /// Stops the server cleanly (a fast shutdown: sessions end, a
+    /// checkpoint is written, the data directory is left consistent) and
+    /// removes the cluster's directory. Blocking. After `patience`, an
+    /// immediate shutdown instead, and an error saying so.
+    pub fn shutdown_fast(&mut self, patience: Duration) -> Result<(), ServerError> {
+        if self.stopped {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return Ok(());
+        }
+        unsafe { libc::kill(self.pid as i32, libc::SIGINT) };
+        let until = Instant::now() + patience;
+        while self.exited().is_none() {
+            if Instant::now() > until {
+                let tail = self.log_tail(5);
+                self.stop();
+                return Err(ServerError::Tool {
+                    tool: "local postgres".into(),
+                    message: format!(
+                        "a fast shutdown did not end within {}s; stopped at once instead (the next start runs crash recovery): {tail}",
+                        patience.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stopped = true;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+/// The `postgres` user's uid and gid.
+fn postgres_ids() -> Result<(libc::uid_t, libc::gid_t), ServerError> {
+    let name = std::ffi::CString::new("postgres").expect("no NUL");
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(ServerError::Tool {
+            tool: "local postgres".into(),
+            message: "running as root needs a `postgres` user (the postgresql package creates it)"
+                .into(),
+        });
+    }
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+/// lchown of `top` and everything below it; symlinks are changed, never followed.
+fn chown_tree(top: &Path, uid: libc::uid_t, gid: libc::gid_t) -> std::io::Result<()> {
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(std::io::Error::other)?;
+        if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if std::fs::symlink_metadata(&p)?.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod local_redis;
 pub mod pg;
 pub mod pg_tls;
 pub mod redis;
+pub mod replication;
 
 /// Why talking to (or starting) a server failed. A job's error carries it
 /// as it is (`JobError::Server`, transparent), so a message reads the same
@@ -35,6 +36,10 @@ pub enum ServerError {
         what: String,
         message: String,
     },
+    /// The replication protocol (base backups, WAL streaming) failed or the
+    /// server sent what the protocol does not allow; `url` is redacted.
+    #[error("replication connection to {url}: {message}")]
+    Replication { url: String, message: String },
     /// A client tool, a local server or a Redis connection failed.
     #[error("{tool}: {message}")]
     Tool { tool: String, message: String },

@@ -243,12 +243,19 @@ pub fn split_params(
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let kept: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| keep(k)).collect();
-    parsed.set_query(None);
-    if !kept.is_empty() {
-        parsed
-            .query_pairs_mut()
-            .extend_pairs(kept.iter().map(|(k, v)| (k, v)));
-    }
+    // Percent-encoded, never form-encoded: tokio-postgres reads `+` as a
+    // plus, so `options=-c a=1 -c b=2` must keep its spaces as %20.
+    const PART: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, PART).to_string();
+    let query: Vec<String> = kept
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    parsed.set_query((!query.is_empty()).then(|| query.join("&")).as_deref());
     Ok((pairs, parsed.into()))
 }
 
@@ -331,6 +338,45 @@ pub(crate) fn default_file(name: &str, env: &dyn Fn(&str) -> Option<String>) -> 
 }
 
 fn connector(
+    settings: TlsSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<MakeRustlsConnect, String> {
+    client_config(settings, env).map(MakeRustlsConnect::new)
+}
+
+/// What a client that speaks the wire protocol itself (the replication
+/// connection, which tokio-postgres cannot open) needs from a URL:
+/// tokio-postgres's reading of it (hosts, ports, user, password, connect
+/// timeout), the sslmode, and the TLS configuration [`PgConnect`] would use
+/// (`None` under sslmode=disable). Unix sockets never use TLS, as libpq.
+pub struct WireSettings {
+    pub config: tokio_postgres::Config,
+    pub mode: SslMode,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+pub fn wire_settings(url: &str) -> Result<WireSettings, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (pairs, rest) = split_params(url, |k| !TLS_PARAMETERS.contains(&k))?;
+    let settings = TlsSettings::read(&pairs, &env)?;
+    let config: tokio_postgres::Config = rest
+        .parse()
+        .map_err(|e: tokio_postgres::Error| format!("database URL: {e}"))?;
+    let mode = settings.mode;
+    let tls = match mode {
+        SslMode::Disable => None,
+        _ => Some(Arc::new(client_config(settings, &env)?)),
+    };
+    Ok(WireSettings { config, mode, tls })
+}
+
+/// The name a TLS handshake with `host` checks (under verify-full) and sends.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_string())
+        .map_err(|_| format!("{host:?} is not a host name TLS can check"))
+}
+
+fn client_config(
     TlsSettings {
         mode,
         root,
@@ -338,7 +384,7 @@ fn connector(
         key,
     }: TlsSettings,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<MakeRustlsConnect, String> {
+) -> Result<rustls::ClientConfig, String> {
     let provider = provider();
     let root = root.or_else(|| default_file("root.crt", env).map(Roots::File));
     let verifier: Arc<dyn ServerCertVerifier> = match root {
@@ -424,7 +470,7 @@ fn connector(
         }
         None => builder.with_no_client_auth(),
     };
-    Ok(MakeRustlsConnect::new(config))
+    Ok(config)
 }
 
 /// The client key, with libpq's rule on its permissions.

@@ -192,6 +192,34 @@ metric!(
     Counter,
     "Time spent in authorizer decisions."
 );
+metric!(
+    WAL_ARCHIVED_LSN,
+    "firedrill.wal.archived_lsn",
+    "",
+    Gauge,
+    "The end of the newest WAL segment in the archive (an LSN as a number), by source."
+);
+metric!(
+    WAL_ARCHIVE_LAG,
+    "firedrill.wal.archive_lag",
+    "s",
+    Gauge,
+    "Seconds since the newest WAL segment was archived while the server has written more (the real RPO of a physical source), by source."
+);
+metric!(
+    WAL_PENDING,
+    "firedrill.wal.pending",
+    "By",
+    Gauge,
+    "WAL the server has written that the archive does not hold yet (what the slot holds back), by source."
+);
+metric!(
+    WAL_SEGMENTS,
+    "firedrill.wal.segments",
+    "",
+    Counter,
+    "WAL segments archived, by source."
+);
 
 pub const ALL: &[&Desc] = &[
     BACKUP_DURATION,
@@ -213,6 +241,10 @@ pub const ALL: &[&Desc] = &[
     API_REQUESTS,
     API_AUTHORIZATIONS,
     API_AUTHORIZER_TIME,
+    WAL_ARCHIVED_LSN,
+    WAL_ARCHIVE_LAG,
+    WAL_PENDING,
+    WAL_SEGMENTS,
 ];
 
 /// Upper bounds of histogram buckets, in seconds: from a plugin call's

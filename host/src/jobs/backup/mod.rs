@@ -18,6 +18,7 @@
 //! backup; passwords never reach a command line or a message.
 
 mod commit;
+pub mod physical;
 mod plan;
 mod postgres;
 pub mod redis;
@@ -122,6 +123,7 @@ pub async fn run(store: &Store, opts: &BackupOptions) -> Result<BackupSummary, J
         plugins: opts.planner.iter().map(|p| p.version()).collect(),
         fencing_token: opts.guard.as_ref().map(|g| g.token()),
         redis: None,
+        physical: None,
         encryption,
         signature: None,
     };

@@ -88,6 +88,7 @@ pub async fn run(store: &Store, opts: &RedisBackupOptions) -> Result<BackupSumma
         }),
         encryption,
         postgres: None,
+        physical: None,
         signature: None,
     };
     commit(store, &m, opts.guard.as_ref(), &opts.progress).await

@@ -24,6 +24,7 @@
 //! create, except to sweep the orphans of its own crashed runs.
 
 mod assertions;
+mod physical;
 mod postgres;
 pub mod redis;
 mod report;
@@ -31,9 +32,12 @@ pub mod role;
 mod verifiers;
 
 pub use assertions::{parse_assertions, Assertion};
+pub use physical::HEARTBEAT_TABLE;
 pub use postgres::sweep_orphans;
 pub(super) use report::{pass, verdict};
-pub use report::{Check, DrillReport, DrilledDatabase, Status, TableCount, REPORT_FORMAT};
+pub use report::{
+    Check, DrillReport, DrilledDatabase, PhysicalDrill, Status, TableCount, REPORT_FORMAT,
+};
 pub(super) use verifiers::run_verifier;
 
 use crate::archive::manifest::{self, Manifest};
@@ -86,6 +90,9 @@ pub struct DrillSession {
     /// The drill server (as the drill's own role) and a role made on it.
     roles: Mutex<Vec<(PgUrl, String)>>,
     local: Mutex<Option<LocalCluster>>,
+    /// Directories a drill made (a physical copy's data directory), removed
+    /// after the cluster stops.
+    scratch: Mutex<Vec<tempfile::TempDir>>,
     pub(super) redis: Mutex<Option<crate::servers::local_redis::LocalRedis>>,
 }
 
@@ -112,6 +119,10 @@ impl DrillSession {
         let local = self.local.lock().unwrap().take();
         if let Some(mut cluster) = local {
             let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        }
+        let scratch = std::mem::take(&mut *self.scratch.lock().unwrap());
+        if !scratch.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || drop(scratch)).await;
         }
         let redis = self.redis.lock().unwrap().take();
         if let Some(r) = redis {
@@ -150,6 +161,7 @@ pub async fn run(
         plugins: opts.verifiers.iter().map(|p| p.version()).collect(),
         error: None,
         report: String::new(),
+        physical: None,
         signature: None,
     };
     tracing::info!(backup = %id, source = %source, "drill started");
@@ -294,6 +306,9 @@ async fn drill(
     let manifest = &backup.manifest;
     if let Some(entry) = &manifest.redis {
         return crate::jobs::drill::redis::drill(store, backup, entry, opts, session, report).await;
+    }
+    if let Some(entry) = &manifest.physical {
+        return physical::drill(store, backup, entry, opts, session, report).await;
     }
     let server = match &opts.target {
         DrillTarget::Server(url) => {

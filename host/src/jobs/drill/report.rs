@@ -46,6 +46,22 @@ pub struct DrilledDatabase {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhysicalDrill {
+    /// The moment recovery was asked to stop at (none: the archive's end).
+    pub target_time: Option<String>,
+    pub reached_lsn: String,
+    pub reached_time: Option<String>,
+    pub timeline: u32,
+    /// RTO, split: the base backup unpacked and checked, then WAL replayed.
+    pub unpack_seconds: f64,
+    pub replay_seconds: f64,
+    pub wal_bytes_replayed: u64,
+    /// Seconds since the newest WAL was archived when the drill started
+    /// (the real RPO of a physical source).
+    pub archive_lag_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillReport {
     pub format: String,
     pub backup_id: String,
@@ -70,6 +86,10 @@ pub struct DrillReport {
     /// Where the report is stored, relative to the store's root.
     #[serde(default)]
     pub report: String,
+    /// A physical backup's drill: the moment asked for and reached, the
+    /// restore time split, the WAL replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalDrill>,
     /// Always last: the manifest's signature scheme
     /// ([`crate::archive::signed`]), by the store's signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +208,7 @@ mod tests {
             plugins: vec![],
             error: Some("row count of public.t: 3, 4 at the backup".into()),
             report: format!("{src}/{id}/drills/19700101T000001Z.json"),
+            physical: None,
             signature: None,
         };
         let stored = report.to_bytes(&ours);

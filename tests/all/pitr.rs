@@ -1,0 +1,373 @@
+//! Point-in-time recovery: a physical base backup over the replication
+//! protocol, the WAL streamed into the archive while the source keeps
+//! writing, and restores to chosen moments, each proven by the rows present
+//! at exactly that moment; `wal verify` on a whole archive and on one with
+//! a hole; the streamer killed and restarted without a gap; a timeline
+//! switch followed.
+
+use crate::backup_restore::file_store;
+use crate::harness::{self, firedrill, firedrill_command, output_text, pg_bin, postgres_from};
+use firedrill::archive::{Store, StoreOptions};
+use firedrill::jobs::restore::physical::{self, PhysicalRestoreOptions, RecoveryTarget};
+use firedrill::jobs::wal::fetch::FetchServer;
+use firedrill::servers::local_pg::LocalCluster;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Starts `firedrill wal stream` of `url` into `store` as source `source`
+/// (a heartbeat every second, the segment in progress archived every two).
+fn start_streamer(store: &str, url: &str, source: &str) -> Child {
+    firedrill_command(
+        &[
+            "wal",
+            "stream",
+            "--database-url",
+            url,
+            "--source",
+            source,
+            "--heartbeat",
+            "1s",
+            "--partial-every",
+            "2s",
+        ],
+        &[("FIREDRILL_STORE", store.to_string())],
+    )
+    .env("RUST_LOG", "info")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// Stops a streamer as an operator (or systemd) does: SIGTERM, then it
+/// stores the segment in progress and exits 0.
+fn stop_streamer(child: Child) -> String {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let text = output_text(&o);
+    assert!(o.status.success(), "the streamer failed: {text}");
+    text
+}
+
+/// Waits until the source's slot is streaming (the streamer is connected).
+fn wait_streaming(client: &mut postgres::Client, slot: &str) {
+    let start = Instant::now();
+    loop {
+        let active: Option<bool> = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .unwrap()
+            .map(|r| r.get(0));
+        if active == Some(true) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the streamer never connected"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the streamer has received everything the server has
+/// written so far (what a stop then stores as the partial segment).
+fn wait_received(client: &mut postgres::Client) {
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let start = Instant::now();
+    loop {
+        let caught_up: Option<bool> = client
+            .query_opt(
+                "SELECT write_lsn >= $1::text::pg_lsn FROM pg_stat_replication WHERE application_name = 'firedrill'",
+                &[&target],
+            )
+            .unwrap()
+            .and_then(|r| r.get(0));
+        if caught_up == Some(true) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the streamer never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn physical_backup(store: &str, url: &str, source: &str) -> String {
+    let o = firedrill(
+        &[
+            "backup",
+            "--physical",
+            "--json",
+            "--database-url",
+            url,
+            "--source",
+            source,
+        ],
+        &[("FIREDRILL_STORE", store.to_string())],
+    );
+    assert!(
+        o.status.success(),
+        "physical backup failed: {}",
+        output_text(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Restores backup `id` of `source` to `target` in this process, keeping
+/// the promoted server running for the test to query.
+fn restore_to(
+    store_url: &str,
+    source: &str,
+    id: &str,
+    target: RecoveryTarget,
+) -> (physical::PhysicalRestoreSummary, LocalCluster) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Store::open(store_url, &StoreOptions::default()).unwrap();
+        let backup = firedrill::archive::open_backup(&store, source, id)
+            .await
+            .unwrap();
+        let system_id = backup.manifest.physical.as_ref().unwrap().system_id.clone();
+        let (_wal, restore_command) = FetchServer::for_restore(
+            &store,
+            source,
+            &system_id,
+            Path::new(env!("CARGO_BIN_EXE_firedrill")),
+        )
+        .unwrap();
+        let opts = PhysicalRestoreOptions {
+            data_dir: harness::tempdir("pitr-restore").join("data"),
+            force: false,
+            target,
+            restore_command: Some(restore_command),
+            env: vec![],
+            progress: Default::default(),
+            keep_running: true,
+        };
+        let (summary, cluster) = physical::run(&store, &backup, &opts)
+            .await
+            .unwrap_or_else(|e| panic!("restore to {:?} failed: {e}", opts.target));
+        (summary, cluster.expect("kept running"))
+    })
+}
+
+/// Rows per batch in the restored copy.
+fn batches(cluster: &LocalCluster) -> Vec<(i32, i64)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = cluster.url("postgres").connect().await.unwrap();
+        c.query(
+            "SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    })
+}
+
+fn insert_batch(client: &mut postgres::Client, batch: i32) {
+    client
+        .execute(
+            "INSERT INTO t (batch, payload) SELECT $1, md5(g::text) || repeat('x', 200) FROM generate_series(1, 1000) g",
+            &[&batch],
+        )
+        .unwrap();
+}
+
+/// A moment strictly between two writes: the server's clock, after the
+/// last commit, with a pause on either side.
+fn moment(client: &mut postgres::Client) -> String {
+    std::thread::sleep(Duration::from_millis(1100));
+    let t: String = client
+        .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'", &[])
+        .unwrap()
+        .get(0);
+    std::thread::sleep(Duration::from_millis(1100));
+    t
+}
+
+#[test]
+fn restores_to_three_moments_from_a_base_backup_and_streamed_wal() {
+    let pg = postgres_from(&pg_bin(15));
+    let url = pg.url("postgres");
+    let (store, _) = file_store();
+    let source = "pitr";
+    let mut client = pg.client("postgres");
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigserial PRIMARY KEY, batch int NOT NULL, payload text)",
+        )
+        .unwrap();
+    insert_batch(&mut client, 0);
+    let streamer = start_streamer(&store, &url, source);
+    wait_streaming(&mut client, "firedrill_pitr");
+    let id = physical_backup(&store, &url, source);
+
+    // Three moments, each after a batch; batches 1 and 2 end in switched
+    // (whole) segments, batches 3 and 4 only in the partial one.
+    let mut moments = vec![];
+    for batch in 1..=3 {
+        insert_batch(&mut client, batch);
+        if batch < 3 {
+            client.batch_execute("SELECT pg_switch_wal()").unwrap();
+        }
+        moments.push(moment(&mut client));
+    }
+    insert_batch(&mut client, 4);
+    wait_received(&mut client);
+    let said = stop_streamer(streamer);
+    assert!(said.contains("stopped at"), "{said}");
+
+    let o = firedrill(
+        &["wal", "verify", "--source", source, "--deep"],
+        &[("FIREDRILL_STORE", store.clone())],
+    );
+    assert!(o.status.success(), "wal verify: {}", output_text(&o));
+    assert!(output_text(&o).contains("is whole"), "{}", output_text(&o));
+
+    for (i, t) in moments.iter().enumerate() {
+        let (summary, cluster) = restore_to(&store, source, &id, RecoveryTarget::Time(t.clone()));
+        let want: Vec<(i32, i64)> = (0..=i as i32 + 1).map(|b| (b, 1000)).collect();
+        assert_eq!(
+            batches(&cluster),
+            want,
+            "restored to {t} (reached {} at {:?})",
+            summary.reached_lsn,
+            summary.reached_time
+        );
+    }
+    // As far as the archive goes: the partial segment's WAL too.
+    let (_, cluster) = restore_to(&store, source, &id, RecoveryTarget::Latest);
+    assert_eq!(
+        batches(&cluster),
+        (0..=4).map(|b| (b, 1000)).collect::<Vec<_>>()
+    );
+}
+
+/// The point-in-time drill on PostgreSQL 18: a random moment after the
+/// backup, the heartbeat found where it must be, amcheck clean.
+#[test]
+fn a_point_in_time_drill_passes_on_postgres_18() {
+    let bin = pg_bin(18);
+    let pg = postgres_from(&bin);
+    let url = pg.url("postgres");
+    let (store, _) = file_store();
+    let source = "pitr18";
+    let mut client = pg.client("postgres");
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigserial PRIMARY KEY, batch int NOT NULL, payload text)",
+        )
+        .unwrap();
+    insert_batch(&mut client, 0);
+    let streamer = start_streamer(&store, &url, source);
+    wait_streaming(&mut client, "firedrill_pitr18");
+    let id = physical_backup(&store, &url, source);
+    // Writes and heartbeats after the backup, long enough for the drill's
+    // window (a heartbeat each second, the partial segment every two).
+    for batch in 1..=6 {
+        insert_batch(&mut client, batch);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    wait_received(&mut client);
+    stop_streamer(streamer);
+    let o = firedrill(
+        &["drill", &id, "--json"],
+        &[
+            ("FIREDRILL_STORE", store.clone()),
+            ("FIREDRILL_PG_BIN", bin.display().to_string()),
+        ],
+    );
+    let text = output_text(&o);
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not a report ({e}): {text}"));
+    let status = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no check {name}: {text}"))
+    };
+    for check in ["wal.chain", "pitr.target", "pitr.heartbeat", "amcheck"] {
+        assert_eq!(status(check), "pass", "{check}: {text}");
+    }
+    assert_eq!(report["passed"], true, "{text}");
+    let physical = &report["physical"];
+    assert!(
+        physical["wal_bytes_replayed"].as_u64().unwrap() > 0,
+        "{text}"
+    );
+    assert!(physical["target_time"].is_string(), "{text}");
+}
+
+/// The CLI's way: `restore --data-dir` leaves a promoted, stopped data
+/// directory; the backup's own configuration is kept aside, never loaded.
+#[test]
+fn the_cli_restores_a_physical_backup_into_a_data_directory() {
+    let pg = postgres_from(&pg_bin(15));
+    let url = pg.url("postgres");
+    let (store, _) = file_store();
+    let mut client = pg.client("postgres");
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigserial PRIMARY KEY, batch int NOT NULL, payload text)",
+        )
+        .unwrap();
+    // A backup's own settings never load on restore: this one would stop
+    // any server that read it from starting.
+    client
+        .batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'not_a_library_anyone_has'")
+        .unwrap();
+    insert_batch(&mut client, 0);
+    let id = physical_backup(&store, &url, "cli");
+    let dir = harness::tempdir("pitr-cli").join("data");
+    let env = [("FIREDRILL_STORE", store.clone())];
+    let o = firedrill(
+        &[
+            "restore",
+            &id,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--immediate",
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("recovered to"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(dir.join("PG_VERSION").exists());
+    assert!(dir.join("postgresql.auto.conf.from-backup").exists());
+    // Never over a directory that holds something.
+    let again = firedrill(
+        &[
+            "restore",
+            &id,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--immediate",
+        ],
+        &env,
+    );
+    assert!(!again.status.success());
+    assert!(
+        output_text(&again).contains("--force"),
+        "{}",
+        output_text(&again)
+    );
+}
