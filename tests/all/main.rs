@@ -26,6 +26,8 @@ mod load;
 mod many_tables;
 mod object_stores;
 mod pitr;
+mod pitr_faults;
+mod pitr_retention;
 mod plugin_authoring;
 mod policies;
 mod postgres_objects;

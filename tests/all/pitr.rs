@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// Starts `firedrill wal stream` of `url` into `store` as source `source`
 /// (a heartbeat every second, the segment in progress archived every two).
-fn start_streamer(store: &str, url: &str, source: &str) -> Child {
+pub(crate) fn start_streamer(store: &str, url: &str, source: &str) -> Child {
     firedrill_command(
         &[
             "wal",
@@ -42,7 +42,7 @@ fn start_streamer(store: &str, url: &str, source: &str) -> Child {
 
 /// Stops a streamer as an operator (or systemd) does: SIGTERM, then it
 /// stores the segment in progress and exits 0.
-fn stop_streamer(child: Child) -> String {
+pub(crate) fn stop_streamer(child: Child) -> String {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait_with_output().unwrap();
     let text = output_text(&o);
@@ -51,7 +51,7 @@ fn stop_streamer(child: Child) -> String {
 }
 
 /// Waits until the source's slot is streaming (the streamer is connected).
-fn wait_streaming(client: &mut postgres::Client, slot: &str) {
+pub(crate) fn wait_streaming(client: &mut postgres::Client, slot: &str) {
     let start = Instant::now();
     loop {
         let active: Option<bool> = client
@@ -74,7 +74,7 @@ fn wait_streaming(client: &mut postgres::Client, slot: &str) {
 
 /// Waits until the streamer has received everything the server has
 /// written so far (what a stop then stores as the partial segment).
-fn wait_received(client: &mut postgres::Client) {
+pub(crate) fn wait_received(client: &mut postgres::Client) {
     let target: String = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .unwrap()
@@ -99,7 +99,7 @@ fn wait_received(client: &mut postgres::Client) {
     }
 }
 
-fn physical_backup(store: &str, url: &str, source: &str) -> String {
+pub(crate) fn physical_backup(store: &str, url: &str, source: &str) -> String {
     let o = firedrill(
         &[
             "backup",
@@ -123,7 +123,7 @@ fn physical_backup(store: &str, url: &str, source: &str) -> String {
 
 /// Restores backup `id` of `source` to `target` in this process, keeping
 /// the promoted server running for the test to query.
-fn restore_to(
+pub(crate) fn restore_to(
     store_url: &str,
     source: &str,
     id: &str,
@@ -160,7 +160,7 @@ fn restore_to(
 }
 
 /// Rows per batch in the restored copy.
-fn batches(cluster: &LocalCluster) -> Vec<(i32, i64)> {
+pub(crate) fn batches(cluster: &LocalCluster) -> Vec<(i32, i64)> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = cluster.url("postgres").connect().await.unwrap();
@@ -176,7 +176,7 @@ fn batches(cluster: &LocalCluster) -> Vec<(i32, i64)> {
     })
 }
 
-fn insert_batch(client: &mut postgres::Client, batch: i32) {
+pub(crate) fn insert_batch(client: &mut postgres::Client, batch: i32) {
     client
         .execute(
             "INSERT INTO t (batch, payload) SELECT $1, md5(g::text) || repeat('x', 200) FROM generate_series(1, 1000) g",
@@ -187,7 +187,7 @@ fn insert_batch(client: &mut postgres::Client, batch: i32) {
 
 /// A moment strictly between two writes: the server's clock, after the
 /// last commit, with a pause on either side.
-fn moment(client: &mut postgres::Client) -> String {
+pub(crate) fn moment(client: &mut postgres::Client) -> String {
     std::thread::sleep(Duration::from_millis(1100));
     let t: String = client
         .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'", &[])
@@ -370,4 +370,144 @@ fn the_cli_restores_a_physical_backup_into_a_data_directory() {
         "{}",
         output_text(&again)
     );
+}
+
+/// The archive_command route: the server pushes each completed segment
+/// with `firedrill wal push`, into the same archive layout; a restore to
+/// the archive's end has every row of the pushed segments.
+#[test]
+fn segments_pushed_by_archive_command_restore() {
+    let (store, store_dir) = file_store();
+    let source = "pushed";
+    // The server runs archive_command as its own user (postgres under root).
+    if unsafe { libc::geteuid() } == 0 {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&store_dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let archive_command = format!(
+        "archive_command='{} wal push %p --source {source} --store {store}'",
+        env!("CARGO_BIN_EXE_firedrill")
+    );
+    let cluster = LocalCluster::start_tcp_from(
+        &pg_bin(15),
+        harness::scratch(),
+        &["archive_mode=on", &archive_command],
+    )
+    .unwrap();
+    let url = cluster.url("postgres").secret_url().to_string();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigserial PRIMARY KEY, batch int NOT NULL, payload text)",
+        )
+        .unwrap();
+    let id = physical_backup(&store, &url, source);
+    for batch in 1..=2 {
+        insert_batch(&mut client, batch);
+    }
+    let last: String = client
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .unwrap()
+        .get(0);
+    client.batch_execute("SELECT pg_switch_wal()").unwrap();
+    let start = Instant::now();
+    loop {
+        let archived: Option<String> = client
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .unwrap()
+            .get(0);
+        let failed: Option<String> = client
+            .query_one("SELECT last_failed_wal FROM pg_stat_archiver", &[])
+            .unwrap()
+            .get(0);
+        assert!(failed.is_none(), "archive_command failed on {failed:?}");
+        if archived.as_deref() >= Some(last.as_str()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never archived {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = firedrill(
+        &["wal", "verify", "--source", source],
+        &[("FIREDRILL_STORE", store.clone())],
+    );
+    assert!(o.status.success(), "wal verify: {}", output_text(&o));
+    let (_, restored) = restore_to(&store, source, &id, RecoveryTarget::Latest);
+    assert_eq!(batches(&restored), vec![(1, 1000), (2, 1000)]);
+}
+
+/// The agent's way: a `kind = "physical"` source is streamed for the
+/// agent's lifetime (slot, heartbeat, metrics), backed up and drilled on
+/// schedule; SIGTERM stores the segment in progress and the archive is whole.
+#[test]
+fn an_agent_streams_backs_up_and_drills_a_physical_source() {
+    let pg = postgres_from(&pg_bin(15));
+    let (store, _) = file_store();
+    let port = harness::free_port();
+    let config = harness::tempdir("pitr-agent").join("firedrill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"{store}\"\n\
+             [[source]]\nname = \"phys\"\nkind = \"physical\"\nurls = [\"{}\"]\n\
+             backup = \"4s\"\ndrill = \"9s\"\nheartbeat = \"1s\"\nwal_partial_every = \"1s\"\n",
+            pg.url("postgres")
+        ),
+    )
+    .unwrap();
+    let child = harness::start_agent(&config, port, &[]);
+    let mut client = pg.client("postgres");
+    wait_streaming(&mut client, "firedrill_phys");
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigserial PRIMARY KEY, batch int NOT NULL, payload text)",
+        )
+        .unwrap();
+    for batch in 0..3 {
+        insert_batch(&mut client, batch);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Published every few seconds: the archive's end moves past zero.
+    let start = Instant::now();
+    loop {
+        let metrics = harness::http(port, "GET", "/metrics", &[], "").body;
+        let archived = metrics
+            .lines()
+            .find(|l| l.starts_with("firedrill_wal_archived_lsn{source=\"phys\"}"))
+            .map(str::to_string);
+        if archived.as_deref().is_some_and(|l| !l.ends_with(" 0")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no archived LSN in /metrics:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let o = harness::run_agent_for(child, 14);
+    let log = output_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{log}");
+    assert!(log.contains("physical backup done"), "{log}");
+    assert!(log.contains("drill passed"), "{log}");
+    assert!(log.contains("WAL streamer stopped"), "{log}");
+    let heartbeats: i64 = client
+        .query_one(
+            "SELECT count(*) FROM firedrill.heartbeat WHERE source = 'phys'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(heartbeats, 1);
+    let o = firedrill(
+        &["wal", "verify", "--source", "phys"],
+        &[("FIREDRILL_STORE", store.clone())],
+    );
+    assert!(o.status.success(), "wal verify: {}", output_text(&o));
 }

@@ -606,6 +606,7 @@ impl Agent {
                     max_deletions: req.max_deletions.unwrap_or(self.config.max_deletions),
                     dry_run: req.dry_run,
                     source: Some(source.name.clone()),
+                    pitr_window: self.config.pitr_window,
                 };
                 guard.check().await?;
                 let r = prune::run(&self.store, &opts).await?;

@@ -35,6 +35,10 @@ pub struct Args {
     /// (default: retention.max_deletions, 10).
     #[arg(long)]
     max_deletions: Option<usize>,
+    /// Physical sources: keep what recovery to any moment of this window
+    /// needs (default: retention.pitr_window, none).
+    #[arg(long, value_parser = firedrill::runtime::policy::parse_duration)]
+    pitr_window: Option<Duration>,
     #[arg(long)]
     json: bool,
 }
@@ -47,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.min_age = args.min_age.unwrap_or(config.min_age);
     config.abandon_after = args.abandon_after.unwrap_or(config.abandon_after);
     config.max_deletions = args.max_deletions.unwrap_or(config.max_deletions);
+    config.pitr_window = args.pitr_window.or(config.pitr_window);
     let shown = firedrill::archive::Store::open(&config.store_url, &config.store)?
         .display()
         .to_string();
@@ -66,6 +71,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(all) => {
                 all.decisions.extend(p.decisions);
                 all.deleted.extend(p.deleted);
+                all.wal.extend(p.wal);
+                all.wal_deleted.extend(p.wal_deleted);
             }
         }
     }
@@ -73,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.json {
             println!(
                 "{}",
-                serde_json::json!({"dry_run": args.dry_run, "decisions": [], "deleted": []})
+                serde_json::json!({"dry_run": args.dry_run, "decisions": [], "deleted": [], "wal": [], "wal_deleted": []})
             );
         } else {
             println!("{shown}: no backups");
@@ -105,5 +112,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         report.decisions.iter().filter(|d| d.delete).count(),
         report.decisions.len()
     );
+    for w in &report.wal {
+        println!(
+            "{}: WAL: {} {} objects below {}{}",
+            w.source,
+            if report.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
+            w.segments.len(),
+            w.keep_from.as_deref().unwrap_or("-"),
+            w.note
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,9 @@ pub enum Command {
     /// restore_command: copy WAL file %f of the archive to %p, verified
     /// (exit 1: not in the archive; 126: refused, which stops recovery).
     Fetch(FetchArgs),
+    /// archive_command: store WAL file %p in the archive (the route for
+    /// servers a replication connection cannot reach); exit 0 once stored.
+    Push(PushArgs),
     /// Check that a source's WAL archive is whole: gaps per timeline named,
     /// and whether each physical backup is continued without one.
     Verify(VerifyArgs),
@@ -71,6 +74,19 @@ pub struct FetchArgs {
 }
 
 #[derive(clap::Args)]
+pub struct PushArgs {
+    /// The WAL file to store (%p).
+    file: PathBuf,
+    /// The source whose archive it goes into.
+    #[arg(long)]
+    source: String,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    compression_level: i32,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(clap::Args)]
 pub struct VerifyArgs {
     #[arg(long)]
     source: String,
@@ -87,6 +103,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Stream(a) => stream(a),
         Command::Fetch(a) => fetch_one(a),
+        Command::Push(a) => push(a),
         Command::Verify(a) => verify(a),
     }
 }
@@ -234,6 +251,25 @@ fn fetch_one(args: FetchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("firedrill wal fetch: {message}");
     }
     Ok(ExitCode::from(code as u8))
+}
+
+fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    firedrill::config::check_source_name(&args.source)
+        .map_err(|m| anyhow::anyhow!("--source {m}"))?;
+    let store = args.store.open()?;
+    let pushed = super::runtime(2)?.block_on(firedrill::jobs::wal::push::push(
+        &store,
+        &args.source,
+        &args.file,
+        args.compression_level,
+    ))?;
+    if pushed == firedrill::jobs::wal::push::Pushed::AlreadyThere {
+        eprintln!(
+            "firedrill wal push: {} is already archived",
+            args.file.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {

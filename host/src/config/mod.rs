@@ -47,6 +47,7 @@
 //! [retention]
 //! min_age = "1h"
 //! max_deletions = 10
+//! pitr_window = "7d"                 # physical sources: recovery to any moment of the last 7 days
 //!
 //! [[source]]
 //! name = "app"
@@ -181,6 +182,9 @@ pub struct Config {
     pub min_age: Duration,
     pub abandon_after: Duration,
     pub max_deletions: usize,
+    /// Physical sources: keep what recovery to any moment of this window
+    /// before now needs (its base backup and its WAL).
+    pub pitr_window: Option<Duration>,
     /// Prune by age with the built-in policy (BACKUP_RETENTION_DAYS).
     pub retention_days: Option<u32>,
     /// Locks, quota and events; single-node when `redis_url` is none.

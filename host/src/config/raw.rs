@@ -103,6 +103,7 @@ pub(super) struct RawRetention {
     pub(super) abandon_after: Option<String>,
     pub(super) max_deletions: Option<usize>,
     pub(super) days: Option<u32>,
+    pub(super) pitr_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

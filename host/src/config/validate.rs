@@ -321,6 +321,11 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
             humantime::parse_duration(DEFAULT_ABANDON_AFTER).expect("a duration"),
         )?,
         max_deletions: raw.retention.max_deletions.unwrap_or(DEFAULT_MAX_DELETIONS),
+        pitr_window: raw
+            .retention
+            .pitr_window
+            .map(|w| duration("retention.pitr_window", Some(w), Duration::ZERO))
+            .transpose()?,
         retention_days: raw.retention.days,
         coordination,
         audit_log: raw.api.audit_log,

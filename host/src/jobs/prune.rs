@@ -7,6 +7,13 @@
 //! A deletion removes the manifest first, so a half-deleted backup is never
 //! listed as complete.
 //!
+//! Physical backups: the plugin sees them with the WAL each needs in its
+//! labels (`kind=physical`, `timeline`, `start_lsn`, `start_segment`,
+//! `end_timeline`, `end_lsn`; logical backups have none). With a pitr
+//! window, the physical backup recovery to the window's start begins from
+//! is kept whatever the plugin says. After the backups, the WAL no kept
+//! physical backup can replay goes (see [`crate::jobs::wal::prune`]).
+//!
 //! With keys trusted, the plan is made from what they vouch for only
 //! ([`arch::list_backups`]): a backup whose manifest is unsigned or badly
 //! signed is neither shown to the plugin nor deleted (a planted one is
@@ -14,13 +21,16 @@
 //! and a drill report that is not signed by a trusted key does not make a
 //! backup "drilled and passed" for the guard.
 
+use super::wal::prune::{self as wal_prune, Oldest, WalPrune};
 use super::JobError;
+use crate::archive::manifest::PhysicalEntry;
+use crate::archive::wal::Segment;
 use crate::archive::{self as arch, manifest, Listing, Store};
 use crate::caps::types::{Action, BackupInfo, BackupKind, DrillStatus};
 use crate::caps::CallContext;
 use crate::runtime::Plugin;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +41,16 @@ pub struct PruneOptions {
     pub min_age: Duration,
     /// An incomplete backup older than this is a leftover of an interrupted run.
     pub abandon_after: Duration,
+    /// Backups deleted per run, at most; WAL segments do not count (they go
+    /// only below a backup that is kept, however many there are).
     pub max_deletions: usize,
     pub dry_run: bool,
     /// Only this source's backups (all sources when none).
     pub source: Option<String>,
+    /// Physical sources: per source, the physical backup that recovery to
+    /// the start of this window before now begins from is never deleted,
+    /// and no WAL archived inside the window is.
+    pub pitr_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,16 +70,33 @@ pub struct PruneReport {
     pub dry_run: bool,
     pub decisions: Vec<Decision>,
     pub deleted: Vec<String>,
+    /// Per source with a WAL archive: what of it goes (in a dry run, would go).
+    pub wal: Vec<WalPrune>,
+    /// WAL objects deleted (paths in the store; none in a dry run).
+    pub wal_deleted: Vec<String>,
 }
 
 #[tracing::instrument(name = "prune", skip_all, fields(source = opts.source.as_deref().unwrap_or("")))]
 pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobError> {
+    let pitr_window = opts.pitr_window;
     let mut listings = arch::list_backups(store).await?;
     if let Some(src) = &opts.source {
         listings.retain(|l| &l.source == src);
     }
     let now = manifest::unix_now();
-    let infos: Vec<BackupInfo> = listings.iter().map(info).collect();
+    // Which complete backups are physical, where in the WAL they start, and
+    // when they finished: from their manifests, which the listing checked.
+    let mut physical: HashMap<(String, String), (PhysicalEntry, i64)> = HashMap::new();
+    for l in listings.iter().filter(|l| l.complete) {
+        let (m, _) = arch::verified_manifest(store, &l.source, &l.id).await?;
+        if let Some(p) = m.physical {
+            physical.insert(key(l), (p, m.timings.finished));
+        }
+    }
+    let infos: Vec<BackupInfo> = listings
+        .iter()
+        .map(|l| info(l, physical.get(&key(l)).map(|(p, _)| p)))
+        .collect();
     let plugin = opts.policy.clone();
     let proposed = tokio::task::spawn_blocking(move || {
         plugin.plan_retention(&CallContext::default(), &infos, now)
@@ -86,6 +119,9 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
     {
         proven.insert(&l.source, &l.id);
     }
+    let anchors = pitr_window
+        .map(|w| window_anchors(&listings, &physical, now, w))
+        .unwrap_or_default();
     let mut decisions = Vec::new();
     let mut deletions = 0;
     for l in &listings {
@@ -93,6 +129,7 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
         let (action, reason) = said
             .remove(&l.id)
             .unwrap_or((Action::Keep, "the plugin did not decide: kept".into()));
+        let anchor = anchors.get(l.source.as_str()).filter(|(id, _)| *id == l.id);
         let guard = if !l.complete {
             (age < opts.abandon_after.as_secs()).then(|| {
                 format!(
@@ -104,6 +141,8 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
             None
         } else if proven.get(l.source.as_str()) == Some(&l.id.as_str()) {
             Some("guard: the newest backup of this source that passed a drill".into())
+        } else if let Some((_, why)) = anchor {
+            Some(why.clone())
         } else if age < opts.min_age.as_secs() {
             Some(format!(
                 "guard: younger than the minimum age of {}",
@@ -149,15 +188,132 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
             deleted.push(d.id.clone());
         }
     }
+    // The WAL, once the backups that needed it are gone. Its failures are
+    // noted, not raised: the backups' deletions above stand and must be
+    // reported, and the WAL is tried again at the next prune.
+    let going: BTreeSet<(&str, &str)> = decisions
+        .iter()
+        .filter(|d| d.delete)
+        .map(|d| (d.source.as_str(), d.id.as_str()))
+        .collect();
+    let mut sources: BTreeSet<&str> = listings.iter().map(|l| l.source.as_str()).collect();
+    sources.extend(opts.source.as_deref());
+    let archived_before = pitr_window.map(|w| now.saturating_sub(w.as_secs() as i64));
+    let mut wal = Vec::new();
+    let mut wal_deleted = Vec::new();
+    for source in sources {
+        let kept = |l: &&Listing| l.source == source && !going.contains(&(source, l.id.as_str()));
+        let oldest = listings
+            .iter()
+            .filter(kept)
+            .filter_map(|l| physical.get(&key(l)).map(|(p, _)| (l, p)))
+            .min_by_key(|(l, p)| (p.timeline, p.start_lsn, l.created));
+        let bound = match oldest {
+            None => Err("no physical backup of this source is kept: its WAL is kept whole (nothing could be restored from it, but deleting it on a configuration mistake would be worse; delete it by hand if the source is gone)".to_string()),
+            Some((o, p)) => {
+                // A backup without its manifest yet, begun no later than the
+                // oldest kept one, may be a base backup in progress whose
+                // start (not written down yet) lies below.
+                match listings
+                    .iter()
+                    .filter(kept)
+                    .find(|l| !l.complete && l.created <= o.created)
+                {
+                    Some(busy) => Err(format!(
+                        "backup {} is incomplete and may be a base backup in progress: the WAL is kept until it is done",
+                        busy.id
+                    )),
+                    None => Ok(Oldest {
+                        id: &o.id,
+                        physical: p,
+                    }),
+                }
+            }
+        };
+        let planned = match wal_prune::plan(store, source, bound, archived_before).await {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(source, error = %e, "the WAL archive was not pruned");
+                wal.push(WalPrune::failed(source, format!("not pruned: {e}")));
+                continue;
+            }
+        };
+        if !opts.dry_run {
+            if let Err(e) = wal_prune::apply(store, &planned, &mut wal_deleted).await {
+                tracing::warn!(source, error = %e, "the WAL archive was pruned only in part");
+                let mut planned = planned;
+                planned.note = Some(format!("pruned only in part: {e}"));
+                wal.push(planned);
+                continue;
+            }
+        }
+        wal.push(planned);
+    }
     Ok(PruneReport {
         policy: opts.policy.version(),
         dry_run: opts.dry_run,
         decisions,
         deleted,
+        wal,
+        wal_deleted,
     })
 }
 
-fn info(l: &Listing) -> BackupInfo {
+fn key(l: &Listing) -> (String, String) {
+    (l.source.clone(), l.id.clone())
+}
+
+/// Per source, the physical backup recovery to the pitr window's start
+/// begins from, and the guard's reason: the newest one finished before the
+/// window starts (its end, not its start: recovery reaches a consistent
+/// state only there); while the window reaches back past all of them, the
+/// oldest one (the earliest moment of the window that can be reached).
+fn window_anchors<'a>(
+    listings: &'a [Listing],
+    physical: &HashMap<(String, String), (PhysicalEntry, i64)>,
+    now: i64,
+    window: Duration,
+) -> HashMap<&'a str, (&'a str, String)> {
+    let start = now.saturating_sub(window.as_secs() as i64);
+    let shown = humantime::format_duration(window);
+    let mut before: HashMap<&str, &str> = HashMap::new();
+    let mut oldest: HashMap<&str, &str> = HashMap::new();
+    // Oldest first.
+    for l in listings.iter().filter(|l| l.complete) {
+        let Some((_, finished)) = physical.get(&key(l)) else {
+            continue;
+        };
+        oldest.entry(&l.source).or_insert(&l.id);
+        if *finished <= start {
+            before.insert(&l.source, &l.id);
+        }
+    }
+    oldest
+        .into_iter()
+        .map(|(source, first)| match before.get(source) {
+            Some(id) => (
+                source,
+                (
+                    *id,
+                    format!("guard: the newest physical backup finished before the pitr window of {shown} starts: recovery to the window's start begins from it"),
+                ),
+            ),
+            None => (
+                source,
+                (
+                    first,
+                    format!("guard: the oldest physical backup, and the pitr window of {shown} reaches back before it: recovery to the window's earliest moment begins from it"),
+                ),
+            ),
+        })
+        .collect()
+}
+
+/// What the plugin sees of a backup. A physical one carries the WAL it needs
+/// in its labels (the WIT record has no place for it within 0.1.x); a
+/// logical one has none.
+fn info(l: &Listing, physical: Option<&PhysicalEntry>) -> BackupInfo {
     BackupInfo {
         id: l.id.clone(),
         source: l.source.clone(),
@@ -171,8 +327,25 @@ fn info(l: &Listing) -> BackupInfo {
             Some(_) => DrillStatus::Failed,
         },
         last_drill: None,
-        labels: vec![],
+        labels: physical.map(physical_labels).unwrap_or_default(),
     }
+}
+
+fn physical_labels(p: &PhysicalEntry) -> Vec<(String, String)> {
+    let mut labels = vec![
+        ("kind".to_string(), "physical".to_string()),
+        ("timeline".into(), p.timeline.to_string()),
+        ("start_lsn".into(), p.start_lsn.to_string()),
+    ];
+    if let Ok(size) = crate::archive::wal::check_segment_size(p.segment_size) {
+        labels.push((
+            "start_segment".into(),
+            Segment::of(p.timeline, p.start_lsn, size).file_name(size),
+        ));
+    }
+    labels.push(("end_timeline".into(), p.end_timeline.to_string()));
+    labels.push(("end_lsn".into(), p.end_lsn.to_string()));
+    labels
 }
 
 /// The manifest first: from then on the backup is no longer listed as complete.
@@ -183,4 +356,74 @@ pub async fn delete_backup(store: &Store, source: &str, id: &str) -> Result<(), 
         .await?;
     store.delete_all(&dir).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::wal::Lsn;
+
+    fn listing(id: &str, created: i64) -> Listing {
+        Listing {
+            id: id.into(),
+            source: "s".into(),
+            created,
+            complete: true,
+            size: 1,
+            databases: vec![],
+            tables: 0,
+            seconds: None,
+            signed_by: None,
+            last_drill: None,
+        }
+    }
+
+    fn physical(start: u64) -> PhysicalEntry {
+        PhysicalEntry {
+            system_id: "7".into(),
+            timeline: 2,
+            start_lsn: Lsn(start),
+            end_lsn: Lsn(start + 0x100),
+            end_timeline: 2,
+            segment_size: crate::archive::wal::DEFAULT_SEGMENT_SIZE,
+            superuser: "postgres".into(),
+            wal_included: false,
+            archives: vec![],
+            backup_manifest: None,
+        }
+    }
+
+    #[test]
+    fn physical_backups_carry_their_wal_in_labels_logical_ones_nothing() {
+        let l = listing("a", 0);
+        assert!(info(&l, None).labels.is_empty());
+        let labels = info(&l, Some(&physical(0x3_0000_0028))).labels;
+        let get = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("kind"), Some("physical"));
+        assert_eq!(get("timeline"), Some("2"));
+        assert_eq!(get("start_lsn"), Some("3/28"));
+        assert_eq!(get("start_segment"), Some("000000020000000300000000"));
+        assert_eq!(get("end_lsn"), Some("3/128"));
+    }
+
+    #[test]
+    fn the_window_keeps_the_newest_backup_finished_before_it_or_else_the_oldest() {
+        let listings = vec![listing("a", 100), listing("b", 200), listing("c", 300)];
+        let mut phys = HashMap::new();
+        for (l, finished) in listings.iter().zip([110, 210, 310]) {
+            phys.insert(key(l), (physical(0), finished));
+        }
+        let day = Duration::from_secs(1000);
+        // The window starts at 250: b finished before it, c after.
+        let a = window_anchors(&listings, &phys, 1250, day);
+        assert_eq!(a["s"].0, "b");
+        assert!(a["s"].1.contains("finished before the pitr window"));
+        // b started before 205 but finished after it: a it is.
+        let a = window_anchors(&listings, &phys, 1205, day);
+        assert_eq!(a["s"].0, "a");
+        // The window reaches back past all of them.
+        let a = window_anchors(&listings, &phys, 1050, day);
+        assert_eq!(a["s"].0, "a");
+        assert!(a["s"].1.contains("reaches back before it"));
+    }
 }

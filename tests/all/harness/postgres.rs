@@ -100,6 +100,18 @@ impl Drop for PostgresFrom {
     }
 }
 
+impl PostgresFrom {
+    /// Stops the server at once (a crash) and starts it again on the same
+    /// data and port: crash recovery runs.
+    pub fn restart(&mut self) {
+        not_at_exit(self._cluster.pid());
+        self._cluster
+            .restart()
+            .unwrap_or_else(|e| panic!("restarting PostgreSQL: {e}"));
+        stop_at_exit(self._cluster.pid(), libc::SIGQUIT);
+    }
+}
+
 impl std::ops::Deref for PostgresFrom {
     type Target = Postgres;
     fn deref(&self) -> &Postgres {

@@ -789,8 +789,13 @@ fn configure(data_dir: &Path, s: &Settings) -> Result<(), JobError> {
         )),
     }
     write_new(&data_dir.join("postgresql.conf"), &conf)?;
-    // Only firedrill reaches the socket: its directory is private.
-    write_new(&data_dir.join("pg_hba.conf"), "local all all trust\n")?;
+    // Only firedrill reaches the socket: its directory is private. A kept
+    // copy (promoted, on a new timeline) may be streamed into the archive,
+    // which takes a replication connection ("all" does not match those).
+    write_new(
+        &data_dir.join("pg_hba.conf"),
+        "local all all trust\nlocal replication all trust\n",
+    )?;
     write_new(&data_dir.join("pg_ident.conf"), "")?;
     write_new(&data_dir.join("recovery.signal"), "")?;
     Ok(())
@@ -1219,7 +1224,7 @@ mod end_to_end {
         assert!(!marker.exists(), "the backup's restore_command ran");
         assert_eq!(
             std::fs::read_to_string(data.join("pg_hba.conf")).unwrap(),
-            "local all all trust\n"
+            "local all all trust\nlocal replication all trust\n"
         );
         let client = cluster
             .url_as("postgres", "postgres")

@@ -70,7 +70,10 @@ pub async fn fetch(
             let object = format!("{}{name}", wal::wal_dir(source));
             match wal::get(store, &object, HISTORY_MAX).await {
                 Ok((record, data)) => {
-                    check_record(&record, source, &name, system_id)?;
+                    // `wal push` cannot tell a history file's system (the
+                    // file does not say); the streamer records it.
+                    let system = system_id.filter(|_| !record.system_id.is_empty());
+                    check_record(&record, source, &name, system)?;
                     Ok(Some(data))
                 }
                 Err(ArchiveError::Missing { .. }) => Ok(None),

@@ -1,9 +1,12 @@
 //! The WAL archive of physical sources: continuous archiving over the
 //! replication protocol (`stream`), WAL handed back to a recovering server
-//! (`fetch`), and the check that the archive is whole (`verify`). The
+//! (`fetch`), the `archive_command` route into the same archive (`push`),
+//! and the check that the archive is whole (`verify`). The
 //! layout and the object format are `archive::wal`'s.
 
 pub mod fetch;
+pub mod prune;
+pub mod push;
 pub mod stream;
 pub mod verify;
 

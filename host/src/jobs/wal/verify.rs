@@ -136,6 +136,15 @@ pub async fn verify(
             if deep {
                 let object = format!("{}{name}", wal::timeline_dir(source, *tli));
                 match wal::get(store, &object, size).await {
+                    // What restore's fetch refuses, verify must not call whole.
+                    Ok((r, _))
+                        if r.source != source || r.segment != **name || r.timeline != *tli =>
+                    {
+                        report.problems.push(format!(
+                            "{object}: its record names {} of source {} on timeline {}: a record copied from elsewhere",
+                            r.segment, r.source, r.timeline
+                        ))
+                    }
                     Ok(_) => report.checked += 1,
                     Err(e) => report.problems.push(e.to_string()),
                 }

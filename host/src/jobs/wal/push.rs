@@ -1,0 +1,114 @@
+//! `firedrill wal push %p`: the `archive_command` route into the same
+//! archive the streamer writes, for operators who prefer it (or whose
+//! servers cannot be reached by a replication connection). PostgreSQL
+//! runs it on the database host for each completed segment and each
+//! timeline history file; exit 0 tells it the file is safely stored.
+//!
+//! Invariants: a segment is stored only after its first page says which
+//! database system and position it holds (never a file of another
+//! cluster under this source); a segment already in the archive with other
+//! content is never overwritten (PostgreSQL's rule for archive_command: two
+//! different files of one name mean two clusters share an archive).
+
+use crate::archive::manifest::unix_now;
+use crate::archive::wal::{self, Lsn, Segment, SegmentRecord, SEGMENT_FORMAT};
+use crate::archive::{ArchiveError, Store};
+use crate::jobs::JobError;
+use std::path::Path;
+
+/// What a push did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Stored,
+    /// The archive already holds exactly this file.
+    AlreadyThere,
+}
+
+pub async fn push(
+    store: &Store,
+    source: &str,
+    file: &Path,
+    level: i32,
+) -> Result<Pushed, JobError> {
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| JobError::Config(format!("{}: not a WAL file name", file.display())))?;
+    let data = std::fs::read(file)
+        .map_err(|e| JobError::Config(format!("cannot read {}: {e}", file.display())))?;
+    let (object, record) = if let Some(tli) = wal::parse_history_name(name) {
+        let record = SegmentRecord {
+            format: SEGMENT_FORMAT.into(),
+            source: source.into(),
+            system_id: String::new(),
+            timeline: tli,
+            segment: name.into(),
+            segment_size: 0,
+            start: Lsn(0),
+            end: Lsn(0),
+            partial: false,
+            size: 0,
+            sha256: String::new(),
+            encoding: String::new(),
+            fencing_token: None,
+            heartbeat_seconds: None,
+            archived_at: unix_now(),
+            signature: None,
+        };
+        (wal::history_path(source, tli), record)
+    } else {
+        let size = wal::check_segment_size(data.len() as u64).map_err(|e| {
+            JobError::Config(format!(
+                "{}: {} bytes is not a whole WAL segment ({e})",
+                file.display(),
+                data.len()
+            ))
+        })?;
+        let seg = Segment::parse(name, size).ok_or_else(|| {
+            JobError::Config(format!(
+                "{}: {name:?} is neither a WAL segment nor a history file name",
+                file.display()
+            ))
+        })?;
+        if data.len() < 32 {
+            return Err(JobError::Config(format!("{}: too short", file.display())));
+        }
+        let system_id = u64::from_le_bytes(data[24..32].try_into().expect("8 bytes")).to_string();
+        wal::check_segment_header(&data, seg.start(size), &system_id, size)
+            .map_err(|e| JobError::Config(format!("{}: {e}", file.display())))?;
+        let record = SegmentRecord {
+            format: SEGMENT_FORMAT.into(),
+            source: source.into(),
+            system_id,
+            timeline: seg.timeline,
+            segment: name.into(),
+            segment_size: size,
+            start: seg.start(size),
+            end: seg.end(size),
+            partial: false,
+            size: 0,
+            sha256: String::new(),
+            encoding: String::new(),
+            fencing_token: None,
+            heartbeat_seconds: None,
+            archived_at: unix_now(),
+            signature: None,
+        };
+        (wal::segment_path(source, &seg, size, false), record)
+    };
+    match wal::get(store, &object, data.len() as u64).await {
+        Ok((_, stored)) if stored == data => return Ok(Pushed::AlreadyThere),
+        Ok(_) => {
+            return Err(JobError::Config(format!(
+                "{object} is already in the archive with other content: two clusters archive into source {source}? (nothing was overwritten)"
+            )))
+        }
+        Err(ArchiveError::Missing { .. }) => {}
+        // An unreadable leftover (an interrupted push: object without its
+        // record) is replaced.
+        Err(ArchiveError::Corrupt { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    wal::put(store, &object, &data, level, record).await?;
+    Ok(Pushed::Stored)
+}
