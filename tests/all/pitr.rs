@@ -379,7 +379,10 @@ fn the_cli_restores_a_physical_backup_into_a_data_directory() {
 fn segments_pushed_by_archive_command_restore() {
     let (store, store_dir) = file_store();
     let source = "pushed";
-    // The server runs archive_command as its own user (postgres under root).
+    // The server runs archive_command as its own user (postgres under
+    // root); the backups this test takes as root share the store.
+    std::fs::create_dir_all(store_dir.join(source).join("wal")).unwrap();
+    std::fs::create_dir_all(store_dir.join(".firedrill-tmp")).unwrap();
     if unsafe { libc::geteuid() } == 0 {
         let status = std::process::Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -389,7 +392,8 @@ fn segments_pushed_by_archive_command_restore() {
         assert!(status.success());
     }
     let archive_command = format!(
-        "archive_command='{} wal push %p --source {source} --store {store}'",
+        // A `-c` value is taken as it is: no quotes around it.
+        "archive_command={} wal push %p --source {source} --store {store}",
         env!("CARGO_BIN_EXE_firedrill")
     );
     let cluster = LocalCluster::start_tcp_from(
@@ -424,7 +428,11 @@ fn segments_pushed_by_archive_command_restore() {
             .query_one("SELECT last_failed_wal FROM pg_stat_archiver", &[])
             .unwrap()
             .get(0);
-        assert!(failed.is_none(), "archive_command failed on {failed:?}");
+        assert!(
+            failed.is_none(),
+            "archive_command failed on {failed:?}: {}",
+            std::fs::read_to_string(cluster.dir().join("postgres.log")).unwrap_or_default()
+        );
         if archived.as_deref() >= Some(last.as_str()) {
             break;
         }

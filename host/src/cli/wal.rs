@@ -263,11 +263,16 @@ fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         &args.file,
         args.compression_level,
     ))?;
-    if pushed == firedrill::jobs::wal::push::Pushed::AlreadyThere {
-        eprintln!(
-            "firedrill wal push: {} is already archived",
+    use firedrill::jobs::wal::push::Pushed;
+    match pushed {
+        Pushed::Stored => {}
+        Pushed::AlreadyThere => {
+            eprintln!("firedrill wal push: {} is already archived", args.file.display())
+        }
+        Pushed::NotNeeded => eprintln!(
+            "firedrill wal push: {} is a backup history file, which recovery does not read: not stored",
             args.file.display()
-        );
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

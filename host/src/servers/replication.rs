@@ -918,7 +918,10 @@ impl ReplicationConn {
                 s.push_str(" FAST");
             }
             if opts.wal {
-                s.push_str(" WAL");
+                // With its WAL inside, the backup is whole without the
+                // archive: never wait for archive_command (as pg_basebackup
+                // -X does), which may be slow, failing, or firedrill itself.
+                s.push_str(" WAL NOWAIT");
             }
             if let Some(r) = opts.max_rate_kib {
                 s.push_str(&format!(" MAX_RATE {r}"));
@@ -942,7 +945,7 @@ impl ReplicationConn {
                     }
                 ),
                 format!("WAL {}", opts.wal),
-                "WAIT true".to_string(),
+                format!("WAIT {}", !opts.wal),
                 format!("MANIFEST '{}'", if opts.manifest { "yes" } else { "no" }),
             ];
             if let Some(r) = opts.max_rate_kib {

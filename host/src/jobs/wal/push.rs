@@ -22,6 +22,9 @@ pub enum Pushed {
     Stored,
     /// The archive already holds exactly this file.
     AlreadyThere,
+    /// A backup history file (`<segment>.<offset>.backup`): recovery never
+    /// reads one; firedrill's manifests hold what it says.
+    NotNeeded,
 }
 
 pub async fn push(
@@ -34,6 +37,15 @@ pub async fn push(
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| JobError::Config(format!("{}: not a WAL file name", file.display())))?;
+    if is_backup_history(name) {
+        return Ok(Pushed::NotNeeded);
+    }
+    // A server that was promoted archives its old timeline's last segment
+    // as `<segment>.partial` (whole size, zeros after the switch).
+    let (name, partial) = match name.strip_suffix(".partial") {
+        Some(base) => (base, true),
+        None => (name, false),
+    };
     let data = std::fs::read(file)
         .map_err(|e| JobError::Config(format!("cannot read {}: {e}", file.display())))?;
     let (object, record) = if let Some(tli) = wal::parse_history_name(name) {
@@ -85,7 +97,7 @@ pub async fn push(
             segment_size: size,
             start: seg.start(size),
             end: seg.end(size),
-            partial: false,
+            partial,
             size: 0,
             sha256: String::new(),
             encoding: String::new(),
@@ -94,7 +106,7 @@ pub async fn push(
             archived_at: unix_now(),
             signature: None,
         };
-        (wal::segment_path(source, &seg, size, false), record)
+        (wal::segment_path(source, &seg, size, partial), record)
     };
     match wal::get(store, &object, data.len() as u64).await {
         Ok((_, stored)) if stored == data => return Ok(Pushed::AlreadyThere),
@@ -111,4 +123,28 @@ pub async fn push(
     }
     wal::put(store, &object, &data, level, record).await?;
     Ok(Pushed::Stored)
+}
+
+/// `000000010000000000000002.00000028.backup`.
+fn is_backup_history(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".backup") else {
+        return false;
+    };
+    let Some((seg, offset)) = stem.split_once('.') else {
+        return false;
+    };
+    seg.len() == 24 && offset.len() == 8 && stem.bytes().all(|b| b == b'.' || b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backup_history_files_are_told_apart() {
+        assert!(super::is_backup_history(
+            "000000010000000000000002.00000028.backup"
+        ));
+        assert!(!super::is_backup_history("000000010000000000000002"));
+        assert!(!super::is_backup_history("x.backup"));
+        assert!(!super::is_backup_history("00000002.history"));
+    }
 }
