@@ -283,9 +283,9 @@ fn a_streamer_killed_and_a_server_crashed_leave_no_gap() {
 
     let mut rng = Rng::new();
     let mut said = vec![];
-    for round in 0..10 {
+    for round in 0..20 {
         std::thread::sleep(rng.millis(200, 2000));
-        if round == 5 {
+        if round == 10 {
             // The server crashes under a streaming streamer, which must
             // find it again by itself.
             pg.restart();

@@ -58,7 +58,11 @@ impl Agent {
             stop,
             status: status.clone(),
         };
-        let publisher = tokio::spawn(publish(source.name.clone(), status));
+        let publisher = tokio::spawn(publish(
+            source.name.clone(),
+            status,
+            source.wal_warn_retained,
+        ));
         // Only the lease holder beats: one writer per source.
         let heart = source
             .heartbeat
@@ -102,10 +106,11 @@ impl Agent {
     }
 }
 
-async fn publish(source: String, status: Arc<StreamStatus>) {
+async fn publish(source: String, status: Arc<StreamStatus>, warn_at: u64) {
     let m = metrics::global();
     let labels = [("source", source.as_str())];
     let mut segments = 0;
+    let mut warned = false;
     loop {
         tokio::time::sleep(PUBLISH_EVERY).await;
         let archived = status.archived_lsn.load(Ordering::Relaxed);
@@ -113,6 +118,13 @@ async fn publish(source: String, status: Arc<StreamStatus>) {
         let pending = status.lag_bytes();
         m.set(metrics::WAL_ARCHIVED_LSN, &labels, archived as f64);
         m.set(metrics::WAL_PENDING, &labels, pending as f64);
+        if pending > warn_at && !warned {
+            tracing::warn!(source = %source, pending, "the server holds {pending} bytes of WAL the archive does not have yet (more than wal_warn_retained): the store is slow or unreachable, or the streamer falls behind; the slot keeps it on the server's disk");
+            warned = true;
+        } else if pending <= warn_at / 2 && warned {
+            tracing::info!(source = %source, pending, "the archive has caught up with the server's WAL");
+            warned = false;
+        }
         let lag = if pending == 0 || at == 0 {
             0.0
         } else {

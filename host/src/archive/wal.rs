@@ -207,6 +207,60 @@ pub struct SegmentRecord {
 
 pub const SEGMENT_FORMAT: &str = "firedrill-wal-1";
 
+impl SegmentRecord {
+    /// The record of the WAL of `seg` from its start to `end` (its end,
+    /// or less for a partial one); size, checksum and encoding are filled
+    /// in by [`put`], the writer's token and heartbeat by the caller.
+    pub fn segment(
+        source: &str,
+        system_id: &str,
+        seg: &Segment,
+        size: u64,
+        end: Lsn,
+    ) -> SegmentRecord {
+        SegmentRecord {
+            format: SEGMENT_FORMAT.into(),
+            source: source.into(),
+            system_id: system_id.into(),
+            timeline: seg.timeline,
+            segment: seg.file_name(size),
+            segment_size: size,
+            start: seg.start(size),
+            end,
+            partial: end < seg.end(size),
+            size: 0,
+            sha256: String::new(),
+            encoding: String::new(),
+            fencing_token: None,
+            heartbeat_seconds: None,
+            archived_at: super::manifest::unix_now(),
+            signature: None,
+        }
+    }
+
+    /// The record of timeline `tli`'s history file (`system_id` may be
+    /// empty: the file does not say, and `wal push` cannot tell).
+    pub fn history(source: &str, system_id: &str, tli: u32) -> SegmentRecord {
+        SegmentRecord {
+            segment: history_name(tli),
+            segment_size: 0,
+            start: Lsn(0),
+            end: Lsn(0),
+            partial: false,
+            ..SegmentRecord::segment(
+                source,
+                system_id,
+                &Segment {
+                    timeline: tli,
+                    number: 0,
+                },
+                DEFAULT_SEGMENT_SIZE,
+                Lsn(0),
+            )
+        }
+    }
+}
+
 /// zstd, then (with recipients) a whole age file: a fresh file key per
 /// object, its header in front, so `age -d -i key.txt <object> | zstd -d`
 /// gives the segment back with the stock tools. Returns the stored bytes

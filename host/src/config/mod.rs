@@ -125,6 +125,8 @@ pub const DEFAULT_ABANDON_AFTER: &str = "24h";
 pub const DEFAULT_MAX_DELETIONS: usize = 10;
 /// How often a physical source's heartbeat is written.
 pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// More WAL held back on a server than this is warned about.
+pub const DEFAULT_WAL_WARN_RETAINED: u64 = 1 << 30;
 /// How often the WAL segment in progress is archived as `.partial`.
 pub const DEFAULT_WAL_PARTIAL_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -236,6 +238,9 @@ pub struct SourceConfig {
     pub heartbeat: Option<std::time::Duration>,
     /// The WAL segment in progress is archived as `.partial` this often.
     pub wal_partial_every: std::time::Duration,
+    /// A warning when the server holds more WAL than this that the archive
+    /// does not have yet (what the slot keeps on the server's disk).
+    pub wal_warn_retained: u64,
 }
 
 impl SourceConfig {
@@ -260,6 +265,7 @@ impl SourceConfig {
             wal_stream: false,
             heartbeat: Some(DEFAULT_HEARTBEAT),
             wal_partial_every: DEFAULT_WAL_PARTIAL_EVERY,
+            wal_warn_retained: DEFAULT_WAL_WARN_RETAINED,
         }
     }
 }

@@ -128,6 +128,7 @@ pub(super) struct RawSource {
     /// `10s`, or `off`.
     pub(super) heartbeat: Option<String>,
     pub(super) wal_partial_every: Option<String>,
+    pub(super) wal_warn_retained: Option<String>,
 }
 
 impl RawConfig {

@@ -145,8 +145,9 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
                     || s.wal_stream.is_some()
                     || s.heartbeat.is_some()
                     || s.wal_partial_every.is_some()
+                    || s.wal_warn_retained.is_some()
                 {
-                    return Err(bad(at("kind"), "slot, wal_stream, heartbeat and wal_partial_every belong to physical sources: add kind = \"physical\""));
+                    return Err(bad(at("kind"), "slot, wal_stream, heartbeat, wal_partial_every and wal_warn_retained belong to physical sources: add kind = \"physical\""));
                 }
             }
             Some("physical") => {
@@ -171,6 +172,10 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
                     source.wal_partial_every = crate::runtime::policy::parse_duration(&p)
                         .map_err(|e| bad(at("wal_partial_every"), e))?
                         .max(std::time::Duration::from_secs(1));
+                }
+                if let Some(w) = s.wal_warn_retained {
+                    source.wal_warn_retained = crate::runtime::policy::parse_size(&w)
+                        .map_err(|e| bad(at("wal_warn_retained"), e))?;
                 }
                 if let Some(slot) = s.slot {
                     crate::config::check_slot_name(&slot).map_err(|m| bad(at("slot"), m))?;

@@ -10,8 +10,7 @@
 //! content is never overwritten (PostgreSQL's rule for archive_command: two
 //! different files of one name mean two clusters share an archive).
 
-use crate::archive::manifest::unix_now;
-use crate::archive::wal::{self, Lsn, Segment, SegmentRecord, SEGMENT_FORMAT};
+use crate::archive::wal::{self, Segment, SegmentRecord};
 use crate::archive::{ArchiveError, Store};
 use crate::jobs::JobError;
 use std::path::Path;
@@ -49,24 +48,7 @@ pub async fn push(
     let data = std::fs::read(file)
         .map_err(|e| JobError::Config(format!("cannot read {}: {e}", file.display())))?;
     let (object, record) = if let Some(tli) = wal::parse_history_name(name) {
-        let record = SegmentRecord {
-            format: SEGMENT_FORMAT.into(),
-            source: source.into(),
-            system_id: String::new(),
-            timeline: tli,
-            segment: name.into(),
-            segment_size: 0,
-            start: Lsn(0),
-            end: Lsn(0),
-            partial: false,
-            size: 0,
-            sha256: String::new(),
-            encoding: String::new(),
-            fencing_token: None,
-            heartbeat_seconds: None,
-            archived_at: unix_now(),
-            signature: None,
-        };
+        let record = SegmentRecord::history(source, "", tli);
         (wal::history_path(source, tli), record)
     } else {
         let size = wal::check_segment_size(data.len() as u64).map_err(|e| {
@@ -88,24 +70,8 @@ pub async fn push(
         let system_id = u64::from_le_bytes(data[24..32].try_into().expect("8 bytes")).to_string();
         wal::check_segment_header(&data, seg.start(size), &system_id, size)
             .map_err(|e| JobError::Config(format!("{}: {e}", file.display())))?;
-        let record = SegmentRecord {
-            format: SEGMENT_FORMAT.into(),
-            source: source.into(),
-            system_id,
-            timeline: seg.timeline,
-            segment: name.into(),
-            segment_size: size,
-            start: seg.start(size),
-            end: seg.end(size),
-            partial,
-            size: 0,
-            sha256: String::new(),
-            encoding: String::new(),
-            fencing_token: None,
-            heartbeat_seconds: None,
-            archived_at: unix_now(),
-            signature: None,
-        };
+        let mut record = SegmentRecord::segment(source, &system_id, &seg, size, seg.end(size));
+        record.partial = partial;
         (wal::segment_path(source, &seg, size, partial), record)
     };
     match wal::get(store, &object, data.len() as u64).await {

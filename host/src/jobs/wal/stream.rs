@@ -16,7 +16,7 @@
 //! record); a gap in what the server sends is an error, never skipped.
 
 use crate::archive::manifest::unix_now;
-use crate::archive::wal::{self, Lsn, Segment, SegmentRecord, SEGMENT_FORMAT};
+use crate::archive::wal::{self, Lsn, Segment, SegmentRecord};
 use crate::archive::Store;
 use crate::coord::CommitGuard;
 use crate::jobs::JobError;
@@ -100,6 +100,20 @@ pub async fn stream_once(store: &Store, opts: &StreamOptions) -> Result<StreamSu
     let mut conn = ReplicationConn::connect(&opts.url).await?;
     let system = conn.identify_system().await?;
     let size = conn.segment_size().await?;
+    // A slot keeps WAL until the archive has it: with no cap, a stalled
+    // archive fills the server's disk.
+    if let Ok(rows) = conn.simple_query("SHOW max_slot_wal_keep_size").await {
+        if rows
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .as_deref()
+            == Some("-1")
+        {
+            tracing::warn!(source = %opts.source, "max_slot_wal_keep_size is unlimited on the server: if WAL archiving stalls, slot {} keeps WAL until the server's disk is full; set it (e.g. max_slot_wal_keep_size = 50GB)", opts.slot);
+        }
+    }
     let slot = match conn.read_replication_slot(&opts.slot).await? {
         Some(s) => s,
         None => {
@@ -301,24 +315,12 @@ async fn put_segment(
     }
     let object = wal::segment_path(&opts.source, &seg, size, partial);
     let end = Lsn(seg.start(size).0 + data.len() as u64);
-    let record = SegmentRecord {
-        format: SEGMENT_FORMAT.into(),
-        source: opts.source.clone(),
-        system_id: system_id.into(),
-        timeline: seg.timeline,
-        segment: seg.file_name(size),
-        segment_size: size,
-        start: seg.start(size),
-        end,
-        partial,
-        size: 0,
-        sha256: String::new(),
-        encoding: String::new(),
-        fencing_token: opts.guard.as_ref().map(|g| g.token()),
-        heartbeat_seconds: opts.heartbeat.map(|h| h.as_secs().max(1)),
-        archived_at: unix_now(),
-        signature: None,
-    };
+    let mut record = SegmentRecord::segment(&opts.source, system_id, &seg, size, end);
+    // A `.partial` the streamer stores may hold a whole segment's bytes
+    // (stopped right at its end); the name says what it is.
+    record.partial = partial;
+    record.fencing_token = opts.guard.as_ref().map(|g| g.token());
+    record.heartbeat_seconds = opts.heartbeat.map(|h| h.as_secs().max(1));
     let rec = wal::put(store, &object, data, opts.compression_level, record).await?;
     if !partial {
         // A partial copy of this segment is stale now.
@@ -350,24 +352,8 @@ async fn store_history(
         return Ok(());
     }
     let (_, content) = conn.timeline_history(tli).await?;
-    let record = SegmentRecord {
-        format: SEGMENT_FORMAT.into(),
-        source: opts.source.clone(),
-        system_id: system_id.into(),
-        timeline: tli,
-        segment: wal::history_name(tli),
-        segment_size: 0,
-        start: Lsn(0),
-        end: Lsn(0),
-        partial: false,
-        size: 0,
-        sha256: String::new(),
-        encoding: String::new(),
-        fencing_token: opts.guard.as_ref().map(|g| g.token()),
-        heartbeat_seconds: opts.heartbeat.map(|h| h.as_secs().max(1)),
-        archived_at: unix_now(),
-        signature: None,
-    };
+    let mut record = SegmentRecord::history(&opts.source, system_id, tli);
+    record.fencing_token = opts.guard.as_ref().map(|g| g.token());
     wal::put(store, &object, &content, opts.compression_level, record).await?;
     Ok(())
 }
