@@ -115,7 +115,20 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // `wal fetch` is a restore_command: PostgreSQL reads exit 1 or 2
+            // as "not archived" and would end recovery early; a mistyped
+            // command line must stop it instead (above 125).
+            let argv: Vec<String> = std::env::args().skip(1).take(2).collect();
+            if argv == ["wal", "fetch"] && e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::from(126);
+            }
+            e.exit()
+        }
+    };
     // The agent's stdout is its log; a command's stdout is its result.
     let otlp = cli::init_logging(matches!(args.command, Command::Agent(_)));
     let result = match args.command {

@@ -223,34 +223,38 @@ fn configured(config: Config, name: Option<&str>) -> anyhow::Result<(Config, Sou
 fn fetch_one(args: FetchArgs) -> anyhow::Result<ExitCode> {
     let (code, message) = match &args.via {
         Some(socket) => fetch::fetch_via(socket, &args.name, &args.dest),
-        None => {
-            let Some(source) = &args.source else {
-                bail!("--source names the archive to read (or --via, from a restoring firedrill)");
-            };
-            let store = args.store.open()?;
-            let got = super::runtime(2)?.block_on(fetch::fetch(
-                &store,
-                source,
-                &args.name,
-                args.system_id.as_deref(),
-            ));
-            match got {
-                Ok(Some(data)) => match fetch::write_dest(&args.dest, &data) {
-                    Ok(()) => (0, format!("{}: restored", args.name)),
-                    Err(e) => (fetch::EXIT_REFUSED, format!("{}: {e}", args.dest.display())),
-                },
-                Ok(None) => (
-                    fetch::EXIT_MISSING,
-                    format!("{}: not in the archive", args.name),
-                ),
-                Err(e) => (fetch::EXIT_REFUSED, format!("{}: {e}", args.name)),
-            }
-        }
+        // Every failure is a refusal (126, which stops recovery): exit 1
+        // would tell PostgreSQL the archive has no such file, and recovery
+        // would end early, silently.
+        None => match fetch_from_store(&args) {
+            Ok(Some(data)) => match fetch::write_dest(&args.dest, &data) {
+                Ok(()) => (0, format!("{}: restored", args.name)),
+                Err(e) => (fetch::EXIT_REFUSED, format!("{}: {e}", args.dest.display())),
+            },
+            Ok(None) => (
+                fetch::EXIT_MISSING,
+                format!("{}: not in the archive", args.name),
+            ),
+            Err(e) => (fetch::EXIT_REFUSED, format!("{}: {e:#}", args.name)),
+        },
     };
     if code != 0 {
         eprintln!("firedrill wal fetch: {message}");
     }
     Ok(ExitCode::from(code as u8))
+}
+
+fn fetch_from_store(args: &FetchArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(source) = &args.source else {
+        bail!("--source names the archive to read (or --via, from a restoring firedrill)");
+    };
+    let store = args.store.open()?;
+    Ok(super::runtime(2)?.block_on(fetch::fetch(
+        &store,
+        source,
+        &args.name,
+        args.system_id.as_deref(),
+    ))?)
 }
 
 fn push(args: PushArgs) -> anyhow::Result<ExitCode> {

@@ -86,8 +86,17 @@ pub async fn fetch(
             let (record, mut data) = match wal::get(store, &full, SEGMENT_MAX).await {
                 Ok(found) => found,
                 Err(ArchiveError::Missing { .. }) => match get_partial(store, &full).await? {
-                    Some(found) => found,
-                    None => return Ok(None),
+                    Some(found) => {
+                        refuse_partial_before_later_wal(store, source, &found.0, &full).await?;
+                        found
+                    }
+                    // The streamer may have just stored the whole segment
+                    // (and deleted its partial copy): look once more.
+                    None => match wal::get(store, &full, SEGMENT_MAX).await {
+                        Ok(found) => found,
+                        Err(ArchiveError::Missing { .. }) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    },
                 },
                 Err(e) => return Err(e.into()),
             };
@@ -120,6 +129,39 @@ pub async fn fetch(
             Ok(Some(data))
         }
     }
+}
+
+/// A partial copy ends the WAL where its bytes end: handed over only when
+/// the archive has nothing after it on its timeline. If it does, the whole
+/// segment is missing from the middle of the archive, and replaying the
+/// partial copy would end recovery early, silently.
+async fn refuse_partial_before_later_wal(
+    store: &Store,
+    source: &str,
+    record: &wal::SegmentRecord,
+    full: &str,
+) -> Result<(), JobError> {
+    let size = wal::check_segment_size(record.segment_size).map_err(|e| refused(full, e))?;
+    let seg = Segment::parse(&record.segment, size)
+        .ok_or_else(|| refused(full, format!("{} is not a segment name", record.segment)))?;
+    let next = seg.next();
+    for partial in [false, true] {
+        let object = wal::segment_path(source, &next, size, partial);
+        match wal::read_record(store, &object).await {
+            Err(ArchiveError::Missing { .. }) => {}
+            _ => {
+                return Err(refused(
+                    full,
+                    format!(
+                        "only a partial copy of {} is archived, but later WAL ({}) is: the whole segment is missing; run `firedrill wal verify`",
+                        record.segment,
+                        next.file_name(size)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The partial copy of a segment, if any. A streamer rewrites it while

@@ -82,6 +82,21 @@ pub async fn push(
             )))
         }
         Err(ArchiveError::Missing { .. }) => {}
+        // Encrypted, and this host has recipients only (as it should): the
+        // record names this file with this size, so PostgreSQL archiving it
+        // again (after a crash) must not fail forever.
+        Err(ArchiveError::Key(_)) => {
+            let stored = wal::read_record(store, &object).await?;
+            let same = stored.segment == record.segment
+                && stored.end.0 - stored.start.0 == record.end.0 - record.start.0
+                && stored.system_id == record.system_id;
+            if same {
+                return Ok(Pushed::AlreadyThere);
+            }
+            return Err(JobError::Config(format!(
+                "{object} is already in the archive for another range or system: two clusters archive into source {source}? (nothing was overwritten)"
+            )));
+        }
         // An unreadable leftover (an interrupted push: object without its
         // record) is replaced.
         Err(ArchiveError::Corrupt { .. }) => {}

@@ -115,6 +115,16 @@ pub async fn stream_once(store: &Store, opts: &StreamOptions) -> Result<StreamSu
         }
     }
     let slot = match conn.read_replication_slot(&opts.slot).await? {
+        // An invalidated slot (max_slot_wal_keep_size) has no restart_lsn:
+        // the server dropped WAL the archive never got. Going on from now
+        // would leave a gap nobody asked for.
+        Some(s) if s.restart_lsn.is_none() => {
+            return Err(JobError::Config(format!(
+                "replication slot {} of source {} no longer holds WAL (invalidated: the archive fell behind by more than max_slot_wal_keep_size); \
+                 the WAL since the archive's end is lost: take a new base backup, then drop the slot (SELECT pg_drop_replication_slot('{}')) so that streaming starts again",
+                opts.slot, opts.source, opts.slot
+            )))
+        }
         Some(s) => s,
         None => {
             tracing::info!(slot = %opts.slot, "creating the physical replication slot");
@@ -225,6 +235,18 @@ pub async fn stream_once(store: &Store, opts: &StreamOptions) -> Result<StreamSu
                         .server_lsn
                         .fetch_max(server_end.0, Ordering::Relaxed);
                     reply = reply_requested;
+                    // A server shutting down waits until what it sent is
+                    // flushed (and asks again and again): store the segment
+                    // in progress and say so, or its shutdown never ends.
+                    if reply_requested && received > flushed && !buf.is_empty() {
+                        if buf.len() > partial_len {
+                            put_segment(store, opts, &system.system_id, size, segment, &buf, true)
+                                .await?;
+                            partial_len = buf.len();
+                            partial_at = Instant::now();
+                        }
+                        flushed = received;
+                    }
                 }
                 WalMessage::EndOfTimeline {
                     next_timeline,
@@ -291,11 +313,12 @@ fn retryable(e: &JobError) -> bool {
         JobError::Coord(_) | JobError::Config(_) => false,
         JobError::Server(crate::servers::ServerError::Config(_)) => false,
         JobError::Server(crate::servers::ServerError::Replication { message, .. }) => {
-            // Authentication and permission failures need an operator.
-            !(message.contains("28P01")
-                || message.contains("28000")
-                || message.contains("42501")
-                || message.contains("REPLICATION"))
+            // Authentication and permission failures need an operator;
+            // anything else (a lingering walsender, a terminated one, a
+            // restart) is worth another try.
+            !["28P01", "28000", "42501"]
+                .iter()
+                .any(|code| message.contains(&format!("[SQLSTATE {code}]")))
         }
         _ => true,
     }

@@ -218,10 +218,11 @@ pub async fn verify(
                 p.end_timeline
             )),
             Some((_, nums)) => {
-                // The backup holds its own WAL up to `end`; the archive must
-                // go on from there without a hole.
+                // The backup holds its own WAL up to `end_lsn`, not to the
+                // end of that segment: the archive must go on from the
+                // segment holding it without a hole.
                 let from = if p.wal_included {
-                    end.number + 1
+                    end.number
                 } else {
                     start.number
                 };
