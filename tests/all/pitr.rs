@@ -519,3 +519,35 @@ fn an_agent_streams_backs_up_and_drills_a_physical_source() {
     );
     assert!(o.status.success(), "wal verify: {}", output_text(&o));
 }
+
+/// A server shutting down waits until a walsender's client has flushed
+/// what it was sent: the streamer stores the segment in progress and says
+/// so, and the clean shutdown completes (it hung while flush was reported
+/// at segment ends only); nothing written before it is lost.
+#[test]
+fn a_clean_shutdown_of_the_source_is_not_held_up_by_the_streamer() {
+    let (store, _) = file_store();
+    let source = "stopping";
+    let mut cluster = LocalCluster::start_tcp_from(&pg_bin(15), harness::scratch(), &[]).unwrap();
+    let url = cluster.url("postgres").secret_url().to_string();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigserial PRIMARY KEY, batch int NOT NULL, payload text)",
+        )
+        .unwrap();
+    let streamer = start_streamer(&store, &url, source);
+    wait_streaming(&mut client, "firedrill_stopping");
+    let id = physical_backup(&store, &url, source);
+    insert_batch(&mut client, 1);
+    wait_received(&mut client);
+    drop(client);
+    // A fast shutdown; an immediate one (and an error) only after a minute.
+    cluster
+        .shutdown_fast(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the source did not shut down cleanly: {e}"));
+    let said = stop_streamer(streamer);
+    assert!(said.contains("stopped at"), "{said}");
+    let (_, restored) = restore_to(&store, source, &id, RecoveryTarget::Latest);
+    assert_eq!(batches(&restored), vec![(1, 1000)]);
+}

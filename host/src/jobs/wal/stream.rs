@@ -298,9 +298,20 @@ pub async fn run(store: &Store, opts: &StreamOptions) -> Result<StreamSummary, J
                     pause = Duration::from_secs(1);
                 }
                 tracing::warn!(source = %opts.source, error = %e, retry_in = ?pause, "WAL streaming interrupted; resuming from the slot");
+                // A stop while the server is away is a clean stop: what
+                // was received is stored (the partial, before the loss).
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = stop.wait_for(|v| *v) => return Err(e),
+                    _ = stop.wait_for(|v| *v) => return Ok(StreamSummary {
+                        source: opts.source.clone(),
+                        slot: opts.slot.clone(),
+                        timeline: opts.status.timeline.load(Ordering::Relaxed) as u32,
+                        segments: opts.status.segments.load(Ordering::Relaxed),
+                        stopped_at: format!(
+                            "{} (the server was away: {e})",
+                            Lsn(opts.status.archived_lsn.load(Ordering::Relaxed))
+                        ),
+                    }),
                 }
                 pause = (pause * 2).min(Duration::from_secs(30));
             }
