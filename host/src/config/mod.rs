@@ -60,6 +60,15 @@
 //! drill = "6h"
 //! prune = "1d"
 //! globals = true                     # roles and tablespaces; role_passwords = false
+//!
+//! [[source]]                         # point-in-time recovery (docs/PITR.md)
+//! name = "main"
+//! kind = "physical"                  # base backups + streamed WAL; one URL, the whole cluster
+//! urls = ["postgres://repl@db/postgres"]   # a role with REPLICATION
+//! backup = "cron: 0 3 * * *"
+//! drill = "cron: 0 5 * * *"          # restore to a random moment and prove it
+//! # slot = "firedrill_main", wal_stream = true, wal_partial_every = "60s",
+//! # heartbeat = "10s" (or "off"), wal_warn_retained = "1GiB"
 //! ```
 //!
 //! The environment names of the common pg_dump-to-S3 templates work as they
