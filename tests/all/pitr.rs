@@ -10,6 +10,7 @@ use crate::harness::{self, firedrill, firedrill_command, output_text, pg_bin, po
 use firedrill::archive::{Store, StoreOptions};
 use firedrill::jobs::restore::physical::{self, PhysicalRestoreOptions, RecoveryTarget};
 use firedrill::jobs::wal::fetch::FetchServer;
+use firedrill::jobs::JobError;
 use firedrill::servers::local_pg::LocalCluster;
 use std::path::Path;
 use std::process::Child;
@@ -129,20 +130,28 @@ pub(crate) fn restore_to(
     id: &str,
     target: RecoveryTarget,
 ) -> (physical::PhysicalRestoreSummary, LocalCluster) {
+    let store = Store::open(store_url, &StoreOptions::default()).unwrap();
+    try_restore(&store, source, id, target.clone())
+        .unwrap_or_else(|e| panic!("restore to {target:?} failed: {e}"))
+}
+
+/// [`restore_to`] with the store given (its keys), the failure returned.
+pub(crate) fn try_restore(
+    store: &Store,
+    source: &str,
+    id: &str,
+    target: RecoveryTarget,
+) -> Result<(physical::PhysicalRestoreSummary, LocalCluster), JobError> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = Store::open(store_url, &StoreOptions::default()).unwrap();
-        let backup = firedrill::archive::open_backup(&store, source, id)
-            .await
-            .unwrap();
+        let backup = firedrill::archive::open_backup(store, source, id).await?;
         let system_id = backup.manifest.physical.as_ref().unwrap().system_id.clone();
         let (_wal, restore_command) = FetchServer::for_restore(
-            &store,
+            store,
             source,
             &system_id,
             Path::new(env!("CARGO_BIN_EXE_firedrill")),
-        )
-        .unwrap();
+        )?;
         let opts = PhysicalRestoreOptions {
             data_dir: harness::tempdir("pitr-restore").join("data"),
             force: false,
@@ -152,10 +161,8 @@ pub(crate) fn restore_to(
             progress: Default::default(),
             keep_running: true,
         };
-        let (summary, cluster) = physical::run(&store, &backup, &opts)
-            .await
-            .unwrap_or_else(|e| panic!("restore to {:?} failed: {e}", opts.target));
-        (summary, cluster.expect("kept running"))
+        let (summary, cluster) = physical::run(store, &backup, &opts).await?;
+        Ok((summary, cluster.expect("kept running")))
     })
 }
 

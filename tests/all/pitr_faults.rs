@@ -9,15 +9,11 @@ use crate::backup_restore::file_store;
 use crate::harness::{self, firedrill, output_text, pg_bin, postgres_from};
 use crate::pitr::{
     batches, insert_batch, moment, physical_backup, restore_to, start_streamer, stop_streamer,
-    wait_received, wait_streaming,
+    try_restore, wait_received, wait_streaming,
 };
 use firedrill::archive::keys::{KeySettings, Keys};
 use firedrill::archive::{Store, StoreOptions};
-use firedrill::jobs::restore::physical::{
-    self, PhysicalRestoreOptions, PhysicalRestoreSummary, RecoveryTarget,
-};
-use firedrill::jobs::wal::fetch::FetchServer;
-use firedrill::jobs::JobError;
+use firedrill::jobs::restore::physical::RecoveryTarget;
 use firedrill::servers::local_pg::LocalCluster;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -26,38 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TABLE: &str = "CREATE TABLE t (id bigserial PRIMARY KEY, batch int NOT NULL, payload text)";
-
-/// Like `pitr::restore_to`, with the store given (its keys) and the
-/// failure returned rather than panicked on.
-fn try_restore(
-    store: &Store,
-    source: &str,
-    id: &str,
-    target: RecoveryTarget,
-) -> Result<(PhysicalRestoreSummary, LocalCluster), JobError> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let backup = firedrill::archive::open_backup(store, source, id).await?;
-        let system_id = backup.manifest.physical.as_ref().unwrap().system_id.clone();
-        let (_wal, restore_command) = FetchServer::for_restore(
-            store,
-            source,
-            &system_id,
-            Path::new(env!("CARGO_BIN_EXE_firedrill")),
-        )?;
-        let opts = PhysicalRestoreOptions {
-            data_dir: harness::tempdir("pitr-faults").join("data"),
-            force: false,
-            target,
-            restore_command: Some(restore_command),
-            env: vec![],
-            progress: Default::default(),
-            keep_running: true,
-        };
-        let (summary, cluster) = physical::run(store, &backup, &opts).await?;
-        Ok((summary, cluster.expect("kept running")))
-    })
-}
 
 fn open_store(url: &str) -> Store {
     Store::open(url, &StoreOptions::default()).unwrap()

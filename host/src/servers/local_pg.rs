@@ -421,16 +421,7 @@ fn as_postgres_user(cmd: &mut Command, owned: &[&Path]) -> Result<(), ServerErro
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    let name = std::ffi::CString::new("postgres").expect("no NUL");
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return Err(ServerError::Tool {
-            tool: "local postgres".into(),
-            message: "running as root needs a `postgres` user (the postgresql package creates it)"
-                .into(),
-        });
-    }
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    let (uid, gid) = postgres_ids()?;
     for p in owned {
         if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
             unsafe { libc::chown(c.as_ptr(), uid, gid) };
@@ -528,8 +519,7 @@ impl LocalCluster {
             .append(true)
             .open(&log)
             .map_err(|e| fail(format!("{}: {e}", log.display())))?;
-        if unsafe { libc::geteuid() } == 0 {
-            let (uid, gid) = postgres_ids()?;
+        if let Some((uid, gid)) = server_user()? {
             for tree in owned {
                 chown_tree(tree, uid, gid).map_err(|e| {
                     fail(format!("cannot give {} to postgres: {e}", tree.display()))
@@ -666,6 +656,15 @@ impl LocalCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }
+}
+
+/// The user a local server runs as, when it is not ourselves: `postgres`
+/// when we are root (the server refuses to run as root); None otherwise.
+pub fn server_user() -> Result<Option<(libc::uid_t, libc::gid_t)>, ServerError> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    postgres_ids().map(Some)
 }
 
 /// The `postgres` user's uid and gid.

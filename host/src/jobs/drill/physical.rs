@@ -117,7 +117,7 @@ pub(super) async fn drill(
             ))
         })?;
     // The server runs as `postgres` when we are root: it must reach its data.
-    if let Some((uid, gid)) = crate::jobs::wal::fetch::server_user() {
+    if let Some((uid, gid)) = crate::servers::local_pg::server_user()? {
         std::os::unix::fs::chown(scratch.path(), Some(uid), Some(gid)).map_err(|e| {
             JobError::Internal(format!(
                 "cannot hand {} to the server's user: {e}",

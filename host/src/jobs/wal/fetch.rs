@@ -333,7 +333,7 @@ impl FetchServer {
             .prefix("firedrill-wal-")
             .tempdir()
             .map_err(|e| JobError::Internal(format!("cannot make a private directory: {e}")))?;
-        let owner = server_user();
+        let owner = crate::servers::local_pg::server_user()?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
                 JobError::Internal(format!(
@@ -358,20 +358,6 @@ impl FetchServer {
         server._dir = Some(dir);
         Ok((server, command))
     }
-}
-
-/// The user a local server runs as: `postgres` when we are root (the
-/// server refuses to run as root), else ourselves (None: nothing to hand over).
-pub(crate) fn server_user() -> Option<(u32, u32)> {
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let name = std::ffi::CString::new("postgres").expect("no NUL");
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return None;
-    }
-    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
 /// A word for `/bin/sh`, single-quoted (restore_command goes through the
