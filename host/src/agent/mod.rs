@@ -1,13 +1,16 @@
 //! The agent: every source's backups, drills and prunes on their schedules,
 //! and the jobs the API asks for; both run through [`Agent::execute`].
 //!
-//! One task per (source, job kind). Each tick names its slot; the job takes
-//! the (job, source) lease for that slot (a Redis lock across the fleet, or
+//! One task per (source, job kind), and one more for a physical source's
+//! incremental backups. Each tick names its slot; the job takes the (job,
+//! source) lease for that slot (a Redis lock across the fleet, or
 //! in-process), so of several agents on the same source exactly one runs a
 //! slot, and the others skip it once it is done or take it over if the
-//! holder dies. Drills also wait for a place in the fleet's drill quota.
-//! The jobs of one source take turns on this agent (a per-source lock), so
-//! they never overlap here. A failed job is logged, counted and published,
+//! holder dies. Full and incremental backups share the backup lease, so an
+//! incremental slot the full schedule also has is left to the full backup.
+//! Drills also wait for a place in the fleet's drill quota. The jobs of one
+//! source take turns on this agent (a per-source lock), so they never
+//! overlap here. A failed job is logged, counted and published,
 //! and the next tick tries again: the loop never dies of one failure. On
 //! shutdown the step in progress is dropped where it stands: a backup
 //! without its manifest is not a backup, a drill's database is dropped by
@@ -69,6 +72,8 @@ pub struct JobRequest {
     /// where recovery stops (default: as far as the WAL archive goes).
     pub data_dir: Option<std::path::PathBuf>,
     pub recovery: Option<RecoveryTarget>,
+    /// Physical backup only: incremental when the server allows it.
+    pub incremental: bool,
     /// Prune only: decide, delete nothing.
     pub dry_run: bool,
     /// Prune only: at most this many deletions (default: the configuration's).
@@ -92,6 +97,7 @@ impl JobRequest {
             force: false,
             data_dir: None,
             recovery: None,
+            incremental: false,
             dry_run: false,
             max_deletions: None,
             trigger: trigger.into(),
@@ -186,20 +192,23 @@ impl Agent {
         let shutdown = self.stop.subscribe();
         let mut tasks = Vec::new();
         for source in self.config.sources.clone() {
+            // (kind, schedule, incremental): a physical source's incremental
+            // backups are backups on a schedule of their own.
             let jobs = [
-                (Kind::Backup, source.backup.clone()),
-                (Kind::Drill, source.drill.clone()),
-                (Kind::Prune, source.prune.clone()),
+                (Kind::Backup, source.backup.clone(), false),
+                (Kind::Backup, source.incremental.clone(), true),
+                (Kind::Drill, source.drill.clone(), false),
+                (Kind::Prune, source.prune.clone(), false),
             ];
             if source.physical && source.wal_stream {
                 let (me, source, stop) = (self.clone(), source.clone(), shutdown.clone());
                 tasks.push(tokio::spawn(async move { me.wal_loop(source, stop).await }));
             }
-            for (kind, schedule) in jobs {
+            for (kind, schedule, incremental) in jobs {
                 let Some(schedule) = schedule else { continue };
                 let (me, source, stop) = (self.clone(), source.clone(), shutdown.clone());
                 tasks.push(tokio::spawn(async move {
-                    me.loop_of(kind, source, schedule, stop).await
+                    me.loop_of(kind, source, schedule, incremental, stop).await
                 }));
             }
         }
@@ -212,16 +221,24 @@ impl Agent {
         }
     }
 
+    /// `kind`'s runs on `schedule`; `incremental`: the source's incremental
+    /// backups, whose slots the full backups' schedule also has are left to
+    /// the full backup.
     async fn loop_of(
         &self,
         kind: Kind,
         source: SourceConfig,
         schedule: Schedule,
+        incremental: bool,
         mut stop: watch::Receiver<bool>,
     ) {
         // Intervals start with a run (a fresh agent backs up at once, unless
         // the fleet already did this slot); cron waits for its minute.
-        let mut first = matches!(schedule, Schedule::Every(_));
+        // Incrementals wait for their next slot: full and incremental
+        // backups share one done-slot marker, and an incremental of a slot
+        // later than the full's first (already started) one would, finishing
+        // first, make that full backup look done.
+        let mut first = matches!(schedule, Schedule::Every(_)) && !incremental;
         loop {
             if !first {
                 let wait = schedule.wait_from(crate::archive::manifest::unix_now());
@@ -232,8 +249,23 @@ impl Agent {
             }
             first = false;
             let now = crate::archive::manifest::unix_now();
+            let slot = schedule.slot_of(now);
+            // Both would take the (backup, source, slot) lease, and whichever
+            // came second would find the slot done: the full backup is the
+            // one that must run, and it covers the slot. (A slot's window is
+            // its minute, or a shorter interval's own length.)
+            if incremental
+                && source
+                    .backup
+                    .as_ref()
+                    .is_some_and(|full| full.fires_between(slot, slot + schedule.slot_window()))
+            {
+                tracing::info!(source = %source.name, slot, "incremental backup skipped: the full backup's schedule takes this slot");
+                continue;
+            }
             let mut req = JobRequest::new(kind, &source.name, "schedule");
-            req.slot = Some(schedule.slot_of(now));
+            req.slot = Some(slot);
+            req.incremental = incremental;
             // Waiting for the lease is worth it until the next tick.
             let give_up = schedule.wait_from(now);
             let record = self.jobs.create(kind, &source.name, "schedule");
@@ -483,15 +515,26 @@ impl Agent {
                     compression_level: source.compression_level,
                     part_bytes: source.chunk_bytes,
                     fast_checkpoint: true,
+                    incremental: req.incremental,
+                    max_chain: source.max_chain,
                     guard: Some(guard),
                     progress,
                 };
                 let s = backup_physical::run(&self.store, &opts).await?;
                 record_backup(&source.name, s.bytes, s.seconds);
                 self.catalog_backup(&source.name, &s.id).await;
-                tracing::info!(source = %source.name, backup = %s.id, bytes = s.bytes, seconds = s.seconds, "physical backup done");
+                // Whether an incremental was asked for and what came of it.
+                let chain = match (&s.parent, &s.full_because) {
+                    (Some(parent), _) => format!(", incremental on {parent}"),
+                    (None, Some(why)) => format!(", full ({why})"),
+                    (None, None) => String::new(),
+                };
+                tracing::info!(source = %source.name, backup = %s.id, bytes = s.bytes, seconds = s.seconds, parent = s.parent.as_deref(), full_because = s.full_because.as_deref(), "physical backup done");
                 Ok(Outcome {
-                    detail: Some(format!("physical, {} bytes in {:.1}s", s.bytes, s.seconds)),
+                    detail: Some(format!(
+                        "physical{chain}, {} bytes in {:.1}s",
+                        s.bytes, s.seconds
+                    )),
                     backup: Some(s.id.clone()),
                     passed: None,
                     result: JobResult::Backup(s),

@@ -184,6 +184,9 @@ struct TriggerBody {
     target: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    /// Backups of a physical source only.
+    #[serde(default)]
+    incremental: bool,
 }
 
 async fn trigger(
@@ -199,9 +202,31 @@ async fn trigger(
         (None, [only]) => only.name.clone(),
         (None, _) => return Err(ApiError::new(400, "name the source: {\"source\": \"...\"}")),
     };
+    if body.incremental {
+        // Refused rather than ignored: the caller expects a backup that
+        // builds on the last one, and would get something else.
+        if kind != Kind::Backup {
+            return Err(ApiError::new(
+                400,
+                "\"incremental\" is for backups (POST /v1/backups) of a physical source",
+            ));
+        }
+        // An unknown source is spawn's 404 below.
+        if let Some(s) = sources.iter().find(|s| s.name == source && !s.physical) {
+            return Err(ApiError::new(
+                400,
+                format!(
+                    "source {:?} is {}: incremental backups are physical (kind = \"physical\", PostgreSQL 17+); leave \"incremental\" out",
+                    s.name,
+                    if s.redis.is_some() { "a Redis source" } else { "logical" }
+                ),
+            ));
+        }
+    }
     let mut request = JobRequest::new(kind, &source, &format!("api:{}", principal.name));
     request.backup = body.backup;
     request.dry_run = body.dry_run;
+    request.incremental = body.incremental;
     request.trace = Some(tracing_opentelemetry::OpenTelemetrySpanExt::context(
         &tracing::Span::current(),
     ));

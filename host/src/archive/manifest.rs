@@ -207,6 +207,23 @@ pub struct PhysicalEntry {
     /// The server's own `backup_manifest` (PostgreSQL 13+), as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_manifest: Option<ObjectRef>,
+    /// An incremental backup (PostgreSQL 17+): the backup of the same
+    /// source whose `backup_manifest` the server compared against. Only
+    /// the blocks changed since are stored; a restore combines the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Every backup an incremental one needs, the full backup first and the
+    /// parent last (empty for a full backup): a chain is restored, kept and
+    /// deleted whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+}
+
+impl PhysicalEntry {
+    /// The full backup at the root of this backup's chain (itself when full).
+    pub fn root<'a>(&'a self, own_id: &'a str) -> &'a str {
+        self.chain.first().map_or(own_id, String::as_str)
+    }
 }
 
 /// One tar stream of a base backup: `base` (the data directory) or a

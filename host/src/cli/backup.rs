@@ -30,6 +30,16 @@ pub struct Args {
     /// with the WAL archive (`firedrill wal stream`).
     #[arg(long, conflicts_with_all = ["redis_url", "all_databases"])]
     physical: bool,
+    /// Physical, PostgreSQL 17+ (summarize_wal = on): an incremental backup
+    /// on the source's latest; a full one when there is none to build on or
+    /// the chain is --max-chain long (the output says why). With --physical,
+    /// or --config and a physical source.
+    #[arg(long)]
+    incremental: bool,
+    /// With --incremental: incrementals after a full backup before the next
+    /// is full (default 14, or the configured source's max_chain).
+    #[arg(long, requires = "incremental", value_parser = clap::value_parser!(u64).range(1..))]
+    max_chain: Option<u64>,
     /// Every database of the server the first URL points at (except templates).
     #[arg(long)]
     all_databases: bool,
@@ -72,12 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(config) => configured(&args, config)?,
         None => from_flags(&args)?,
     };
-    let req = JobRequest::new(Kind::Backup, &source, "cli");
-    let threads = config
-        .sources
-        .iter()
-        .find(|s| s.name == source)
-        .map_or(2, |s| s.jobs);
+    let mut req = JobRequest::new(Kind::Backup, &source, "cli");
+    req.incremental = args.incremental;
+    let chosen = config.sources.iter().find(|s| s.name == source);
+    let threads = chosen.map_or(2, |s| s.jobs);
+    let physical = chosen.is_some_and(|s| s.physical);
     let outcome = args
         .run
         .run(config, req, threads)
@@ -87,8 +96,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(other) => anyhow::bail!("internal error: a backup produced {other:?}"),
         Err(code) => return Ok(ExitCode::from(code)),
     };
+    // Whether an incremental was asked for and what came of it.
+    let chain = match (&summary.parent, &summary.full_because) {
+        (Some(parent), _) => format!("; incremental on {parent}"),
+        (None, Some(why)) => format!("; full ({why})"),
+        (None, None) => String::new(),
+    };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
+    } else if physical {
+        println!(
+            "physical backup {} of {}: {} stored ({} raw) in {:.1}s{chain}",
+            summary.id,
+            summary.source,
+            super::human_bytes(summary.bytes),
+            super::human_bytes(summary.raw_bytes),
+            summary.seconds
+        );
     } else if summary.databases.is_empty() {
         println!(
             "backup {} of {}: {} keys, {} stored ({} raw) in {:.1}s",
@@ -145,6 +169,14 @@ fn configured(args: &Args, mut config: Config) -> anyhow::Result<(Config, String
         .iter_mut()
         .find(|s| s.name == source)
         .expect("a configured source");
+    if args.incremental && !chosen.physical {
+        let what = if chosen.redis.is_some() {
+            "a Redis source (its backups are whole snapshots)"
+        } else {
+            "logical (pg_dump-compatible, per database)"
+        };
+        bail!("--incremental: source {source:?} is {what}; incremental backups are physical (kind = \"physical\", PostgreSQL 17+): drop --incremental");
+    }
     tune(args, chosen, &mut config.policies)?;
     Ok((config, source))
 }
@@ -160,6 +192,9 @@ fn tune(
     source.chunk_bytes = args.chunk_size.unwrap_or(source.chunk_bytes).max(1);
     source.globals &= !args.no_globals;
     source.role_passwords |= args.role_passwords;
+    if let Some(n) = args.max_chain {
+        source.max_chain = usize::try_from(n).unwrap_or(usize::MAX);
+    }
     if let Some(u) = &args.plugin_sql_url {
         source.plugin_sql = Some(PgUrl::parse(u)?);
     }
@@ -171,6 +206,13 @@ fn tune(
 
 /// A source made of this command's flags, under the environment's settings.
 fn from_flags(args: &Args) -> anyhow::Result<(Config, String)> {
+    // Before anything connects (--all-databases lists the server's).
+    if args.incremental && !args.physical {
+        if args.redis_url.is_some() {
+            bail!("--incremental: a Redis backup is a whole snapshot, never incremental: drop --incremental");
+        }
+        bail!("--incremental: incremental backups are physical (PostgreSQL 17+): add --physical (a base backup of the whole cluster; the role needs REPLICATION)");
+    }
     let mut config = args.run.store.adhoc_config()?;
     let mut source = match &args.redis_url {
         Some(url) => {

@@ -109,6 +109,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     s.unpack_seconds,
                     s.replay_seconds
                 );
+                if !s.chain.is_empty() {
+                    println!(
+                        "incremental: combined the chain {} ({})",
+                        s.chain
+                            .iter()
+                            .map(|c| c.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" <- "),
+                        s.verified
+                    );
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -65,7 +65,11 @@
 //! name = "main"
 //! kind = "physical"                  # base backups + streamed WAL; one URL, the whole cluster
 //! urls = ["postgres://repl@db/postgres"]   # a role with REPLICATION
-//! backup = "cron: 0 3 * * *"
+//! backup = "cron: 0 3 * * 0"         # a full base backup each Sunday
+//! incremental = "cron: 0 3 * * *"    # PostgreSQL 17+ (summarize_wal = on): an incremental
+//!                                    # one on the latest the other nights; a slot the
+//!                                    # full schedule also has is the full backup's
+//! # max_chain = 14                   # incrementals after a full one before the next is full
 //! drill = "cron: 0 5 * * *"          # restore to a random moment and prove it
 //! # slot = "firedrill_main", wal_stream = true, wal_partial_every = "60s",
 //! # heartbeat = "10s" (or "off"), wal_warn_retained = "1GiB"
@@ -136,6 +140,10 @@ pub const DEFAULT_MAX_DELETIONS: usize = 10;
 pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 /// More WAL held back on a server than this is warned about.
 pub const DEFAULT_WAL_WARN_RETAINED: u64 = 1 << 30;
+/// Incremental backups after a full one before the next is full: two
+/// weeks of dailies; every member adds to a restore's time and is one more
+/// object that must be intact.
+pub const DEFAULT_MAX_CHAIN: usize = 14;
 /// How often the WAL segment in progress is archived as `.partial`.
 pub const DEFAULT_WAL_PARTIAL_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -240,6 +248,11 @@ pub struct SourceConfig {
     pub physical: bool,
     /// The physical replication slot (default `firedrill_<source>`).
     pub slot: Option<String>,
+    /// Physical, PostgreSQL 17+: when incremental backups run (`backup` is
+    /// then the full backups' schedule).
+    pub incremental: Option<Schedule>,
+    /// Incremental backups after a full one, at most (the next is full).
+    pub max_chain: usize,
     /// A physical source's WAL is streamed into the archive by the agent.
     pub wal_stream: bool,
     /// The streamer writes `firedrill.heartbeat` in the source this often:
@@ -271,6 +284,8 @@ impl SourceConfig {
             role_passwords: false,
             physical: false,
             slot: None,
+            incremental: None,
+            max_chain: DEFAULT_MAX_CHAIN,
             wal_stream: false,
             heartbeat: Some(DEFAULT_HEARTBEAT),
             wal_partial_every: DEFAULT_WAL_PARTIAL_EVERY,

@@ -124,6 +124,10 @@ pub(super) struct RawSource {
     /// `logical` (the default) or `physical`.
     pub(super) kind: Option<String>,
     pub(super) slot: Option<String>,
+    /// Physical only: the incremental backups' schedule (`backup` is then
+    /// the full backups').
+    pub(super) incremental: Option<String>,
+    pub(super) max_chain: Option<usize>,
     pub(super) wal_stream: Option<bool>,
     /// `10s`, or `off`.
     pub(super) heartbeat: Option<String>,

@@ -44,6 +44,47 @@ impl Schedule {
         }
     }
 
+    /// Whether a run of this schedule starts in the minute from `t` (unix
+    /// seconds), `[t, t + 60)`: how an incremental backup's slot learns
+    /// that the full backups' schedule takes it (both would run under the
+    /// same (job, source, slot) lease).
+    pub fn fires_in_minute_from(&self, t: i64) -> bool {
+        self.fires_between(t, t + 60)
+    }
+
+    /// Whether a run of this schedule starts in `[from, to)` (unix seconds;
+    /// meant for windows of a minute or so: a cron is tried minute by minute).
+    pub fn fires_between(&self, from: i64, to: i64) -> bool {
+        // The first slot start at or after `from`: slots are the multiples
+        // of an interval, or the minutes a cron matches.
+        match self {
+            Schedule::Every(d) => {
+                let d = d.as_secs().max(1) as i64;
+                from + (-from).rem_euclid(d) < to
+            }
+            Schedule::Cron(c) => {
+                let mut minute = from + (-from).rem_euclid(60);
+                while minute < to {
+                    if c.matches(minute) {
+                        return true;
+                    }
+                    minute += 60;
+                }
+                false
+            }
+        }
+    }
+
+    /// How long one slot lasts, at most a minute: the window in which
+    /// another schedule's run counts as this slot's (a cron slot is its
+    /// minute; an interval shorter than that is its own).
+    pub fn slot_window(&self) -> i64 {
+        match self {
+            Schedule::Every(d) => (d.as_secs() as i64).clamp(1, 60),
+            Schedule::Cron(_) => 60,
+        }
+    }
+
     /// How long from `now` until the next slot starts.
     pub fn wait_from(&self, now: i64) -> Duration {
         match self {
@@ -197,6 +238,47 @@ mod tests {
         assert_eq!(hourly.wait_from(T + 600), Duration::from_secs(3000));
         let cron = Schedule::parse("cron: */15 * * * *").unwrap();
         assert_eq!(cron.slot_of(T + 59), T);
+    }
+
+    #[test]
+    fn a_full_schedule_tells_which_incremental_slots_it_takes() {
+        // Weekly full on Sunday 03:00, daily incremental at 03:00.
+        let full = Schedule::parse("cron: 0 3 * * 0").unwrap();
+        let monday_3am = T + 6 * 3600; // 2026-11-23
+        let sunday_3am = monday_3am + 6 * 86_400; // 2026-11-29
+        assert!(full.fires_in_minute_from(sunday_3am));
+        assert!(!full.fires_in_minute_from(monday_3am));
+        assert!(!full.fires_in_minute_from(sunday_3am + 60));
+        assert!(!full.fires_in_minute_from(sunday_3am + 1));
+        // The minute from any second of the minute before holds 03:00.
+        assert!(full.fires_in_minute_from(sunday_3am - 59));
+        assert!(!full.fires_in_minute_from(sunday_3am - 60));
+        // Intervals: slots at the multiples of the interval since the epoch.
+        let daily = Schedule::parse("1d").unwrap();
+        let midnight = T + 3 * 3600; // 2026-11-23 00:00
+        assert!(daily.fires_in_minute_from(midnight));
+        assert!(daily.fires_in_minute_from(midnight - 30));
+        assert!(!daily.fires_in_minute_from(midnight + 1));
+        assert!(!daily.fires_in_minute_from(midnight - 60));
+        assert!(!daily.fires_in_minute_from(midnight + 3600));
+        // An interval under a minute fires in every minute, but not in
+        // every window shorter than itself.
+        let often = Schedule::parse("30s").unwrap();
+        assert!(often.fires_in_minute_from(T + 17));
+        assert!(often.fires_between(T + 17, T + 31) && !often.fires_between(T + 1, T + 30));
+        assert_eq!(often.slot_window(), 30);
+        assert_eq!(daily.slot_window(), 60);
+        assert_eq!(full.slot_window(), 60);
+        // A cron window of several minutes is tried minute by minute.
+        assert!(full.fires_between(sunday_3am - 600, sunday_3am + 1));
+        assert!(!full.fires_between(sunday_3am - 600, sunday_3am));
+        // The hourly slots of an incremental: only midnight's is the full's.
+        let hourly = Schedule::parse("1h").unwrap();
+        let taken: Vec<i64> = (0..48)
+            .map(|h| hourly.slot_of(midnight - 86_400 + h * 3600 + 5))
+            .filter(|s| daily.fires_in_minute_from(*s))
+            .collect();
+        assert_eq!(taken, vec![midnight - 86_400, midnight]);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use super::env::EnvOnly;
 use super::raw::RawConfig;
 use super::{
     bad, check_source_name, Config, ConfigError, DrillTargetConfig, Schedule, SourceConfig,
-    DEFAULT_ABANDON_AFTER, DEFAULT_COMPRESSION_LEVEL, DEFAULT_JOBS, DEFAULT_MAX_DELETIONS,
-    DEFAULT_MAX_EVENT_STREAMS, DEFAULT_MIN_AGE,
+    DEFAULT_ABANDON_AFTER, DEFAULT_COMPRESSION_LEVEL, DEFAULT_JOBS, DEFAULT_MAX_CHAIN,
+    DEFAULT_MAX_DELETIONS, DEFAULT_MAX_EVENT_STREAMS, DEFAULT_MIN_AGE,
 };
 use crate::jobs::drill::Pick;
 use crate::servers::pg::PgUrl;
@@ -117,6 +117,34 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
             v.map(|v| Schedule::parse(&v).map_err(|e| bad(at(k), e)))
                 .transpose()
         };
+        // Incremental backups are PostgreSQL 17's (BASE_BACKUP INCREMENTAL,
+        // over its WAL summaries): only a physical source has them, and each
+        // chain starts from a full backup on the `backup` schedule.
+        if matches!(s.kind.as_deref(), None | Some("logical")) {
+            let key = [
+                ("incremental", s.incremental.is_some()),
+                ("max_chain", s.max_chain.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(k, set)| set.then_some(k));
+            if let Some(key) = key {
+                let fix = if redis.is_some() {
+                    "a Redis source's backups are whole snapshots: remove it".to_string()
+                } else {
+                    format!("this source is logical (pg_dump-compatible, per database): add kind = \"physical\" (one URL, the whole cluster), or remove {key}")
+                };
+                return Err(bad(
+                    at(key),
+                    format!("incremental backups are physical (PostgreSQL 17+); {fix}"),
+                ));
+            }
+        }
+        if s.incremental.is_some() && s.backup.is_none() {
+            return Err(bad(
+                at("backup"),
+                "incremental needs backup, the schedule of the full backups each chain starts from (e.g. backup = \"cron: 0 3 * * 0\" weekly with incremental = \"cron: 0 3 * * *\")",
+            ));
+        }
         let backup = schedule("backup", s.backup)?.ok_or_else(|| bad(at("backup"), "no backup schedule (an interval such as 1h, or \"cron: 0 3 * * *\"; or BACKUP_INTERVAL)"))?;
         let level = s.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
         if !(1..=19).contains(&level) {
@@ -180,6 +208,19 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
                 if let Some(slot) = s.slot {
                     crate::config::check_slot_name(&slot).map_err(|m| bad(at("slot"), m))?;
                     source.slot = Some(slot);
+                }
+                if let Some(n) = s.max_chain {
+                    if n == 0 {
+                        return Err(bad(at("max_chain"), format!("0 would make every backup full: at least 1 (default {DEFAULT_MAX_CHAIN})")));
+                    }
+                    source.max_chain = n;
+                }
+                if let Some(text) = s.incremental {
+                    let inc = Schedule::parse(&text).map_err(|e| bad(at("incremental"), e))?;
+                    if source.backup.as_ref().is_some_and(|full| never_runs(&inc, full)) {
+                        return Err(bad(at("incremental"), format!("{text:?} fires only when backup does, and the full backup takes each such slot: make incremental more frequent than backup (e.g. daily incrementals between weekly full ones)")));
+                    }
+                    source.incremental = Some(inc);
                 }
             }
             Some(other) => {
@@ -340,11 +381,150 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
     })
 }
 
+/// An incremental schedule every slot of which the full one takes (the
+/// agent leaves a slot to the full backup when that fires within the
+/// slot's window, `Schedule::slot_window`): the same schedule, an interval
+/// a multiple of the full backups', or full backups at least as often as
+/// that window. Crons are not compared beyond equality.
+fn never_runs(incremental: &Schedule, full: &Schedule) -> bool {
+    match (incremental, full) {
+        (_, Schedule::Every(f)) if f.as_secs() as i64 <= incremental.slot_window() => true,
+        (Schedule::Every(i), Schedule::Every(f)) => i.as_secs() % f.as_secs().max(1) == 0,
+        (i, f) => i == f,
+    }
+}
+
 /// A duration setting: `default` when unset.
 fn duration(setting: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
         Some(s) => humantime::parse_duration(s.trim())
             .map_err(|_| bad(setting, format!("{s:?} is not a duration (e.g. 30m, 1h)"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, Schedule, DEFAULT_MAX_CHAIN};
+    use std::time::Duration;
+
+    fn load(source: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            "test.toml",
+            &format!("[store]\nurl = \"file:///b\"\n[[source]]\nname = \"main\"\n{source}"),
+            |_| None,
+        )
+    }
+
+    const PHYSICAL: &str = "kind = \"physical\"\nurls = [\"postgres://repl@db/postgres\"]\n";
+
+    #[test]
+    fn a_physical_source_takes_an_incremental_schedule_and_a_chain_length() {
+        let c = load(&format!(
+            "{PHYSICAL}backup = \"cron: 0 3 * * 0\"\nincremental = \"cron: 0 3 * * *\"\nmax_chain = 6\n"
+        ))
+        .unwrap();
+        let s = &c.sources[0];
+        assert_eq!(
+            s.incremental,
+            Some(Schedule::parse("cron: 0 3 * * *").unwrap())
+        );
+        assert_eq!(s.max_chain, 6);
+        // Intervals too; the chain length defaults.
+        let c = load(&format!(
+            "{PHYSICAL}backup = \"7d\"\nincremental = \"1d\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sources[0].incremental,
+            Some(Schedule::Every(Duration::from_secs(86_400)))
+        );
+        assert_eq!(c.sources[0].max_chain, DEFAULT_MAX_CHAIN);
+        // Without incremental: none, and max_chain still applies to
+        // incrementals asked for by hand (CLI, API).
+        let c = load(&format!("{PHYSICAL}backup = \"1d\"\nmax_chain = 3\n")).unwrap();
+        assert_eq!(c.sources[0].incremental, None);
+        assert_eq!(c.sources[0].max_chain, 3);
+    }
+
+    #[test]
+    fn incremental_settings_off_a_physical_source_are_refused_with_why() {
+        let logical = "urls = [\"postgres://db/app\"]\nbackup = \"1d\"\n";
+        for (extra, key) in [
+            ("incremental = \"1h\"\n", "incremental"),
+            ("max_chain = 3\n", "max_chain"),
+        ] {
+            for kind in ["", "kind = \"logical\"\n"] {
+                let e = load(&format!("{kind}{logical}{extra}")).unwrap_err();
+                assert_eq!(e.setting, format!("source[0].{key}"), "{e}");
+                assert!(
+                    e.message
+                        .contains("incremental backups are physical (PostgreSQL 17+)")
+                        && e.message.contains("kind = \"physical\""),
+                    "{e}"
+                );
+            }
+        }
+        let e = load("urls = [\"redis://cache:6379\"]\nbackup = \"1d\"\nincremental = \"1h\"\n")
+            .unwrap_err();
+        assert_eq!(e.setting, "source[0].incremental", "{e}");
+        assert!(
+            e.message.contains("physical") && e.message.contains("Redis"),
+            "{e}"
+        );
+        // A logical source without backup hears about the kind first: adding
+        // a backup schedule would not help.
+        let e = load("urls = [\"postgres://db/app\"]\nincremental = \"1h\"\n").unwrap_err();
+        assert_eq!(e.setting, "source[0].incremental", "{e}");
+    }
+
+    #[test]
+    fn incremental_needs_a_full_schedule_it_does_not_always_yield_to() {
+        // Short intervals for tests: every third incremental slot is left
+        // to the full backup, the others are the incremental's.
+        assert!(load(&format!(
+            "{PHYSICAL}backup = \"6s\"\nincremental = \"2s\"\n"
+        ))
+        .is_ok());
+        let e = load(&format!("{PHYSICAL}incremental = \"1d\"\n")).unwrap_err();
+        assert_eq!(e.setting, "source[0].backup", "{e}");
+        assert!(
+            e.message
+                .contains("incremental needs backup, the schedule of the full backups"),
+            "{e}"
+        );
+        for (backup, incremental) in [
+            ("1d", "1d"),
+            ("1d", "7d"),
+            ("cron: 0 3 * * *", "cron: 0 3 * * *"),
+            // A full backup in every minute leaves no incremental slot.
+            ("30s", "cron: */5 * * * *"),
+            ("5s", "10s"),
+        ] {
+            let e = load(&format!(
+                "{PHYSICAL}backup = \"{backup}\"\nincremental = \"{incremental}\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                e.setting, "source[0].incremental",
+                "{backup} / {incremental}: {e}"
+            );
+            assert!(e.message.contains("more frequent than backup"), "{e}");
+            assert!(
+                e.message.contains(incremental),
+                "names the value as written: {e}"
+            );
+        }
+        let e = load(&format!(
+            "{PHYSICAL}backup = \"1d\"\nincremental = \"now and then\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.setting, "source[0].incremental", "{e}");
+        let e = load(&format!("{PHYSICAL}backup = \"1d\"\nmax_chain = 0\n")).unwrap_err();
+        assert_eq!(e.setting, "source[0].max_chain", "{e}");
+        assert!(e.message.contains("at least 1"), "{e}");
+        // A negative length is TOML's business: refused with its line.
+        let e = load(&format!("{PHYSICAL}backup = \"1d\"\nmax_chain = -1\n")).unwrap_err();
+        assert!(e.message.contains("line 8"), "{e}");
     }
 }

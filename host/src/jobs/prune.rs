@@ -3,16 +3,33 @@
 //! Guards, whatever the plugin says: never the newest backup of a source whose
 //! last drill passed; never a backup younger than the minimum age; never an
 //! incomplete backup that may still be in progress (one older than the
-//! abandon age is a leftover and goes); at most so many deletions per run.
-//! A deletion removes the manifest first, so a half-deleted backup is never
-//! listed as complete.
+//! abandon age is a leftover and goes); a chain of incremental physical
+//! backups is kept or deleted whole (see below); at most so many deletions
+//! per run. A deletion removes the manifest first, so a half-deleted backup
+//! is never listed as complete.
 //!
 //! Physical backups: the plugin sees them with the WAL each needs in its
 //! labels (`kind=physical`, `timeline`, `start_lsn`, `start_segment`,
-//! `end_timeline`, `end_lsn`; logical backups have none). With a pitr
-//! window, the physical backup recovery to the window's start begins from
-//! is kept whatever the plugin says. After the backups, the WAL no kept
-//! physical backup can replay goes (see [`crate::jobs::wal::prune`]).
+//! `end_timeline`, `end_lsn`; logical backups have none) and where each is
+//! in its chain (`incremental=true|false`; for an incremental, `parent` and
+//! `chain_root`, its full backup). With a pitr window, the physical backup
+//! recovery to the window's start begins from is kept whatever the plugin
+//! says. After the backups, the WAL no kept physical backup can replay goes
+//! (see [`crate::jobs::wal::prune`]).
+//!
+//! Chains (PostgreSQL 17+ incrementals): a restore of an incremental needs
+//! every backup of its chain, so when any member of a chain is kept, for
+//! whatever reason (the plugin, another guard), every member is, and the
+//! guard's reason names the kept backup that needs it (or, for one that no
+//! kept backup builds on, a kept member of its chain). The cap on deletions
+//! comes after: it takes a chain that goes from its newest end, and what it
+//! leaves goes at a later run. Deletions go incrementals first, deepest
+//! first, then newest first, so a prune interrupted part way never leaves an
+//! incremental whose parent is gone. The WAL bound needs nothing more: the
+//! oldest kept physical backup is at or below the oldest remaining member of
+//! every kept chain (a chain's members stay together, on the timeline of
+//! its full backup), and an incremental needs the WAL from its own start
+//! only.
 //!
 //! With keys trusted, the plan is made from what they vouch for only
 //! ([`arch::list_backups`]): a backup whose manifest is unsigned or badly
@@ -30,7 +47,7 @@ use crate::caps::types::{Action, BackupInfo, BackupKind, DrillStatus};
 use crate::caps::CallContext;
 use crate::runtime::Plugin;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,7 +103,7 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
     let now = manifest::unix_now();
     // Which complete backups are physical, where in the WAL they start, and
     // when they finished: from their manifests, which the listing checked.
-    let mut physical: HashMap<(String, String), (PhysicalEntry, i64)> = HashMap::new();
+    let mut physical: PhysicalMap = HashMap::new();
     for l in listings.iter().filter(|l| l.complete) {
         let (m, _) = arch::verified_manifest(store, &l.source, &l.id).await?;
         if let Some(p) = m.physical {
@@ -123,13 +140,13 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
         .map(|w| window_anchors(&listings, &physical, now, w))
         .unwrap_or_default();
     let mut decisions = Vec::new();
-    let mut deletions = 0;
     for l in &listings {
         let age = (now - l.created).max(0) as u64;
         let (action, reason) = said
             .remove(&l.id)
             .unwrap_or((Action::Keep, "the plugin did not decide: kept".into()));
         let anchor = anchors.get(l.source.as_str()).filter(|(id, _)| *id == l.id);
+        // The cap on deletions comes after the chains (see `cap_deletions`).
         let guard = if !l.complete {
             (age < opts.abandon_after.as_secs()).then(|| {
                 format!(
@@ -148,11 +165,6 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
                 "guard: younger than the minimum age of {}",
                 humantime::format_duration(opts.min_age)
             ))
-        } else if deletions >= opts.max_deletions {
-            Some(format!(
-                "guard: at most {} deletions per run",
-                opts.max_deletions
-            ))
         } else {
             None
         };
@@ -169,9 +181,6 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
             (true, Some(g)) => (false, format!("{g} (the plugin said: {reason})"), true),
             (true, None) => (action == Action::Delete, reason, false),
         };
-        if delete {
-            deletions += 1;
-        }
         decisions.push(Decision {
             id: l.id.clone(),
             source: l.source.clone(),
@@ -180,9 +189,19 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
             guarded,
         });
     }
+    let chains = chains(&listings, &physical);
+    keep_chains_whole(&listings, &physical, &chains, &mut decisions);
+    cap_deletions(
+        &listings,
+        &physical,
+        &chains,
+        &mut decisions,
+        opts.max_deletions,
+    );
     let mut deleted = Vec::new();
     if !opts.dry_run {
-        for d in decisions.iter().filter(|d| d.delete) {
+        for i in deletion_order(&listings, &physical, &decisions) {
+            let d = &decisions[i];
             delete_backup(store, &d.source, &d.id).await?;
             tracing::info!(backup = %d.id, source = %d.source, reason = %d.reason, "backup deleted");
             deleted.push(d.id.clone());
@@ -264,6 +283,159 @@ fn key(l: &Listing) -> (String, String) {
     (l.source.clone(), l.id.clone())
 }
 
+/// The complete physical backups' manifest entries and finishing times, by
+/// (source, id).
+type PhysicalMap = HashMap<(String, String), (PhysicalEntry, i64)>;
+
+/// Complete physical backups by chain: per source and full backup, the
+/// indices (into `listings`, so oldest first) of the chain's members. A full
+/// backup roots its own chain; an incremental belongs to the first backup of
+/// its recorded chain, listed or not (when that one is already gone, what
+/// remains of the chain still goes together).
+fn chains(listings: &[Listing], physical: &PhysicalMap) -> Vec<Vec<usize>> {
+    let mut by_root: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+    for (i, l) in listings.iter().enumerate() {
+        if let Some((p, _)) = physical.get(&key(l)) {
+            by_root
+                .entry((l.source.as_str(), p.root(&l.id)))
+                .or_default()
+                .push(i);
+        }
+    }
+    by_root.into_values().collect()
+}
+
+/// How deep in its chain a backup is: 0 for a full backup (and a logical or
+/// incomplete one), one more than its parent for an incremental. Deleting
+/// deepest first never leaves an incremental without its parent.
+fn depth(l: &Listing, physical: &PhysicalMap) -> usize {
+    physical.get(&key(l)).map_or(0, |(p, _)| p.chain.len())
+}
+
+/// A chain is kept or deleted whole: when any member of a chain is kept, for
+/// whatever reason, every member that was going to be deleted is kept too. A
+/// restore of an incremental needs every backup before it in its chain; the
+/// ones built on a kept backup (or beside it) are not needed by it, but they
+/// stay too: the chain is the unit a policy keeps, not the single backup.
+fn keep_chains_whole(
+    listings: &[Listing],
+    physical: &PhysicalMap,
+    chains: &[Vec<usize>],
+    decisions: &mut [Decision],
+) {
+    for members in chains {
+        let kept: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| !decisions[i].delete)
+            .collect();
+        let Some(&first_kept) = kept.first() else {
+            continue;
+        };
+        for &i in members {
+            if !decisions[i].delete {
+                continue;
+            }
+            let id = listings[i].id.as_str();
+            let needs = |k: usize| {
+                physical.get(&key(&listings[k])).is_some_and(|(p, _)| {
+                    p.chain.iter().any(|c| c == id) || p.parent.as_deref() == Some(id)
+                })
+            };
+            let why = match kept.iter().copied().find(|&k| needs(k)) {
+                Some(k) => format!(
+                    "guard: incremental backup {} needs it (a chain is kept or deleted whole)",
+                    listings[k].id
+                ),
+                None => {
+                    let k = &listings[first_kept];
+                    let what = if depth(k, physical) == 0 {
+                        "the full backup"
+                    } else {
+                        "backup"
+                    };
+                    format!(
+                        "guard: {what} {} of its chain is kept (a chain is kept or deleted whole)",
+                        k.id
+                    )
+                }
+            };
+            let d = &mut decisions[i];
+            d.reason = format!("{why} (the plugin said: {})", d.reason);
+            d.delete = false;
+            d.guarded = true;
+        }
+    }
+}
+
+/// At most `max` deletions: in listing order, oldest first; a leftover of an
+/// interrupted backup counts but always goes. A chain, every member of which
+/// is going by now, takes its slots when its oldest member comes up, deepest
+/// first: what the cap leaves of it is its older part, which needs nothing
+/// deleted, and goes at a later run. (Capping before the chains were settled
+/// would keep a chain longer than `max` forever.)
+fn cap_deletions(
+    listings: &[Listing],
+    physical: &PhysicalMap,
+    chains: &[Vec<usize>],
+    decisions: &mut [Decision],
+    max: usize,
+) {
+    let mut chain_of = HashMap::new();
+    for (c, members) in chains.iter().enumerate() {
+        for &i in members {
+            chain_of.insert(i, c);
+        }
+    }
+    let mut done = vec![false; listings.len()];
+    let mut deletions = 0;
+    for i in 0..listings.len() {
+        if done[i] {
+            continue;
+        }
+        let unit = match chain_of.get(&i) {
+            None => vec![i],
+            Some(&c) => {
+                let mut members = chains[c].clone();
+                members.sort_by_key(|&j| std::cmp::Reverse((depth(&listings[j], physical), j)));
+                members
+            }
+        };
+        for j in unit {
+            done[j] = true;
+            let d = &mut decisions[j];
+            if !d.delete {
+                continue;
+            }
+            if listings[j].complete && deletions >= max {
+                d.reason = format!(
+                    "guard: at most {max} deletions per run (the plugin said: {})",
+                    d.reason
+                );
+                d.delete = false;
+                d.guarded = true;
+            } else {
+                deletions += 1;
+            }
+        }
+    }
+}
+
+/// The backups to delete (indices into `listings`), incrementals deepest
+/// first and otherwise newest first: a prune interrupted part way never
+/// leaves an incremental whose parent is gone.
+fn deletion_order(
+    listings: &[Listing],
+    physical: &PhysicalMap,
+    decisions: &[Decision],
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..decisions.len())
+        .filter(|&i| decisions[i].delete)
+        .collect();
+    order.sort_by_key(|&i| std::cmp::Reverse((depth(&listings[i], physical), i)));
+    order
+}
+
 /// Per source, the physical backup recovery to the pitr window's start
 /// begins from, and the guard's reason: the newest one finished before the
 /// window starts (its end, not its start: recovery reaches a consistent
@@ -271,7 +443,7 @@ fn key(l: &Listing) -> (String, String) {
 /// oldest one (the earliest moment of the window that can be reached).
 fn window_anchors<'a>(
     listings: &'a [Listing],
-    physical: &HashMap<(String, String), (PhysicalEntry, i64)>,
+    physical: &PhysicalMap,
     now: i64,
     window: Duration,
 ) -> HashMap<&'a str, (&'a str, String)> {
@@ -311,8 +483,8 @@ fn window_anchors<'a>(
 }
 
 /// What the plugin sees of a backup. A physical one carries the WAL it needs
-/// in its labels (the WIT record has no place for it within 0.1.x); a
-/// logical one has none.
+/// and its place in its chain in its labels (the WIT record has no place for
+/// them within 0.1.x); a logical one has none.
 fn info(l: &Listing, physical: Option<&PhysicalEntry>) -> BackupInfo {
     BackupInfo {
         id: l.id.clone(),
@@ -327,11 +499,13 @@ fn info(l: &Listing, physical: Option<&PhysicalEntry>) -> BackupInfo {
             Some(_) => DrillStatus::Failed,
         },
         last_drill: None,
-        labels: physical.map(physical_labels).unwrap_or_default(),
+        labels: physical
+            .map(|p| physical_labels(&l.id, p))
+            .unwrap_or_default(),
     }
 }
 
-fn physical_labels(p: &PhysicalEntry) -> Vec<(String, String)> {
+fn physical_labels(id: &str, p: &PhysicalEntry) -> Vec<(String, String)> {
     let mut labels = vec![
         ("kind".to_string(), "physical".to_string()),
         ("timeline".into(), p.timeline.to_string()),
@@ -345,6 +519,15 @@ fn physical_labels(p: &PhysicalEntry) -> Vec<(String, String)> {
     }
     labels.push(("end_timeline".into(), p.end_timeline.to_string()));
     labels.push(("end_lsn".into(), p.end_lsn.to_string()));
+    // The chain, not the parent, says what is incremental: it is what
+    // retention groups by.
+    let incremental = !p.chain.is_empty();
+    labels.push(("incremental".into(), incremental.to_string()));
+    if incremental {
+        let parent = p.parent.as_ref().or(p.chain.last()).cloned();
+        labels.push(("parent".into(), parent.unwrap_or_default()));
+        labels.push(("chain_root".into(), p.root(id).to_string()));
+    }
     labels
 }
 
@@ -390,6 +573,8 @@ mod tests {
             wal_included: false,
             archives: vec![],
             backup_manifest: None,
+            parent: None,
+            chain: vec![],
         }
     }
 
@@ -425,5 +610,166 @@ mod tests {
         let a = window_anchors(&listings, &phys, 1050, day);
         assert_eq!(a["s"].0, "a");
         assert!(a["s"].1.contains("reaches back before it"));
+    }
+
+    fn incremental(start: u64, chain: &[&str]) -> PhysicalEntry {
+        let mut p = physical(start);
+        p.chain = chain.iter().map(|c| c.to_string()).collect();
+        p.parent = p.chain.last().cloned();
+        p
+    }
+
+    /// The host's passes over a plan in which the plugin deletes what
+    /// `deletes` says (listing order), with `max` deletions at most: the
+    /// decisions, and the order of deletion.
+    fn settle(
+        backups: &[(&str, Option<PhysicalEntry>)],
+        deletes: &[bool],
+        max: usize,
+    ) -> (Vec<Decision>, Vec<String>) {
+        let listings: Vec<Listing> = backups
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| listing(id, i as i64 * 100))
+            .collect();
+        let mut phys = HashMap::new();
+        for (l, (_, p)) in listings.iter().zip(backups) {
+            if let Some(p) = p {
+                phys.insert(key(l), (p.clone(), l.created + 10));
+            }
+        }
+        let mut decisions: Vec<Decision> = listings
+            .iter()
+            .zip(deletes)
+            .map(|(l, &delete)| Decision {
+                id: l.id.clone(),
+                source: l.source.clone(),
+                delete,
+                reason: "plugin".into(),
+                guarded: false,
+            })
+            .collect();
+        let chains = chains(&listings, &phys);
+        keep_chains_whole(&listings, &phys, &chains, &mut decisions);
+        cap_deletions(&listings, &phys, &chains, &mut decisions, max);
+        let order = deletion_order(&listings, &phys, &decisions)
+            .into_iter()
+            .map(|i| listings[i].id.clone())
+            .collect();
+        (decisions, order)
+    }
+
+    #[test]
+    fn incrementals_carry_their_parent_and_chain_in_labels() {
+        let l = listing("c", 0);
+        let full = info(&l, Some(&physical(0))).labels;
+        assert!(full.contains(&("incremental".into(), "false".into())));
+        assert!(!full.iter().any(|(k, _)| k == "parent" || k == "chain_root"));
+        let labels = info(&l, Some(&incremental(0, &["a", "b"]))).labels;
+        let get = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("incremental"), Some("true"));
+        assert_eq!(get("parent"), Some("b"));
+        assert_eq!(get("chain_root"), Some("a"));
+        assert_eq!(get("kind"), Some("physical"));
+    }
+
+    #[test]
+    fn a_kept_member_keeps_its_whole_chain() {
+        let backups = [
+            ("a", Some(physical(0))),
+            ("b", Some(incremental(1, &["a"]))),
+            ("c", Some(incremental(2, &["a", "b"]))),
+            ("d", Some(physical(3))),
+            ("e", None),
+        ];
+        let (d, order) = settle(&backups, &[true, true, false, true, true], 10);
+        for i in [0, 1] {
+            assert!(!d[i].delete && d[i].guarded, "{d:?}");
+            assert_eq!(
+                d[i].reason,
+                "guard: incremental backup c needs it (a chain is kept or deleted whole) (the plugin said: plugin)"
+            );
+        }
+        assert!(!d[2].delete && !d[2].guarded);
+        assert!(d[3].delete && d[4].delete, "{d:?}");
+        assert_eq!(order, ["e", "d"], "newest first");
+
+        // The full backup kept, what was built on it is kept with it.
+        let (d, order) = settle(&backups, &[false, true, true, true, false], 10);
+        for i in [1, 2] {
+            assert!(!d[i].delete && d[i].guarded, "{d:?}");
+            assert!(
+                d[i].reason
+                    .starts_with("guard: the full backup a of its chain is kept"),
+                "{}",
+                d[i].reason
+            );
+        }
+        assert_eq!(order, ["d"]);
+
+        // All of it going: incrementals first, deepest first.
+        let (d, order) = settle(&backups, &[true, true, true, false, false], 10);
+        assert!(d[..3].iter().all(|d| d.delete), "{d:?}");
+        assert_eq!(order, ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn a_chain_whose_full_backup_is_gone_is_still_one_chain() {
+        let backups = [
+            ("b", Some(incremental(1, &["gone"]))),
+            ("c", Some(incremental(2, &["gone", "b"]))),
+        ];
+        let (d, order) = settle(&backups, &[true, true], 10);
+        assert!(d.iter().all(|d| d.delete), "{d:?}");
+        assert_eq!(order, ["c", "b"]);
+        let (d, _) = settle(&backups, &[true, false], 10);
+        assert!(!d[0].delete && d[0].guarded, "{d:?}");
+        assert!(d[0]
+            .reason
+            .starts_with("guard: incremental backup c needs it"));
+    }
+
+    #[test]
+    fn the_cap_takes_a_chain_from_its_newest_end_and_counts_leftovers() {
+        let backups = [
+            ("a", Some(physical(0))),
+            ("b", Some(incremental(1, &["a"]))),
+            ("c", Some(incremental(2, &["a", "b"]))),
+            ("d", None),
+        ];
+        let (d, order) = settle(&backups, &[true, true, true, true], 2);
+        assert_eq!(order, ["c", "b"]);
+        for i in [0, 3] {
+            assert!(!d[i].delete && d[i].guarded, "{d:?}");
+            assert_eq!(
+                d[i].reason,
+                "guard: at most 2 deletions per run (the plugin said: plugin)"
+            );
+        }
+        // Without chains, the oldest first, as always.
+        let logical = [("x", None), ("y", None), ("z", None)];
+        let (d, order) = settle(&logical, &[true, true, true], 2);
+        assert_eq!(order, ["y", "x"]);
+        assert!(!d[2].delete && d[2].guarded);
+        // A leftover of an interrupted backup takes a slot but always goes.
+        let mut listings: Vec<Listing> = ["x", "y", "z"]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| listing(id, i as i64))
+            .collect();
+        listings[1].complete = false;
+        let mut decisions: Vec<Decision> = listings
+            .iter()
+            .map(|l| Decision {
+                id: l.id.clone(),
+                source: l.source.clone(),
+                delete: true,
+                reason: "r".into(),
+                guarded: false,
+            })
+            .collect();
+        cap_deletions(&listings, &HashMap::new(), &[], &mut decisions, 1);
+        let going: Vec<bool> = decisions.iter().map(|d| d.delete).collect();
+        assert_eq!(going, [true, true, false]);
     }
 }

@@ -217,6 +217,9 @@ pub struct BaseBackupOptions {
     pub manifest: bool,
     /// The server's MAX_RATE, in KiB/s (32 to 1048576).
     pub max_rate_kib: Option<u32>,
+    /// PostgreSQL 17+: only the blocks changed since the backup whose
+    /// manifest [`ReplicationConn::upload_manifest`] sent on this connection.
+    pub incremental: bool,
 }
 
 /// One tablespace of a base backup: the main data directory has no oid and
@@ -909,6 +912,12 @@ impl ReplicationConn {
                 )));
             }
         }
+        if opts.incremental && self.version_num < 170000 {
+            return Err(self.err(format!(
+                "incremental base backups need PostgreSQL 17 or newer (the server is {})",
+                self.server_version
+            )));
+        }
         // Standard strings in the replication grammar: only ' needs doubling.
         let label = format!("'{}'", opts.label.replace('\'', "''"));
         let legacy = self.version_num < 150000;
@@ -950,6 +959,9 @@ impl ReplicationConn {
             ];
             if let Some(r) = opts.max_rate_kib {
                 o.push(format!("MAX_RATE {r}"));
+            }
+            if opts.incremental {
+                o.push("INCREMENTAL".into());
             }
             format!("BASE_BACKUP ({})", o.join(", "))
         };
@@ -1016,6 +1028,53 @@ impl ReplicationConn {
             b.legacy_copy()?;
         }
         Ok(b)
+    }
+
+    /// `UPLOAD_MANIFEST` (PostgreSQL 17+): sends an earlier backup's
+    /// `backup_manifest`, against which the next `BASE_BACKUP (INCREMENTAL)`
+    /// of this connection sends only what changed. The server checks it
+    /// (its system identifier, the WAL summaries it needs) and refuses with
+    /// a reason.
+    pub async fn upload_manifest(&mut self, manifest: &[u8]) -> Result<(), ServerError> {
+        if self.version_num < 170000 {
+            return Err(self.err(format!(
+                "incremental base backups need PostgreSQL 17 or newer (the server is {})",
+                self.server_version
+            )));
+        }
+        self.send_query("UPLOAD_MANIFEST").await?;
+        let mut failed: Option<DbError> = None;
+        let mut sent = false;
+        loop {
+            match self.read().await? {
+                Msg::M(Message::CopyInResponse(_)) if !sent => {
+                    // Pieces well under the server's message limit.
+                    for piece in manifest.chunks(256 << 10) {
+                        frontend::CopyData::new(piece)
+                            .map_err(|e| self.broken(format!("UPLOAD_MANIFEST: {e}")))?
+                            .write(&mut self.wire.wbuf);
+                        self.flush().await?;
+                    }
+                    frontend::copy_done(&mut self.wire.wbuf);
+                    self.flush().await?;
+                    sent = true;
+                }
+                Msg::M(Message::NoticeResponse(_))
+                | Msg::M(Message::RowDescription(_))
+                | Msg::M(Message::DataRow(_))
+                | Msg::M(Message::CommandComplete(_)) => {}
+                Msg::M(Message::ParameterStatus(p)) => self.parameter(&p),
+                Msg::M(Message::ErrorResponse(body)) => failed = Some(DbError::read(&body)),
+                Msg::M(Message::ReadyForQuery(_)) => {
+                    return match failed {
+                        Some(e) => Err(self.command_error("UPLOAD_MANIFEST", &e)),
+                        None if sent => Ok(()),
+                        None => Err(self.err("UPLOAD_MANIFEST: the server asked for no manifest")),
+                    };
+                }
+                _ => return Err(self.broken("UPLOAD_MANIFEST: unexpected message")),
+            }
+        }
     }
 
     /// Streams WAL from `start` on `timeline`, through `slot` when given.
@@ -1831,6 +1890,7 @@ mod tests {
             wal: false,
             manifest: true,
             max_rate_kib: None,
+            incremental: false,
         };
         let mut backup = conn.base_backup(&opts).await.unwrap();
         assert_eq!(backup.start_timeline, 1);
@@ -1875,6 +1935,7 @@ mod tests {
             wal: true,
             manifest: false,
             max_rate_kib: Some(1 << 20),
+            incremental: false,
         };
         let mut backup = conn.base_backup(&opts).await.unwrap();
         let mut tar = Vec::new();

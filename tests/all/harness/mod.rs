@@ -47,7 +47,7 @@ pub use azurite::{azurite, Azurite};
 pub use gcs::{gcs, Gcs};
 pub use http::{http, http_get, Reply};
 pub use plugins::{component, load, policy_dir, runtime};
-pub use postgres::{pg_bin, postgres, postgres_from, Postgres, PostgresFrom};
+pub use postgres::{pg_bin, postgres, postgres_from, postgres_from_with, Postgres, PostgresFrom};
 pub use proxy::{FaultCounts, FaultProxy, Faults};
 pub use redis::{redis, OwnRedis, Redis};
 pub use rotel::Rotel;

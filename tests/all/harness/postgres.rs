@@ -120,12 +120,15 @@ impl std::ops::Deref for PostgresFrom {
 }
 
 pub fn postgres_from(bin: &Path) -> PostgresFrom {
-    let cluster = firedrill::servers::local_pg::LocalCluster::start_tcp_from(
-        bin,
-        scratch(),
-        &["max_connections=50"],
-    )
-    .unwrap_or_else(|e| panic!("PostgreSQL from {}: {e}", bin.display()));
+    postgres_from_with(bin, &[])
+}
+
+/// [`postgres_from`] with server settings (`name=value`) added.
+pub fn postgres_from_with(bin: &Path, settings: &[&str]) -> PostgresFrom {
+    let mut all = vec!["max_connections=50"];
+    all.extend_from_slice(settings);
+    let cluster = firedrill::servers::local_pg::LocalCluster::start_tcp_from(bin, scratch(), &all)
+        .unwrap_or_else(|e| panic!("PostgreSQL from {}: {e}", bin.display()));
     stop_at_exit(cluster.pid(), libc::SIGQUIT);
     PostgresFrom {
         pg: Postgres {

@@ -51,6 +51,8 @@ pub(crate) async fn commit(
         bytes: m.size(),
         raw_bytes: m.raw_bytes(),
         seconds: m.timings.seconds,
+        parent: m.physical.as_ref().and_then(|p| p.parent.clone()),
+        full_because: None,
     };
     tracing::info!(backup = %summary.id, bytes = summary.bytes, tables = summary.tables, seconds = summary.seconds, "backup committed");
     Ok(summary)

@@ -78,6 +78,12 @@ pub struct BackupSummary {
     /// COPY bytes (or the RDB) before compression.
     pub raw_bytes: u64,
     pub seconds: f64,
+    /// A physical incremental backup: the backup it builds on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// An incremental backup was asked for and a full one taken: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_because: Option<String>,
 }
 
 #[tracing::instrument(name = "backup", skip_all, fields(source = %opts.source))]

@@ -4,6 +4,14 @@
 //! tablespace) -> zstd -> (age) -> sha256 -> the store, cut into parts while
 //! the server streams; firedrill's manifest last.
 //!
+//! Incremental (PostgreSQL 17+, `summarize_wal = on`): the newest complete
+//! backup of the same cluster, timeline and major is the parent; its
+//! `backup_manifest` goes to the server (`UPLOAD_MANIFEST`) and
+//! `BASE_BACKUP (INCREMENTAL)` sends only the blocks changed since. The
+//! manifest records the parent and the whole chain. Whenever that cannot be
+//! done (an older server, summaries off or not reaching back, no parent, a
+//! chain at `max_chain`) the backup is full and says why: never a failure.
+//!
 //! Invariants (as for logical backups): no temporary files, memory bounded
 //! by one part's buffers whatever the cluster's size; the manifest is
 //! written last and only while the lease is held; a failure aborts the
@@ -15,7 +23,7 @@ use crate::coord::CommitGuard;
 use crate::jobs::backup::{commit, sealing, to_unix, BackupSummary};
 use crate::jobs::JobError;
 use crate::servers::pg::PgUrl;
-use crate::servers::replication::{BackupEvent, BaseBackupOptions, ReplicationConn};
+use crate::servers::replication::{BackupEvent, BaseBackupOptions, ReplicationConn, SystemInfo};
 use crate::telemetry::progress::Progress;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -33,6 +41,13 @@ pub struct PhysicalBackupOptions {
     /// Ask the server for an immediate checkpoint rather than waiting for
     /// the next one (what `pg_basebackup -c fast` does).
     pub fast_checkpoint: bool,
+    /// Take an incremental backup (PostgreSQL 17+ with `summarize_wal`)
+    /// against the newest complete backup of the same cluster and timeline;
+    /// a full one, with the reason logged, when that cannot be done.
+    pub incremental: bool,
+    /// Incremental backups after a full one, at most: past it, the next
+    /// backup is full.
+    pub max_chain: usize,
     pub guard: Option<CommitGuard>,
     pub progress: Arc<Progress>,
 }
@@ -63,24 +78,90 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
         .await
         .map_err(|e| JobError::sql(&opts.url.database(), "read the server version", e))?
         .get(0);
+    let summarize_wal = if opts.incremental {
+        // Absent before 17: the server says no, and that is the answer.
+        sql.query_one("SELECT current_setting('summarize_wal', true)", &[])
+            .await
+            .ok()
+            .and_then(|r| r.get::<_, Option<String>>(0))
+    } else {
+        None
+    };
     drop(sql);
 
     let mut conn = ReplicationConn::connect(&opts.url).await?;
     let system = conn.identify_system().await?;
     let segment_size = conn.segment_size().await?;
+
+    // The parent is read before this backup's sealing replaces the store.
+    let mut full_because = None;
+    let mut parent = None;
+    let mut first_of_chain = false;
+    if opts.incremental {
+        let asked = Ask {
+            system: &system,
+            server_major: crate::servers::pg::server_major(&server_version),
+            summarize_wal: summarize_wal.as_deref(),
+        };
+        match choose_parent(store, opts, &asked).await {
+            Ok(p) => parent = Some(p),
+            Err(Full::FirstOfChain(why)) => {
+                first_of_chain = true;
+                full_because = Some(why)
+            }
+            Err(Full::Because(why)) => full_because = Some(why),
+        }
+    }
+    if let Some(p) = &parent {
+        if let Err(e) = conn.upload_manifest(&p.backup_manifest).await {
+            full_because = Some(format!(
+                "the server refused backup {}'s backup_manifest: {e}",
+                p.id
+            ));
+            parent = None;
+            conn = ReplicationConn::connect(&opts.url).await?;
+        }
+    }
     let (encryption, store) = sealing(store, &dir).await?;
     let store = &store;
 
     opts.progress.phase("streaming the base backup");
-    let mut backup = conn
-        .base_backup(&BaseBackupOptions {
-            label: format!("firedrill {id}"),
-            fast_checkpoint: opts.fast_checkpoint,
-            wal: true,
-            manifest: true,
-            max_rate_kib: None,
-        })
-        .await?;
+    let options = |incremental: bool| BaseBackupOptions {
+        label: format!("firedrill {id}"),
+        fast_checkpoint: opts.fast_checkpoint,
+        wal: true,
+        manifest: true,
+        max_rate_kib: None,
+        incremental,
+    };
+    let first = conn.base_backup(&options(parent.is_some())).await;
+    let mut retry;
+    let mut backup = match first {
+        Ok(b) => b,
+        // Refused before any data: WAL summaries that do not reach back to
+        // the parent (summarize_wal turned on since, or summaries removed
+        // by wal_summary_keep_time), a parent the server does not know.
+        Err(e) if parent.is_some() => {
+            let p = parent.take().expect("checked");
+            full_because = Some(format!(
+                "the server refused an incremental backup on {}: {e}",
+                p.id
+            ));
+            retry = ReplicationConn::connect(&opts.url).await?;
+            retry.base_backup(&options(false)).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(why) = &full_because {
+        if first_of_chain {
+            tracing::info!(source = %opts.source, "{why}");
+        } else {
+            tracing::warn!(source = %opts.source, "incremental backup not possible: {why}; taking a full backup");
+        }
+    }
+    if let Some(p) = &parent {
+        tracing::info!(source = %opts.source, parent = %p.id, chain = p.chain.len() + 1, "incremental backup on {}", p.id);
+    }
     let start_lsn = backup.start_lsn;
     let start_timeline = backup.start_timeline;
     let mut sink = Sink {
@@ -158,10 +239,148 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
             wal_included: true,
             archives: sink.archives,
             backup_manifest,
+            parent: parent.as_ref().map(|p| p.id.clone()),
+            chain: parent
+                .map(|p| {
+                    let mut chain = p.chain;
+                    chain.push(p.id);
+                    chain
+                })
+                .unwrap_or_default(),
         }),
         signature: None,
     };
-    commit(store, &m, opts.guard.as_ref(), &opts.progress).await
+    let mut summary = commit(store, &m, opts.guard.as_ref(), &opts.progress).await?;
+    summary.full_because = full_because;
+    Ok(summary)
+}
+
+/// What the server says about itself, for choosing a parent.
+struct Ask<'a> {
+    system: &'a SystemInfo,
+    server_major: Option<u32>,
+    /// `summarize_wal` (None: the server has no such setting).
+    summarize_wal: Option<&'a str>,
+}
+
+/// Why a backup asked to be incremental is full.
+enum Full {
+    /// No backup to build on: normal for the first of a chain.
+    FirstOfChain(String),
+    /// Something an operator may want to change.
+    Because(String),
+}
+
+/// The backup an incremental one builds on.
+struct Parent {
+    id: String,
+    /// Its own chain: the full backup first.
+    chain: Vec<String>,
+    /// The server's `backup_manifest` of it, checked against its checksum.
+    backup_manifest: Vec<u8>,
+}
+
+/// The newest complete physical backup of this source taken of the same
+/// cluster on the same timeline and major, whose chain has room for one
+/// more; or why the backup must be full (said, never an error: a full
+/// backup is always right).
+async fn choose_parent(
+    store: &Store,
+    opts: &PhysicalBackupOptions,
+    ask: &Ask<'_>,
+) -> Result<Parent, Full> {
+    use Full::Because;
+    match ask.server_major {
+        Some(m) if m >= 17 => {}
+        Some(m) => {
+            return Err(Because(format!(
+                "PostgreSQL {m} has no incremental backups (they need 17 or newer)"
+            )))
+        }
+        None => return Err(Because("the server's version is unknown".into())),
+    }
+    match ask.summarize_wal {
+        Some("on") => {}
+        _ => {
+            return Err(Because(
+                "summarize_wal is off on the server: set summarize_wal = on (ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf()) for incremental backups; the next full backup after that starts a chain"
+                    .into(),
+            ))
+        }
+    }
+    let mut ids: Vec<String> = store
+        .list(&format!("{}/", opts.source))
+        .await
+        .map_err(|e| Because(format!("cannot list the source's backups: {e}")))?
+        .into_iter()
+        .filter_map(|n| n.strip_suffix('/').map(str::to_string))
+        .filter(|n| manifest::is_backup_id(n))
+        .collect();
+    ids.sort();
+    let mut passed_over = Vec::new();
+    for id in ids.iter().rev() {
+        let m = match crate::archive::verified_manifest(store, &opts.source, id).await {
+            Ok((m, _)) => m,
+            // Incomplete (in progress or abandoned), or not vouched for.
+            Err(_) => continue,
+        };
+        let Some(p) = &m.physical else { continue };
+        if p.system_id != ask.system.system_id {
+            passed_over.push(format!(
+                "{id} is of another cluster (system {})",
+                p.system_id
+            ));
+            continue;
+        }
+        if p.end_timeline != ask.system.timeline {
+            passed_over.push(format!(
+                "{id} is on timeline {} and the server on {}",
+                p.end_timeline, ask.system.timeline
+            ));
+            continue;
+        }
+        if m.server_major() != ask.server_major {
+            passed_over.push(format!(
+                "{id} is of PostgreSQL {}",
+                m.server_major().unwrap_or(0)
+            ));
+            continue;
+        }
+        if p.chain.len() >= opts.max_chain {
+            return Err(Because(format!(
+                "the chain of {} holds {} incremental backups, the most max_chain = {} allows: a full backup starts the next chain",
+                p.root(id),
+                p.chain.len(),
+                opts.max_chain
+            )));
+        }
+        let Some(object) = &p.backup_manifest else {
+            return Err(Because(format!(
+                "backup {id} holds no backup_manifest to compare against"
+            )));
+        };
+        let bytes = async {
+            let backup = crate::archive::open_backup(store, &opts.source, id).await?;
+            backup.reader(store, object).await?.read_all().await
+        }
+        .await
+        .map_err(|e| Because(format!("cannot read backup {id}'s backup_manifest: {e}")))?;
+        return Ok(Parent {
+            id: id.clone(),
+            chain: p.chain.clone(),
+            backup_manifest: bytes,
+        });
+    }
+    Err(if passed_over.is_empty() {
+        Full::FirstOfChain(
+            "no earlier physical backup of this source to build on: the first backup of a chain is full".into(),
+        )
+    } else {
+        Because(format!(
+            "no earlier backup of this cluster and timeline to build on ({}): a full backup starts a chain",
+            passed_over.join("; ")
+        ))
+    })
 }
 
 /// Where the server's stream goes: the archive being written and its part

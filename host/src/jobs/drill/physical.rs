@@ -6,7 +6,10 @@
 //!
 //! - `wal.chain`: the archive continues the backup without a gap;
 //! - `physical.backup_manifest`: every file checks out against the server's
-//!   own backup_manifest (pg_verifybackup, when installed);
+//!   own backup_manifest (pg_verifybackup, when installed); for an
+//!   incremental backup, every member of its chain against its own;
+//! - `physical.chain` (incremental backups): the chain, full backup first,
+//!   combined by pg_combinebackup, and what each member stored;
 //! - `pitr.target`: recovery stopped at T, not before and not after (the
 //!   last replayed commit is at most T);
 //! - `pitr.heartbeat`: the newest heartbeat the agent wrote into the source
@@ -167,6 +170,21 @@ pub(super) async fn drill(
         },
     );
 
+    if !summary.chain.is_empty() {
+        report.checks.push(pass(
+            "physical.chain",
+            format!(
+                "{} backups combined by pg_combinebackup: {}",
+                summary.chain.len(),
+                summary
+                    .chain
+                    .iter()
+                    .map(|c| format!("{} ({} bytes stored)", c.id, c.stored_bytes))
+                    .collect::<Vec<_>>()
+                    .join(" <- ")
+            ),
+        ));
+    }
     let databases = admin.list_databases().await?;
     if let Some(t) = target {
         let reached = last_replayed_commit(&admin).await?;
@@ -234,6 +252,7 @@ pub(super) async fn drill(
         replay_seconds: summary.replay_seconds,
         wal_bytes_replayed: replayed,
         archive_lag_seconds: lag,
+        chain: summary.chain.clone(),
     });
     Ok(())
 }

@@ -59,6 +59,10 @@ pub struct PhysicalDrill {
     /// Seconds since the newest WAL was archived when the drill started
     /// (the real RPO of a physical source).
     pub archive_lag_seconds: Option<i64>,
+    /// An incremental backup: the chain combined, the full backup first,
+    /// with the bytes each member stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<crate::jobs::restore::combine::ChainMember>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

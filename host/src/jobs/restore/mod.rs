@@ -10,6 +10,7 @@
 //! failure names the object and drops the database this restore created; an
 //! existing database that holds anything is never touched without `force`.
 
+pub mod combine;
 pub mod physical;
 pub mod script;
 

@@ -13,6 +13,7 @@
 //! server runs with firedrill's settings only, on a private socket, no TCP.
 //! Physical restores need exactly the backup's major version of the server.
 
+use super::combine::{self, ChainMember};
 use crate::archive::manifest::{Manifest, PhysicalEntry};
 use crate::archive::untar::{Extracted, Extractor, Limits, Options as UntarOptions, UntarError};
 use crate::archive::wal::Lsn;
@@ -80,6 +81,10 @@ pub struct PhysicalRestoreSummary {
     /// `pg_verifybackup: ok (...)`, or why it did not run (`not checked by
     /// pg_verifybackup: ...`); a mismatch fails the restore.
     pub verified: String,
+    /// An incremental backup: every member combined, the full backup first
+    /// and this one last, with what each stored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ChainMember>,
 }
 
 /// What [`unpack`] did.
@@ -114,8 +119,16 @@ pub async fn run(
             manifest.id
         ))
     })?;
-    // Before a byte is unpacked: without the server, nothing can be done.
+    // Before a byte is unpacked: without the server (and for a chain, its
+    // every member and pg_combinebackup), nothing can be done.
     let bin = server_bin(manifest, major)?;
+    let chain = match &entry.parent {
+        Some(_) => {
+            combine::combine_tool(&manifest.id, major)?;
+            combine::open_chain(store, backup).await?
+        }
+        None => vec![],
+    };
     let data_dir = absolute(&opts.data_dir)?;
     let tablespaces_dir = tablespaces_dir(&data_dir);
     prepare_dir(&data_dir, opts.force)?;
@@ -124,9 +137,30 @@ pub async fn run(
     }
 
     let clock = Instant::now();
-    let unpacked = unpack(store, backup, entry, &data_dir, &tablespaces_dir, &opts.progress)
+    let unpacked = if entry.parent.is_some() {
+        combine::unpack_chain(
+            store,
+            &chain,
+            backup,
+            &data_dir,
+            &tablespaces_dir,
+            opts.force,
+            &opts.progress,
+        )
         .await
-        .inspect_err(|_| {
+    } else {
+        unpack(
+            store,
+            backup,
+            entry,
+            &data_dir,
+            &tablespaces_dir,
+            &opts.progress,
+        )
+        .await
+        .map(|u| (u, vec![]))
+    };
+    let (unpacked, chain) = unpacked.inspect_err(|_| {
             tracing::warn!(data_dir = %data_dir.display(), "the data directory holds a partial restore: remove it, or restore again with --force");
         })?;
     let unpack_seconds = clock.elapsed().as_secs_f64();
@@ -195,6 +229,7 @@ pub async fn run(
         bytes_unpacked: unpacked.bytes,
         tablespaces: unpacked.tablespaces,
         verified: unpacked.verified,
+        chain,
     };
     if opts.keep_running {
         return Ok((summary, Some(cluster)));
@@ -282,7 +317,7 @@ fn tablespaces_dir(data_dir: &Path) -> PathBuf {
 
 /// A directory to restore into: created 0700, or an existing empty one
 /// (emptied with `force`); never a symlink.
-fn prepare_dir(dir: &Path, force: bool) -> Result<(), JobError> {
+pub(super) fn prepare_dir(dir: &Path, force: bool) -> Result<(), JobError> {
     let fail = |e: std::io::Error| JobError::Config(format!("{}: {e}", dir.display()));
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -1141,6 +1176,8 @@ mod end_to_end {
                 wal_included: true,
                 archives,
                 backup_manifest: Some(bm),
+                parent: None,
+                chain: vec![],
             }),
             signature: None,
         };
