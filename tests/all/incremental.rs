@@ -78,13 +78,18 @@ fn restore(bin: &Path, store_url: &str, id: &str) -> Result<(String, LocalCluste
         ],
     );
     let said = output_text(&o);
+    let left: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".firedrill-chain-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the chain's members were left behind: {left:?}"
+    );
     if !o.status.success() {
         return Err(said);
     }
-    assert!(
-        !dir.with_file_name("data.chain").exists(),
-        "the chain's directory was left behind"
-    );
     // Handed over with peer authentication; the test connects as postgres.
     std::fs::write(dir.join("pg_hba.conf"), "local all all trust\n").unwrap();
     let run = LocalCluster::private_run_dir(&harness::tempdir("incremental-run")).unwrap();
@@ -321,6 +326,24 @@ fn a_missing_or_damaged_member_is_named() {
     write(&mut client, 2);
     let inc2 = backup(&store, &url, source, true, 14);
     assert_eq!(inc2.parent.as_deref(), Some(inc1.id.as_str()));
+
+    // A tampered chain: an id that is a path, never used as one.
+    let path = dir.join(source).join(&inc2.id).join("manifest.json");
+    let genuine = std::fs::read(&path).unwrap();
+    let evil = harness::tempdir("incremental-evil");
+    let mut m: serde_json::Value = serde_json::from_slice(&genuine).unwrap();
+    m["physical"]["chain"][0] = evil.display().to_string().into();
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let said = restore(&bin, &store_url, &inc2.id)
+        .err()
+        .expect("a tampered chain restores");
+    assert!(said.contains("not an earlier backup's id"), "{said}");
+    assert_eq!(
+        std::fs::read_dir(&evil).unwrap().count(),
+        0,
+        "written where the manifest said"
+    );
+    std::fs::write(&path, &genuine).unwrap();
 
     // A damaged full backup: one byte of its base archive flipped.
     let part = dir

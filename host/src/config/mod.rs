@@ -445,7 +445,7 @@ impl Config {
         });
         for s in &self.sources {
             out.push_str(&format!(
-                "source     {}: {}{} (backup {:?}, drill {:?}, prune {:?})\n",
+                "source     {}: {}{} (backup {:?}{}, drill {:?}, prune {:?})\n",
                 s.name,
                 s.urls
                     .iter()
@@ -458,6 +458,10 @@ impl Config {
                     .map(|u| format!("; plugin sql as {}", u.user()))
                     .unwrap_or_default(),
                 s.backup,
+                s.incremental
+                    .as_ref()
+                    .map(|i| format!(", incremental {i:?}, max_chain {}", s.max_chain))
+                    .unwrap_or_default(),
                 s.drill,
                 s.prune
             ));

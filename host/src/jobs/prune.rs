@@ -25,7 +25,11 @@
 //! comes after: it takes a chain that goes from its newest end, and what it
 //! leaves goes at a later run. Deletions go incrementals first, deepest
 //! first, then newest first, so a prune interrupted part way never leaves an
-//! incremental whose parent is gone. The WAL bound needs nothing more: the
+//! incremental whose parent is gone. While a backup of a source is in
+//! progress (incomplete, younger than the abandon age), the newest complete
+//! physical backup begun before it, which it may be building on, is kept
+//! with its chain; the backup itself checks, before it commits, that its
+//! parent is still there. The WAL bound needs nothing more: the
 //! oldest kept physical backup is at or below the oldest remaining member of
 //! every kept chain (a chain's members stay together, on the timeline of
 //! its full backup), and an incremental needs the WAL from its own start
@@ -189,6 +193,13 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
             guarded,
         });
     }
+    keep_parents_of_backups_in_progress(
+        &listings,
+        &physical,
+        &mut decisions,
+        now,
+        opts.abandon_after,
+    );
     let chains = chains(&listings, &physical);
     keep_chains_whole(&listings, &physical, &chains, &mut decisions);
     cap_deletions(
@@ -277,6 +288,43 @@ pub async fn run(store: &Store, opts: &PruneOptions) -> Result<PruneReport, JobE
         wal,
         wal_deleted,
     })
+}
+
+/// An incremental backup in progress has no manifest yet, so no chain
+/// names its parent: while a source has an incomplete backup that may still
+/// be running, its newest complete physical backup begun before it (the
+/// parent such a backup takes) is kept, and with it its chain.
+fn keep_parents_of_backups_in_progress(
+    listings: &[Listing],
+    physical: &PhysicalMap,
+    decisions: &mut [Decision],
+    now: i64,
+    abandon_after: Duration,
+) {
+    for busy in listings
+        .iter()
+        .filter(|l| !l.complete && ((now - l.created).max(0) as u64) < abandon_after.as_secs())
+    {
+        let parent = listings
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| {
+                l.source == busy.source && l.created <= busy.created && l.id != busy.id
+            })
+            .filter(|(_, l)| physical.contains_key(&key(l)))
+            .last();
+        if let Some((i, l)) = parent {
+            let d = &mut decisions[i];
+            if d.delete {
+                d.delete = false;
+                d.guarded = true;
+                d.reason = format!(
+                    "guard: backup {} of this source is in progress and may be an incremental one built on {} (the plugin said: {})",
+                    busy.id, l.id, d.reason
+                );
+            }
+        }
+    }
 }
 
 fn key(l: &Listing) -> (String, String) {
@@ -711,6 +759,47 @@ mod tests {
         let (d, order) = settle(&backups, &[true, true, true, false, false], 10);
         assert!(d[..3].iter().all(|d| d.delete), "{d:?}");
         assert_eq!(order, ["c", "b", "a"]);
+    }
+
+    /// A backup in progress (no manifest yet) may be an incremental one on
+    /// the newest complete physical backup: that one and its chain stay
+    /// until it is done (or abandoned).
+    #[test]
+    fn a_backup_in_progress_keeps_the_chain_it_may_build_on() {
+        let mut listings = vec![listing("a", 100), listing("b", 200), listing("c", 300)];
+        listings[2].complete = false;
+        let mut phys = HashMap::new();
+        phys.insert(key(&listings[0]), (physical(0), 110));
+        phys.insert(key(&listings[1]), (incremental(1, &["a"]), 210));
+        let mut decisions: Vec<Decision> = listings
+            .iter()
+            .map(|l| Decision {
+                id: l.id.clone(),
+                source: l.source.clone(),
+                delete: l.complete,
+                reason: "plugin".into(),
+                guarded: false,
+            })
+            .collect();
+        let opts = Duration::from_secs;
+        let mut old = decisions.clone();
+        // Abandoned long ago: nothing is in progress, nothing held.
+        keep_parents_of_backups_in_progress(&listings, &phys, &mut old, 100_000, opts(60));
+        assert!(old[0].delete && old[1].delete, "{old:?}");
+        keep_parents_of_backups_in_progress(&listings, &phys, &mut decisions, 310, opts(3600));
+        assert!(
+            !decisions[1].delete && decisions[1].guarded,
+            "{decisions:?}"
+        );
+        assert!(decisions[1]
+            .reason
+            .contains("backup c of this source is in progress"));
+        let chains = chains(&listings, &phys);
+        keep_chains_whole(&listings, &phys, &chains, &mut decisions);
+        assert!(
+            !decisions[0].delete,
+            "its chain is kept whole: {decisions:?}"
+        );
     }
 
     #[test]

@@ -895,6 +895,18 @@ impl ReplicationConn {
         &mut self,
         opts: &BaseBackupOptions,
     ) -> Result<BaseBackup<'_>, ServerError> {
+        let started = self.start_base_backup(opts).await?;
+        self.stream_base_backup(started)
+    }
+
+    /// The first half of [`ReplicationConn::base_backup`]: the command
+    /// sent, its start position and tablespaces read. A refusal (before any
+    /// data) leaves the connection ready for another command; holding no
+    /// borrow, the caller may then try again on it.
+    pub async fn start_base_backup(
+        &mut self,
+        opts: &BaseBackupOptions,
+    ) -> Result<BaseBackupStart, ServerError> {
         self.ready()?;
         if self.version_num < 130000 {
             return Err(self.err(format!(
@@ -1011,6 +1023,26 @@ impl ReplicationConn {
         if tablespaces.is_empty() {
             return Err(self.broken("BASE_BACKUP: the server listed no tablespace"));
         }
+        Ok(BaseBackupStart {
+            start_lsn,
+            start_timeline,
+            tablespaces,
+            legacy,
+        })
+    }
+
+    /// The second half of [`ReplicationConn::base_backup`]: the archives of
+    /// the backup [`ReplicationConn::start_base_backup`] started.
+    pub fn stream_base_backup(
+        &mut self,
+        started: BaseBackupStart,
+    ) -> Result<BaseBackup<'_>, ServerError> {
+        let BaseBackupStart {
+            start_lsn,
+            start_timeline,
+            tablespaces,
+            legacy,
+        } = started;
         let mut b = BaseBackup {
             start_lsn,
             start_timeline,
@@ -1137,6 +1169,15 @@ impl ReplicationConn {
             }
         }
     }
+}
+
+/// A base backup the server has started: where it starts, its tablespaces.
+#[derive(Debug)]
+pub struct BaseBackupStart {
+    pub start_lsn: Lsn,
+    pub start_timeline: u32,
+    pub tablespaces: Vec<Tablespace>,
+    legacy: bool,
 }
 
 /// Where a base backup's copy data goes.

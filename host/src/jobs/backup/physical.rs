@@ -13,7 +13,9 @@
 //! chain at `max_chain`) the backup is full and says why: never a failure.
 //!
 //! Invariants (as for logical backups): no temporary files, memory bounded
-//! by one part's buffers whatever the cluster's size; the manifest is
+//! by one part's buffers whatever the cluster's size (and, for an
+//! incremental backup, its parent's `backup_manifest`, which grows with the
+//! cluster's file count, not its bytes); the manifest is
 //! written last and only while the lease is held; a failure aborts the
 //! upload in flight and leaves no manifest.
 
@@ -96,7 +98,7 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
     // The parent is read before this backup's sealing replaces the store.
     let mut full_because = None;
     let mut parent = None;
-    let mut first_of_chain = false;
+    let mut expected_full = false;
     if opts.incremental {
         let asked = Ask {
             system: &system,
@@ -105,8 +107,8 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
         };
         match choose_parent(store, opts, &asked).await {
             Ok(p) => parent = Some(p),
-            Err(Full::FirstOfChain(why)) => {
-                first_of_chain = true;
+            Err(Full::Expected(why)) => {
+                expected_full = true;
                 full_because = Some(why)
             }
             Err(Full::Because(why)) => full_because = Some(why),
@@ -119,7 +121,9 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
                 p.id
             ));
             parent = None;
-            conn = ReplicationConn::connect(&opts.url).await?;
+            // One walsender at a time (max_wal_senders may allow no more).
+            drop(conn);
+            conn = reconnect(&opts.url, &system).await?;
         }
     }
     let (encryption, store) = sealing(store, &dir).await?;
@@ -134,26 +138,24 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
         max_rate_kib: None,
         incremental,
     };
-    let first = conn.base_backup(&options(parent.is_some())).await;
-    let mut retry;
-    let mut backup = match first {
-        Ok(b) => b,
-        // Refused before any data: WAL summaries that do not reach back to
-        // the parent (summarize_wal turned on since, or summaries removed
-        // by wal_summary_keep_time), a parent the server does not know.
+    let begun = match conn.start_base_backup(&options(parent.is_some())).await {
+        Ok(s) => s,
+        // Refused before any data (WAL summaries that do not reach back to
+        // the parent: summarize_wal turned on since, or summaries removed by
+        // wal_summary_keep_time): the same connection takes a full one.
         Err(e) if parent.is_some() => {
             let p = parent.take().expect("checked");
             full_because = Some(format!(
                 "the server refused an incremental backup on {}: {e}",
                 p.id
             ));
-            retry = ReplicationConn::connect(&opts.url).await?;
-            retry.base_backup(&options(false)).await?
+            conn.start_base_backup(&options(false)).await?
         }
         Err(e) => return Err(e.into()),
     };
+    let mut backup = conn.stream_base_backup(begun)?;
     if let Some(why) = &full_because {
-        if first_of_chain {
+        if expected_full {
             tracing::info!(source = %opts.source, "{why}");
         } else {
             tracing::warn!(source = %opts.source, "incremental backup not possible: {why}; taking a full backup");
@@ -250,9 +252,43 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
         }),
         signature: None,
     };
+    // A prune may have deleted the parent while the server streamed: then
+    // this backup would be a chain without its start. Nothing is committed.
+    if let Some(parent) = m.physical.as_ref().and_then(|p| p.parent.as_deref()) {
+        if let Err(e) = crate::archive::read_manifest(store, &opts.source, parent).await {
+            return Err(JobError::Config(format!(
+                "the parent of this incremental backup, {parent}, is gone from the store ({e}): a prune deleted it while the backup ran? Nothing was committed; the next backup builds on what is there"
+            )));
+        }
+    }
     let mut summary = commit(store, &m, opts.guard.as_ref(), &opts.progress).await?;
+    // The window between that check and the commit: said loudly, since the
+    // newest backup would not restore (a drill of it fails and names it).
+    if let Some(parent) = m.physical.as_ref().and_then(|p| p.parent.as_deref()) {
+        if crate::archive::read_manifest(store, &opts.source, parent)
+            .await
+            .is_err()
+        {
+            tracing::error!(backup = %m.id, parent, "the parent of this incremental backup was deleted while it was committed: it cannot be restored; take a full backup");
+        }
+    }
     summary.full_because = full_because;
     Ok(summary)
+}
+
+/// A new replication connection for the same backup: it must reach the
+/// same cluster on the same timeline (a multi-host URL or a failover may
+/// lead elsewhere).
+async fn reconnect(url: &PgUrl, system: &SystemInfo) -> Result<ReplicationConn, JobError> {
+    let mut conn = ReplicationConn::connect(url).await?;
+    let now = conn.identify_system().await?;
+    if now.system_id != system.system_id || now.timeline != system.timeline {
+        return Err(JobError::Config(format!(
+            "reconnected to cluster {} on timeline {}, not {} on timeline {} as at the backup's start (a failover?): nothing was stored; the next backup starts over",
+            now.system_id, now.timeline, system.system_id, system.timeline
+        )));
+    }
+    Ok(conn)
 }
 
 /// What the server says about itself, for choosing a parent.
@@ -265,8 +301,9 @@ struct Ask<'a> {
 
 /// Why a backup asked to be incremental is full.
 enum Full {
-    /// No backup to build on: normal for the first of a chain.
-    FirstOfChain(String),
+    /// What the schedule expects: the first of a chain, or a chain that is
+    /// as long as `max_chain` allows.
+    Expected(String),
     /// Something an operator may want to change.
     Because(String),
 }
@@ -321,8 +358,12 @@ async fn choose_parent(
     for id in ids.iter().rev() {
         let m = match crate::archive::verified_manifest(store, &opts.source, id).await {
             Ok((m, _)) => m,
-            // Incomplete (in progress or abandoned), or not vouched for.
-            Err(_) => continue,
+            // Incomplete: in progress or abandoned.
+            Err(crate::archive::ArchiveError::Missing { .. }) => continue,
+            Err(e) => {
+                passed_over.push(format!("{id} cannot be built on: {e}"));
+                continue;
+            }
         };
         let Some(p) = &m.physical else { continue };
         if p.system_id != ask.system.system_id {
@@ -346,8 +387,15 @@ async fn choose_parent(
             ));
             continue;
         }
+        // Its ids go into this backup's manifest and become store paths.
+        if let Some(bad) = p.chain.iter().find(|c| !manifest::is_backup_id(c)) {
+            passed_over.push(format!(
+                "{id} records a chain member {bad:?} that is not a backup id"
+            ));
+            continue;
+        }
         if p.chain.len() >= opts.max_chain {
-            return Err(Because(format!(
+            return Err(Full::Expected(format!(
                 "the chain of {} holds {} incremental backups, the most max_chain = {} allows: a full backup starts the next chain",
                 p.root(id),
                 p.chain.len(),
@@ -372,7 +420,7 @@ async fn choose_parent(
         });
     }
     Err(if passed_over.is_empty() {
-        Full::FirstOfChain(
+        Full::Expected(
             "no earlier physical backup of this source to build on: the first backup of a chain is full".into(),
         )
     } else {

@@ -11,7 +11,7 @@
 //! are removed on every exit path.
 
 use super::physical::{prepare_dir, unpack, Unpacked};
-use crate::archive::manifest::PhysicalEntry;
+use crate::archive::manifest::{is_backup_id, PhysicalEntry};
 use crate::archive::{open_backup, ArchiveError, Backup, Store};
 use crate::jobs::JobError;
 use crate::servers::pg::{find_tools, FoundTool};
@@ -58,6 +58,16 @@ pub async fn open_chain(store: &Store, backup: &Backup) -> Result<Vec<Backup>, J
             "its parent {:?} is not the last of its chain {:?}",
             entry.parent, entry.chain
         )));
+    }
+    // Ids from a manifest become store paths: only the shape of an id, each
+    // once, each older than the backup that names it.
+    let mut seen = std::collections::HashSet::new();
+    for id in &entry.chain {
+        if !is_backup_id(id) || !seen.insert(id.as_str()) || id.as_str() >= m.id.as_str() {
+            return Err(broken(format!(
+                "its chain names {id:?}, which is not an earlier backup's id (ids look like 20261122T210000Z-k3x9qa, each once, older than the backup)"
+            )));
+        }
     }
     let mut members: Vec<Backup> = Vec::with_capacity(entry.chain.len());
     for (i, id) in entry.chain.iter().enumerate() {
@@ -154,12 +164,35 @@ impl Drop for Scratch {
     }
 }
 
-/// `<data_dir>.chain`, next to the data directory (the same filesystem:
-/// pg_combinebackup can link or copy in the kernel).
-fn chain_dir(data_dir: &Path) -> PathBuf {
-    let mut name = data_dir.file_name().unwrap_or_default().to_os_string();
-    name.push(".chain");
-    data_dir.with_file_name(name)
+/// A new private directory next to the data directory (likely the same
+/// filesystem: pg_combinebackup can then link or copy in the kernel),
+/// never one that existed before.
+fn chain_dir(data_dir: &Path) -> Result<PathBuf, JobError> {
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    let dir = tempfile::Builder::new()
+        .prefix(".firedrill-chain-")
+        .tempdir_in(parent)
+        .map_err(|e| {
+            JobError::Config(format!(
+                "cannot make a directory for the chain's members in {}: {e}",
+                parent.display()
+            ))
+        })?;
+    Ok(dir.keep())
+}
+
+/// How pg_combinebackup writes the data directory: linking (18+) or an
+/// in-kernel copy spares a second pass of the whole cluster through user
+/// space, but both need the members on the data directory's filesystem.
+fn copy_mode(major: u32, members: &Path, outputs: &[&Path]) -> &'static str {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let same = dev(members).is_some() && outputs.iter().all(|o| dev(o) == dev(members));
+    match (same, major >= 18) {
+        (true, true) => "--link",
+        (true, false) => "--copy-file-range",
+        (false, _) => "--copy",
+    }
 }
 
 /// Unpacks and verifies every member of `backup`'s chain (and `backup`),
@@ -171,13 +204,11 @@ pub async fn unpack_chain(
     backup: &Backup,
     data_dir: &Path,
     tablespaces_dir: &Path,
-    force: bool,
     progress: &Progress,
 ) -> Result<(Unpacked, Vec<ChainMember>), JobError> {
     let major = backup.manifest.server_major().unwrap_or(0);
     let tool = combine_tool(&backup.manifest.id, major)?;
-    let work = chain_dir(data_dir);
-    prepare_dir(&work, force)?;
+    let work = chain_dir(data_dir)?;
     let _scratch = Scratch(work.clone());
 
     let mut dirs = Vec::new();
@@ -194,8 +225,9 @@ pub async fn unpack_chain(
             i + 1,
             members.len()
         ));
-        let dir = work.join(id);
-        let ts = work.join(format!("{id}.tablespaces"));
+        // By position, never by a name the manifest gave.
+        let dir = work.join(format!("{i:03}"));
+        let ts = work.join(format!("{i:03}.tablespaces"));
         prepare_dir(&dir, false)?;
         let got = unpack(store, member, entry, &dir, &ts, progress)
             .await
@@ -222,25 +254,23 @@ pub async fn unpack_chain(
 
     progress.phase("combining the chain (pg_combinebackup)");
     let mut tablespaces = Vec::new();
+    if !last_tablespaces.is_empty() && !tablespaces_dir.exists() {
+        prepare_dir(tablespaces_dir, false)?;
+    }
+    let mut outputs = vec![data_dir];
+    if !last_tablespaces.is_empty() {
+        outputs.push(tablespaces_dir);
+    }
     let mut cmd = tokio::process::Command::new(&tool.path);
     cmd.env("LC_ALL", "C")
         .arg("--no-sync")
-        // The members go right after: linking (18+) or an in-kernel copy
-        // spares a second write of the whole cluster through user space.
-        .arg(if major >= 18 {
-            "--link"
-        } else {
-            "--copy-file-range"
-        })
+        .arg(copy_mode(major, &work, &outputs))
         .arg("-o")
         .arg(data_dir);
     for (oid, from) in &last_tablespaces {
         let to = tablespaces_dir.join(oid);
         cmd.arg("-T").arg(mapping(from, &to)?);
         tablespaces.push((oid.clone(), to));
-    }
-    if !tablespaces.is_empty() && !tablespaces_dir.exists() {
-        prepare_dir(tablespaces_dir, false)?;
     }
     cmd.args(&dirs)
         .stdin(std::process::Stdio::null())

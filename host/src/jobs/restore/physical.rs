@@ -144,7 +144,6 @@ pub async fn run(
             backup,
             &data_dir,
             &tablespaces_dir,
-            opts.force,
             &opts.progress,
         )
         .await
@@ -273,6 +272,16 @@ fn check_target(
                 m.id, m.source
             )));
         }
+    }
+    if entry.parent.is_some() == entry.chain.is_empty() {
+        return Err(ArchiveError::Corrupt {
+            object: crate::archive::manifest::MANIFEST.into(),
+            reason: format!(
+                "it records the parent {:?} and the chain {:?}: an incremental backup has both, a full one neither",
+                entry.parent, entry.chain
+            ),
+        }
+        .into());
     }
     if entry.archives.first().map(|a| a.name.as_str()) != Some("base") {
         return Err(ArchiveError::Corrupt {
