@@ -473,3 +473,27 @@ fn a_full_backup_is_taken_whenever_an_incremental_one_cannot_be() {
     let plain = backup(&store, &url, "late17", false, 14);
     assert_eq!((plain.parent, plain.full_because), (None, None));
 }
+
+/// On 18 the chain is combined by linking (`--link`): the restored copy
+/// holds exactly the data, and removing the members after leaves it whole.
+#[test]
+fn a_chain_restores_on_postgres_18() {
+    let bin = pg_bin(18);
+    let pg = postgres_from_with(&bin, &["summarize_wal=on"]);
+    let url = pg.url("postgres");
+    let (store_url, _) = file_store();
+    let store = open_store(&store_url);
+    let source = "chain18";
+    let mut client = pg.client("postgres");
+    client.batch_execute(TABLE).unwrap();
+    write(&mut client, 0);
+    let full = backup(&store, &url, source, true, 14);
+    write(&mut client, 1);
+    let inc = backup(&store, &url, source, true, 14);
+    assert_eq!(inc.parent.as_deref(), Some(full.id.as_str()), "{:?}", inc.full_because);
+    let want = digest(&mut client);
+    let (said, mut cluster) =
+        restore(&bin, &store_url, &inc.id).unwrap_or_else(|e| panic!("restore: {e}"));
+    assert!(said.contains(&format!("{} <- {}", full.id, inc.id)), "{said}");
+    assert_eq!(restored_digest(&mut cluster), want);
+}
