@@ -326,6 +326,17 @@ fn a_missing_or_damaged_member_is_named() {
     write(&mut client, 2);
     let inc2 = backup(&store, &url, source, true, 14);
     assert_eq!(inc2.parent.as_deref(), Some(inc1.id.as_str()));
+    // `list` shows what builds on what.
+    let o = firedrill(&["list"], &[("FIREDRILL_STORE", store_url.clone())]);
+    let text = output_text(&o);
+    assert!(
+        text.contains(&format!("incremental on {}", inc1.id)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("incremental on {}", full.id)),
+        "{text}"
+    );
 
     // A tampered chain: an id that is a path, never used as one.
     let path = dir.join(source).join(&inc2.id).join("manifest.json");
@@ -490,10 +501,18 @@ fn a_chain_restores_on_postgres_18() {
     let full = backup(&store, &url, source, true, 14);
     write(&mut client, 1);
     let inc = backup(&store, &url, source, true, 14);
-    assert_eq!(inc.parent.as_deref(), Some(full.id.as_str()), "{:?}", inc.full_because);
+    assert_eq!(
+        inc.parent.as_deref(),
+        Some(full.id.as_str()),
+        "{:?}",
+        inc.full_because
+    );
     let want = digest(&mut client);
     let (said, mut cluster) =
         restore(&bin, &store_url, &inc.id).unwrap_or_else(|e| panic!("restore: {e}"));
-    assert!(said.contains(&format!("{} <- {}", full.id, inc.id)), "{said}");
+    assert!(
+        said.contains(&format!("{} <- {}", full.id, inc.id)),
+        "{said}"
+    );
     assert_eq!(restored_digest(&mut cluster), want);
 }

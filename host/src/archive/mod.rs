@@ -309,6 +309,9 @@ pub struct Listing {
     /// The newest drill of this backup, if any (whose report this store's
     /// keys accept).
     pub last_drill: Option<DrillSeen>,
+    /// An incremental physical backup: the backup it builds on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// A drill's outcome as `list` shows it.
@@ -530,6 +533,7 @@ pub async fn scan_backups(store: &Store) -> Result<Scan, ArchiveError> {
                     seconds: Some(m.timings.seconds),
                     signed_by,
                     last_drill: last_drill(store, source, id, &mut scan.ignored).await,
+                    parent: m.physical.and_then(|p| p.parent),
                 },
                 Err(ArchiveError::Missing { .. }) => {
                     let objects = store.list_recursive(&backup_dir(source, id)).await?;
@@ -544,6 +548,7 @@ pub async fn scan_backups(store: &Store) -> Result<Scan, ArchiveError> {
                         seconds: None,
                         signed_by: None,
                         last_drill: None,
+                        parent: None,
                     }
                 }
                 Err(ArchiveError::BadManifest { object, reason }) if keyed => {

@@ -42,7 +42,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Some(d) if d.passed => "passed",
                 Some(_) => "FAILED",
             },
-            l.databases.join(", ")
+            match &l.parent {
+                Some(p) => format!("incremental on {p}"),
+                None => l.databases.join(", "),
+            }
         );
     }
     println!("{}: {} backups", store.display(), listings.len());

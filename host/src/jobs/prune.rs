@@ -606,6 +606,7 @@ mod tests {
             seconds: None,
             signed_by: None,
             last_drill: None,
+            parent: None,
         }
     }
 
