@@ -7,7 +7,9 @@
 
 use crate::backup_restore::file_store;
 use crate::harness::{self, firedrill, output_text, pg_bin, postgres_from, postgres_from_with};
-use crate::pitr::{start_streamer, stop_streamer, wait_received, wait_streaming};
+use crate::pitr::{
+    check_status, drill_json, start_streamer, stop_streamer, wait_received, wait_streaming,
+};
 use firedrill::archive::{open_backup, Store, StoreOptions};
 use firedrill::jobs::backup::physical::{self as backup_physical, PhysicalBackupOptions};
 use firedrill::jobs::backup::BackupSummary;
@@ -243,25 +245,8 @@ fn a_chain_restores_each_point_and_its_drill_reports_the_chain() {
     }
     wait_received(&mut client);
     stop_streamer(streamer);
-    let o = firedrill(
-        &["drill", &inc2.id, "--json"],
-        &[
-            ("FIREDRILL_STORE", store_url.clone()),
-            ("FIREDRILL_PG_BIN", bin.display().to_string()),
-        ],
-    );
-    let text = output_text(&o);
-    let report: serde_json::Value =
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not a report ({e}): {text}"));
-    let status = |name: &str| {
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .map(|c| c["status"].as_str().unwrap().to_string())
-            .unwrap_or_else(|| panic!("no check {name}: {text}"))
-    };
+    let (report, text) = drill_json(&store_url, &inc2.id, &bin);
+    let status = |name: &str| check_status(&report, name, &text);
     for check in [
         "physical.chain",
         "physical.backup_manifest",

@@ -166,6 +166,33 @@ pub(crate) fn try_restore(
     })
 }
 
+/// `firedrill drill <id> --json` with the PostgreSQL of `bin`: the report,
+/// and everything the command said (for messages).
+pub(crate) fn drill_json(store: &str, id: &str, bin: &Path) -> (serde_json::Value, String) {
+    let o = firedrill(
+        &["drill", id, "--json"],
+        &[
+            ("FIREDRILL_STORE", store.to_string()),
+            ("FIREDRILL_PG_BIN", bin.display().to_string()),
+        ],
+    );
+    let text = output_text(&o);
+    let report =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not a report ({e}): {text}"));
+    (report, text)
+}
+
+/// The status of check `name` in a drill report.
+pub(crate) fn check_status(report: &serde_json::Value, name: &str, text: &str) -> String {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .map(|c| c["status"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no check {name}: {text}"))
+}
+
 /// Rows per batch in the restored copy.
 pub(crate) fn batches(cluster: &LocalCluster) -> Vec<(i32, i64)> {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -289,25 +316,8 @@ fn a_point_in_time_drill_passes_on_postgres_18() {
     }
     wait_received(&mut client);
     stop_streamer(streamer);
-    let o = firedrill(
-        &["drill", &id, "--json"],
-        &[
-            ("FIREDRILL_STORE", store.clone()),
-            ("FIREDRILL_PG_BIN", bin.display().to_string()),
-        ],
-    );
-    let text = output_text(&o);
-    let report: serde_json::Value =
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not a report ({e}): {text}"));
-    let status = |name: &str| {
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .map(|c| c["status"].as_str().unwrap().to_string())
-            .unwrap_or_else(|| panic!("no check {name}: {text}"))
-    };
+    let (report, text) = drill_json(&store, &id, &bin);
+    let status = |name: &str| check_status(&report, name, &text);
     for check in ["wal.chain", "pitr.target", "pitr.heartbeat", "amcheck"] {
         assert_eq!(status(check), "pass", "{check}: {text}");
     }

@@ -10,7 +10,7 @@
 //! that is missing, foreign or damaged is named; the members' directories
 //! are removed on every exit path.
 
-use super::physical::{prepare_dir, unpack, Unpacked};
+use super::physical::{prepare_dir, run_tool, unpack, Unpacked};
 use crate::archive::manifest::{is_backup_id, PhysicalEntry};
 use crate::archive::{open_backup, ArchiveError, Backup, Store};
 use crate::jobs::JobError;
@@ -272,29 +272,16 @@ pub async fn unpack_chain(
         cmd.arg("-T").arg(mapping(from, &to)?);
         tablespaces.push((oid.clone(), to));
     }
-    cmd.args(&dirs)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| JobError::tool("pg_combinebackup", format!("cannot run: {e}")))?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
-        let said: Vec<&str> = said.lines().take(20).collect();
-        return Err(JobError::tool(
-            "pg_combinebackup",
-            format!(
-                "cannot combine the chain {}: {}",
-                members
-                    .iter()
-                    .map(|m| m.manifest.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" <- "),
-                said.join("; ")
-            ),
-        ));
-    }
+    cmd.args(&dirs);
+    let names = members
+        .iter()
+        .map(|m| m.manifest.id.as_str())
+        .collect::<Vec<_>>()
+        .join(" <- ");
+    run_tool(&mut cmd, "pg_combinebackup", |said| {
+        format!("cannot combine the chain {names}: {said}")
+    })
+    .await?;
     let all_ok = verified
         .iter()
         .all(|v| v.starts_with("pg_verifybackup: ok"));

@@ -426,26 +426,28 @@ async fn unpack_archive(
         },
     )
     .map_err(untar_error)?;
-    for part in &archive.parts {
-        let object: Arc<str> = Arc::from(part.path.as_str());
-        let mut reader = backup.reader(store, part).await?;
-        loop {
-            match reader.next().await {
-                Ok(Some(piece)) => {
-                    progress.add_bytes(piece.len() as u64);
-                    x.feed(&object, piece).await.map_err(untar_error)?;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // The extractor's own refusal, if any, came first.
-                    drop(x);
-                    return Err(e.into());
-                }
+    let fed: Result<(), JobError> = async {
+        for part in &archive.parts {
+            let object: Arc<str> = Arc::from(part.path.as_str());
+            let mut reader = backup.reader(store, part).await?;
+            while let Some(piece) = reader.next().await? {
+                progress.add_bytes(piece.len() as u64);
+                x.feed(&object, piece).await.map_err(untar_error)?;
             }
+            progress.add_done(1);
         }
-        progress.add_done(1);
+        Ok(())
     }
-    x.finish().await.map_err(untar_error)
+    .await;
+    match fed {
+        Ok(()) => x.finish().await.map_err(untar_error),
+        Err(e) => {
+            // The extracting thread is done writing before the caller
+            // removes what it wrote (its own refusal, if any, came first).
+            let _ = x.finish().await;
+            Err(e)
+        }
+    }
 }
 
 /// Unpacks every archive of the backup: `base` into `data_dir`, each
@@ -621,25 +623,14 @@ async fn verify(
     if !entry.wal_included {
         cmd.arg("--no-parse-wal");
     }
-    cmd.arg(data_dir)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| JobError::tool("pg_verifybackup", format!("cannot run: {e}")))?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
-        let said: Vec<&str> = said.lines().take(20).collect();
-        return Err(JobError::tool(
-            "pg_verifybackup",
-            format!(
-                "the unpacked backup does not match its backup_manifest ({}): {}; the backup is damaged or tampered with: restore another one",
-                object.path,
-                said.join("; ")
-            ),
-        ));
-    }
+    cmd.arg(data_dir);
+    run_tool(&mut cmd, "pg_verifybackup", |said| {
+        format!(
+            "the unpacked backup does not match its backup_manifest ({}): {said}; the backup is damaged or tampered with: restore another one",
+            object.path
+        )
+    })
+    .await?;
     Ok(format!(
         "pg_verifybackup: ok ({}{})",
         tool.version,
@@ -649,6 +640,26 @@ async fn verify(
             ""
         }
     ))
+}
+
+/// Runs a client tool (no stdin, killed if dropped); when it fails, the
+/// error is `failed` of the first lines it said.
+pub(super) async fn run_tool(
+    cmd: &mut tokio::process::Command,
+    tool: &str,
+    failed: impl FnOnce(String) -> String,
+) -> Result<(), JobError> {
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| JobError::tool(tool, format!("cannot run: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = said.lines().take(20).collect();
+    Err(JobError::tool(tool, failed(said.join("; "))))
 }
 
 /// The settings pg_control records that a hot standby must match or exceed.
