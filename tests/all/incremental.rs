@@ -311,6 +311,10 @@ fn a_missing_or_damaged_member_is_named() {
     write(&mut client, 2);
     let inc2 = backup(&store, &url, source, true, 14);
     assert_eq!(inc2.parent.as_deref(), Some(inc1.id.as_str()));
+    // The marker an incremental keeps while it runs is gone once it is done.
+    for id in [&inc1.id, &inc2.id] {
+        assert!(!dir.join(source).join(id).join("in-progress.parent").exists());
+    }
     // `list` shows what builds on what.
     let o = firedrill(&["list"], &[("FIREDRILL_STORE", store_url.clone())]);
     let text = output_text(&o);
@@ -333,7 +337,7 @@ fn a_missing_or_damaged_member_is_named() {
     let said = restore(&bin, &store_url, &inc2.id)
         .err()
         .expect("a tampered chain restores");
-    assert!(said.contains("not an earlier backup's id"), "{said}");
+    assert!(said.contains("not another backup's id"), "{said}");
     assert_eq!(
         std::fs::read_dir(&evil).unwrap().count(),
         0,
@@ -439,7 +443,7 @@ fn a_full_backup_is_taken_whenever_an_incremental_one_cannot_be() {
             .full_because
             .as_deref()
             .unwrap_or_default()
-            .contains("the server refused"),
+            .contains("refused an incremental backup on"),
         "{:?}",
         refused.full_because
     );

@@ -662,6 +662,11 @@ impl ReplicationConn {
         &self.redacted
     }
 
+    /// Takes commands: a refused one leaves it so, a broken transport not.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
     fn err(&self, message: impl Into<String>) -> ServerError {
         ServerError::Replication {
             url: self.redacted.clone(),

@@ -10,7 +10,10 @@
 //! `BASE_BACKUP (INCREMENTAL)` sends only the blocks changed since. The
 //! manifest records the parent and the whole chain. Whenever that cannot be
 //! done (an older server, summaries off or not reaching back, no parent, a
-//! chain at `max_chain`) the backup is full and says why: never a failure.
+//! chain at `max_chain`) the backup is full and says why, not a failure.
+//! It fails only where a full backup would too, or where committing would
+//! store a chain without its start (the parent deleted meanwhile) or of
+//! another cluster (a reconnect that reached one).
 //!
 //! Invariants (as for logical backups): no temporary files, memory bounded
 //! by one part's buffers whatever the cluster's size (and, for an
@@ -29,6 +32,9 @@ use crate::servers::replication::{BackupEvent, BaseBackupOptions, ReplicationCon
 use crate::telemetry::progress::Progress;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+/// An incremental backup's marker while it runs: its parent's id.
+const IN_PROGRESS: &str = "in-progress.parent";
 
 /// Where the server's own manifest lives inside a backup.
 pub const BACKUP_MANIFEST_OBJECT: &str = "physical/backup_manifest.zst";
@@ -117,15 +123,25 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
     if let Some(p) = &parent {
         if let Err(e) = conn.upload_manifest(&p.backup_manifest).await {
             full_because = Some(format!(
-                "the server refused backup {}'s backup_manifest: {e}",
+                "sending backup {}'s backup_manifest failed: {e}",
                 p.id
             ));
             parent = None;
-            // One walsender at a time (max_wal_senders may allow no more).
-            drop(conn);
-            conn = reconnect(&opts.url, &system).await?;
+            if !conn.is_ready() {
+                // One walsender at a time (max_wal_senders may allow no more).
+                drop(conn);
+                conn = reconnect(&opts.url, &system).await?;
+            }
         }
     }
+    // Visible at once as a backup in progress (a part may take the whole
+    // run to appear): prune keeps the chain it builds on meanwhile.
+    let marker = format!("{dir}{IN_PROGRESS}");
+    let marked = parent.is_some();
+    if let Some(p) = &parent {
+        store.put(&marker, p.id.clone().into_bytes()).await?;
+    }
+    let plain = store;
     let (encryption, store) = sealing(store, &dir).await?;
     let store = &store;
 
@@ -145,10 +161,19 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
         // wal_summary_keep_time): the same connection takes a full one.
         Err(e) if parent.is_some() => {
             let p = parent.take().expect("checked");
-            full_because = Some(format!(
-                "the server refused an incremental backup on {}: {e}",
-                p.id
-            ));
+            if conn.is_ready() {
+                full_because = Some(format!(
+                    "the server refused an incremental backup on {}: {e}",
+                    p.id
+                ));
+            } else {
+                full_because = Some(format!(
+                    "the connection failed asking for an incremental backup on {}: {e}",
+                    p.id
+                ));
+                drop(conn);
+                conn = reconnect(&opts.url, &system).await?;
+            }
             conn.start_base_backup(&options(false)).await?
         }
         Err(e) => return Err(e.into()),
@@ -255,21 +280,32 @@ pub async fn run(store: &Store, opts: &PhysicalBackupOptions) -> Result<BackupSu
     // A prune may have deleted the parent while the server streamed: then
     // this backup would be a chain without its start. Nothing is committed.
     if let Some(parent) = m.physical.as_ref().and_then(|p| p.parent.as_deref()) {
-        if let Err(e) = crate::archive::read_manifest(store, &opts.source, parent).await {
-            return Err(JobError::Config(format!(
-                "the parent of this incremental backup, {parent}, is gone from the store ({e}): a prune deleted it while the backup ran? Nothing was committed; the next backup builds on what is there"
-            )));
+        match crate::archive::read_manifest(store, &opts.source, parent).await {
+            Err(e @ crate::archive::ArchiveError::Missing { .. }) => {
+                return Err(JobError::Config(format!(
+                    "the parent of this incremental backup, {parent}, is gone from the store ({e}): a prune deleted it while the backup ran? Nothing was committed; the next backup builds on what is there"
+                )));
+            }
+            // Read once already; a passing store error is not a deletion.
+            Err(e) => {
+                tracing::warn!(parent, "cannot check the parent before the commit: {e}")
+            }
+            Ok(_) => {}
         }
     }
     let mut summary = commit(store, &m, opts.guard.as_ref(), &opts.progress).await?;
     // The window between that check and the commit: said loudly, since the
     // newest backup would not restore (a drill of it fails and names it).
     if let Some(parent) = m.physical.as_ref().and_then(|p| p.parent.as_deref()) {
-        if crate::archive::read_manifest(store, &opts.source, parent)
-            .await
-            .is_err()
+        if let Err(crate::archive::ArchiveError::Missing { .. }) =
+            crate::archive::read_manifest(store, &opts.source, parent).await
         {
             tracing::error!(backup = %m.id, parent, "the parent of this incremental backup was deleted while it was committed: it cannot be restored; take a full backup");
+        }
+    }
+    if marked {
+        if let Err(e) = plain.delete(&marker).await {
+            tracing::warn!(object = %marker, "cannot remove the in-progress marker: {e}");
         }
     }
     summary.full_because = full_because;
