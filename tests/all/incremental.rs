@@ -313,7 +313,11 @@ fn a_missing_or_damaged_member_is_named() {
     assert_eq!(inc2.parent.as_deref(), Some(inc1.id.as_str()));
     // The marker an incremental keeps while it runs is gone once it is done.
     for id in [&inc1.id, &inc2.id] {
-        assert!(!dir.join(source).join(id).join("in-progress.parent").exists());
+        assert!(!dir
+            .join(source)
+            .join(id)
+            .join("in-progress.parent")
+            .exists());
     }
     // `list` shows what builds on what.
     let o = firedrill(&["list"], &[("FIREDRILL_STORE", store_url.clone())]);
