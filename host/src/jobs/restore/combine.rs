@@ -17,7 +17,7 @@ use crate::jobs::JobError;
 use crate::servers::pg::{find_tools, FoundTool};
 use crate::telemetry::progress::Progress;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One backup of a chain and what it added to the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,25 +152,13 @@ pub fn combine_tool(id: &str, major: u32) -> Result<FoundTool, JobError> {
         })
 }
 
-/// Removes the members' directories however the restore ends.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.0.display(), "cannot remove the chain's directory: {e}");
-            }
-        }
-    }
-}
-
 /// A new private directory next to the data directory (likely the same
 /// filesystem: pg_combinebackup can then link or copy in the kernel),
-/// never one that existed before.
-fn chain_dir(data_dir: &Path) -> Result<PathBuf, JobError> {
+/// never one that existed before, removed when dropped however the restore
+/// ends.
+fn chain_dir(data_dir: &Path) -> Result<tempfile::TempDir, JobError> {
     let parent = data_dir.parent().unwrap_or(Path::new("/"));
-    let dir = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(".firedrill-chain-")
         .tempdir_in(parent)
         .map_err(|e| {
@@ -178,8 +166,7 @@ fn chain_dir(data_dir: &Path) -> Result<PathBuf, JobError> {
                 "cannot make a directory for the chain's members in {}: {e}",
                 parent.display()
             ))
-        })?;
-    Ok(dir.keep())
+        })
 }
 
 /// How pg_combinebackup writes the data directory: linking (18+) or an
@@ -209,8 +196,8 @@ pub async fn unpack_chain(
 ) -> Result<(Unpacked, Vec<ChainMember>), JobError> {
     let major = backup.manifest.server_major().unwrap_or(0);
     let tool = combine_tool(&backup.manifest.id, major)?;
-    let work = chain_dir(data_dir)?;
-    let _scratch = Scratch(work.clone());
+    let scratch = chain_dir(data_dir)?;
+    let work = scratch.path();
 
     let mut dirs = Vec::new();
     let mut verified = Vec::new();
@@ -265,7 +252,7 @@ pub async fn unpack_chain(
     let mut cmd = tokio::process::Command::new(&tool.path);
     cmd.env("LC_ALL", "C")
         .arg("--no-sync")
-        .arg(copy_mode(major, &work, &outputs))
+        .arg(copy_mode(major, work, &outputs))
         .arg("-o")
         .arg(data_dir);
     for (oid, from) in &last_tablespaces {
