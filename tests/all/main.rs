@@ -28,6 +28,7 @@ mod least_privilege;
 mod load;
 mod many_tables;
 mod object_stores;
+mod parallel_restore;
 mod pitr;
 mod pitr_faults;
 mod pitr_retention;

@@ -150,6 +150,24 @@ impl PgUrl {
         format!("{host}-{}", self.url.port().unwrap_or(5432))
     }
 
+    /// Whether the server runs on this machine (a Unix socket, a loopback
+    /// address): then this machine's memory is the server's.
+    pub fn is_local(&self) -> bool {
+        let mut host = self.url.host_str().map(percent_decode).unwrap_or_default();
+        // libpq's `?host=` wins over the URL's (a socket directory, or a name).
+        if let Some((_, h)) = self.url.query_pairs().find(|(k, _)| k == "host") {
+            host = h.into_owned();
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        // No host at all: libpq's default, the local socket.
+        host.is_empty()
+            || host.starts_with('/')
+            || host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// Connects with the URL's TLS settings (see `pg_tls`).
     pub async fn connect(&self) -> Result<tokio_postgres::Client, ServerError> {
         let failed = |message| ServerError::Connect {

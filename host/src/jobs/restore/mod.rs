@@ -1,7 +1,10 @@
 //! Restores one database of a backup: create the target database, apply
 //! pre-data (statement by statement over our own connection: see
-//! `sql_script`), load every chunk with parallel `COPY ... FROM STDIN`, then
-//! post-data (indexes and constraints after the data).
+//! `script`), load every chunk with parallel `COPY ... FROM STDIN`, then
+//! post-data (indexes and constraints after the data, side by side over
+//! the restore's connections: see `post_data`). Every connection runs with
+//! settings for a bulk load (`restore_session`); the last commit is made
+//! durable before the restore reports success.
 //!
 //! Invariants: every object is checked against the manifest while it is read
 //! (a chunk is committed only after its checksum and row count check out; a
@@ -12,6 +15,7 @@
 
 pub mod combine;
 pub mod physical;
+pub mod post_data;
 pub mod script;
 
 use crate::archive::manifest::{DatabaseEntry, Manifest, TableEntry, TableMode};
@@ -21,7 +25,7 @@ use crate::servers::pg::{ident, PgUrl};
 use crate::telemetry::progress::Progress;
 use futures::SinkExt;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -201,7 +205,14 @@ async fn load(
     entry: &DatabaseEntry,
     opts: &RestoreOptions,
 ) -> Result<(u64, u64), JobError> {
-    apply_sql(store, backup, &entry.pre_data, opts).await?;
+    let script = read_script(store, backup, &entry.pre_data).await?;
+    let session = Session::open(opts).await?;
+    for st in &script.statements()? {
+        session
+            .execute(st.line, st.sql, &entry.pre_data, opts)
+            .await?;
+    }
+    drop(session);
     let queue: VecDeque<(TableEntry, usize)> = entry
         .tables
         .iter()
@@ -212,12 +223,11 @@ async fn load(
         .phase(format!("loading {}", opts.target.database()));
     opts.progress.add_total(queue.len() as u64);
     let queue = Arc::new(Mutex::new(queue));
-    let workers = (0..opts.jobs.max(1))
-        .map(|_| load_worker(store, backup, &opts.target, queue.clone(), &opts.progress));
+    let workers = (0..opts.jobs.max(1)).map(|_| load_worker(store, backup, opts, queue.clone()));
     let counts = futures::future::try_join_all(workers).await?;
     crate::jobs::large_objects::restore(store, backup, entry, &opts.target, &opts.progress).await?;
     set_sequences(entry, &opts.target).await?;
-    apply_sql(store, backup, &entry.post_data, opts).await?;
+    apply_post_data(store, backup, entry, opts).await?;
     Ok(counts
         .into_iter()
         .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)))
@@ -242,41 +252,160 @@ async fn set_sequences(entry: &DatabaseEntry, target: &PgUrl) -> Result<(), JobE
     Ok(())
 }
 
-/// Applies a schema script (pre-data, post-data) over firedrill's own
-/// connection, never through psql, whose meta-commands (`\!`, `\o |cmd`)
-/// would run a tampered backup's shell commands on this host. The object is
-/// read whole first, so its size, checksum and decompressed size are known
-/// good before the first statement runs; then each statement goes alone
-/// through the extended protocol (which refuses two commands in one), in
-/// order, on one session, so pg_dump's leading `SET`s hold for the rest.
-async fn apply_sql(
+/// A schema script (pre-data, post-data), read whole first, so its size,
+/// checksum and decompressed size are known good before the first
+/// statement runs. Never given to psql, whose meta-commands (`\!`,
+/// `\o |cmd`) would run a tampered backup's shell commands on this host.
+struct Script<'o> {
+    object: &'o ObjectRef,
+    text: Vec<u8>,
+}
+
+impl Script<'_> {
+    fn statements(&self) -> Result<Vec<script::Statement<'_>>, JobError> {
+        script::split(&self.text).map_err(|source| JobError::Script {
+            object: self.object.path.clone(),
+            source,
+        })
+    }
+}
+
+async fn read_script<'o>(
     store: &Store,
     backup: &Backup,
-    object: &ObjectRef,
+    object: &'o ObjectRef,
+) -> Result<Script<'o>, JobError> {
+    let text = backup.reader(store, object).await?.read_all().await?;
+    Ok(Script { object, text })
+}
+
+/// Post-data over up to `opts.jobs` new connections (none carries the
+/// pre-data's settings), in steps (`post_data::plan`), then one durable
+/// commit.
+async fn apply_post_data(
+    store: &Store,
+    backup: &Backup,
+    entry: &DatabaseEntry,
     opts: &RestoreOptions,
 ) -> Result<(), JobError> {
-    let script = backup.reader(store, object).await?.read_all().await?;
-    let statements = script::split(&script).map_err(|source| JobError::Script {
-        object: object.path.clone(),
-        source,
-    })?;
-    let db = opts.target.database();
-    let client = opts.target.connect().await?;
-    for st in statements {
-        let what = || format!("apply {} (the statement at line {})", object.path, st.line);
+    let object = &entry.post_data;
+    let script = read_script(store, backup, object).await?;
+    let statements = script.statements()?;
+    let tables: HashMap<script::TableName, u64> = entry
+        .tables
+        .iter()
+        .map(|t| ((t.schema.clone(), t.name.clone()), t.raw_bytes))
+        .collect();
+    let steps = post_data::plan(&statements, &tables);
+    let widest = steps
+        .iter()
+        .map(|s| match s {
+            post_data::Step::Together(jobs) => jobs.len(),
+            post_data::Step::Alone(_) => 1,
+        })
+        .max()
+        .unwrap_or(1);
+    let mut sessions = vec![Session::open(opts).await?];
+    while sessions.len() < opts.jobs.max(1).min(widest) {
+        sessions.push(Session::open(opts).await?);
+    }
+    opts.progress.phase(format!(
+        "indexes and constraints of {}",
+        opts.target.database()
+    ));
+    for step in steps {
+        match step {
+            post_data::Step::Alone(job) => sessions[0].run(job, object, opts).await?,
+            post_data::Step::Together(jobs) => {
+                let together = &post_data::Together::new(jobs);
+                let workers = sessions.iter_mut().enumerate().map(|(i, s)| async move {
+                    while let Some(job) = together.next(i).await {
+                        let r = s.run(job, object, opts).await;
+                        together.done(i);
+                        r?;
+                    }
+                    Ok::<(), JobError>(())
+                });
+                futures::future::try_join_all(workers).await?;
+            }
+        }
+    }
+    sessions[0].make_durable(&opts.target.database()).await
+}
+
+/// One of the restore's connections, with the script's session settings
+/// it has applied (by name).
+struct Session {
+    client: tokio_postgres::Client,
+    applied: HashMap<String, String>,
+}
+
+impl Session {
+    async fn open(opts: &RestoreOptions) -> Result<Session, JobError> {
+        let client = opts.target.connect().await?;
+        restore_session(&client, opts).await?;
+        Ok(Session {
+            client,
+            applied: HashMap::new(),
+        })
+    }
+
+    async fn run(
+        &mut self,
+        job: post_data::Job,
+        object: &ObjectRef,
+        opts: &RestoreOptions,
+    ) -> Result<(), JobError> {
+        for (name, sql) in job.session.iter() {
+            if self.applied.get(name) != Some(sql) {
+                self.execute(0, sql, object, opts).await?;
+                self.applied.insert(name.clone(), sql.clone());
+            }
+        }
+        for st in &job.statements {
+            self.execute(st.line, &st.text, object, opts).await?;
+        }
+        Ok(())
+    }
+
+    /// One statement alone through the extended protocol (which refuses two
+    /// commands in one); a role the schema names that this server lacks is
+    /// created first where the caller allows (`create_missing_roles`).
+    async fn execute(
+        &self,
+        line: usize,
+        sql: &str,
+        object: &ObjectRef,
+        opts: &RestoreOptions,
+    ) -> Result<(), JobError> {
+        let db = opts.target.database();
+        let what = || match line {
+            0 => format!("apply {} (a session setting: {sql})", object.path),
+            _ => format!("apply {} (the statement at line {line})", object.path),
+        };
         // A statement may name several roles (a GRANT), each missing.
         let mut created = 0;
         loop {
-            let Err(e) = client.execute_typed(st.sql, &[]).await else {
-                break;
+            let Err(e) = self.client.execute_typed(sql, &[]).await else {
+                return Ok(());
             };
             match (missing_role(&e), opts.create_missing_roles) {
                 (Some((role, _)), true) if created < MAX_ROLES_PER_STATEMENT => {
-                    client
+                    let made = self
+                        .client
                         .batch_execute(&format!("CREATE ROLE {} NOLOGIN", ident(&role)))
-                        .await
-                        .map_err(|e| JobError::sql(&db, &format!("create role {role}"), e))?;
-                    created += 1;
+                        .await;
+                    // Another connection of this restore may have just made it.
+                    use tokio_postgres::error::SqlState;
+                    match made {
+                        Err(e)
+                            if e.code() != Some(&SqlState::DUPLICATE_OBJECT)
+                                && e.code() != Some(&SqlState::UNIQUE_VIOLATION) =>
+                        {
+                            return Err(JobError::sql(&db, &format!("create role {role}"), e))
+                        }
+                        _ => created += 1,
+                    }
                 }
                 (Some((_, message)), _) => {
                     return Err(JobError::refused(
@@ -291,18 +420,117 @@ async fn apply_sql(
             }
         }
     }
-    Ok(())
+
+    /// Commits with `synchronous_commit` on, which flushes every earlier
+    /// commit of this restore too (the write-ahead log is flushed in
+    /// order): success is reported only for what a crash would keep.
+    async fn make_durable(&self, db: &str) -> Result<(), JobError> {
+        self.client
+            .batch_execute(
+                "SET synchronous_commit = on; BEGIN; SELECT pg_catalog.txid_current(); COMMIT;",
+            )
+            .await
+            .map_err(|e| JobError::sql(db, "flush the restore's commits", e))
+    }
+}
+
+/// Settings for a bulk load into a new database, on every connection of
+/// the restore: commits do not wait for the disk (`make_durable` makes the
+/// last one wait for all), and index builds sort in memory where this
+/// machine's memory allows (only when the server runs here, never lowered).
+async fn restore_session(
+    client: &tokio_postgres::Client,
+    opts: &RestoreOptions,
+) -> Result<(), JobError> {
+    let db = opts.target.database();
+    let mut sql = String::from("SET synchronous_commit = off;");
+    if let Some(kib) = opts
+        .target
+        .is_local()
+        .then(|| maintenance_work_mem_kib(opts.jobs))
+        .flatten()
+    {
+        let current: i64 = client
+            .query_one(
+                "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'maintenance_work_mem'",
+                &[],
+            )
+            .await
+            .map_err(|e| JobError::sql(&db, "read maintenance_work_mem", e))?
+            .get(0);
+        if kib > current as u64 {
+            sql.push_str(&format!(" SET maintenance_work_mem = '{kib}kB';"));
+        }
+    }
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| JobError::sql(&db, "set up the restore's session", e))
+}
+
+/// A quarter of the memory available now, shared by the workers, within
+/// 64 MiB..1 GiB each: an index build that sorts in memory runs several
+/// times faster than one that spills, and a drill shares the machine.
+fn maintenance_work_mem_kib(jobs: usize) -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((available / 4 / jobs.max(1) as u64).clamp(64 << 10, 1 << 20))
 }
 
 /// More would mean the server keeps answering "no such role" for a role
 /// just created: an error, not a loop.
 const MAX_ROLES_PER_STATEMENT: usize = 64;
 
+/// A table loaded by one COPY is truncated in the same transaction when
+/// it is empty (new: an extension's configuration table may already hold
+/// the extension's own rows, and keeps them; and nothing references it),
+/// which lets COPY write its rows
+/// frozen and visible to all: no hint-bit rewrite of every page on first
+/// read (a drill's checks), no freezing vacuum later, and at wal_level
+/// minimal no WAL. Smaller tables skip it (a TRUNCATE makes a new file:
+/// thousands of tiny tables would pay more than they gain); a table in
+/// several chunks is loaded side by side instead, which a TRUNCATE's lock
+/// would serialise.
+const FREEZE_FROM: u64 = 1 << 20;
+
+async fn empty_then_truncated(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &TableEntry,
+) -> Result<bool, tokio_postgres::Error> {
+    let name = format!("{}.{}", ident(&table.schema), ident(&table.name));
+    // Locked first, so no row another session commits meanwhile goes
+    // unseen and then truncated. A key referencing the table (an
+    // extension's, made with it) would refuse the TRUNCATE: left alone.
+    tx.batch_execute(&format!("LOCK TABLE ONLY {name} IN ACCESS EXCLUSIVE MODE"))
+        .await?;
+    let keep: bool = tx
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM ONLY {name})
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE confrelid = $1::text::regclass)"
+            ),
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if !keep {
+        tx.batch_execute(&format!("TRUNCATE ONLY {name}")).await?;
+    }
+    Ok(!keep)
+}
+
 /// COPY into the columns the backup named, in its order: the restored
 /// table may hold them in another (an inheritance child whose parent gained
 /// a column after it was made lists the parent's columns first when
 /// pg_dump recreates it).
-fn copy_in_statement(table: &TableEntry) -> String {
+fn copy_in_statement(table: &TableEntry, freeze: bool) -> String {
     let columns = match table.columns.is_empty() {
         true => String::new(),
         false => format!(
@@ -316,9 +544,10 @@ fn copy_in_statement(table: &TableEntry) -> String {
         ),
     };
     format!(
-        "COPY {}.{}{columns} FROM STDIN",
+        "COPY {}.{}{columns} FROM STDIN{}",
         ident(&table.schema),
-        ident(&table.name)
+        ident(&table.name),
+        if freeze { " (FREEZE)" } else { "" }
     )
 }
 
@@ -340,12 +569,13 @@ fn missing_role(e: &tokio_postgres::Error) -> Option<(String, String)> {
 async fn load_worker(
     store: &Store,
     backup: &Backup,
-    target: &PgUrl,
+    opts: &RestoreOptions,
     queue: Arc<Mutex<VecDeque<(TableEntry, usize)>>>,
-    progress: &Progress,
 ) -> Result<(u64, u64), JobError> {
+    let (target, progress) = (&opts.target, &opts.progress);
     let db = target.database();
     let mut client = target.connect().await?;
+    restore_session(&client, opts).await?;
     let (mut rows, mut bytes) = (0, 0);
     loop {
         let Some((table, i)) = queue.lock().unwrap().pop_front() else {
@@ -356,8 +586,13 @@ async fn load_worker(
             .transaction()
             .await
             .map_err(|e| JobError::sql(&db, "begin", e))?;
+        let freeze = table.chunks.len() == 1
+            && chunk.raw_bytes >= FREEZE_FROM
+            && empty_then_truncated(&tx, &table)
+                .await
+                .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
         let sink = tx
-            .copy_in(&copy_in_statement(&table))
+            .copy_in(&copy_in_statement(&table, freeze))
             .await
             .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
         futures::pin_mut!(sink);

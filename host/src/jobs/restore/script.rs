@@ -37,6 +37,45 @@ pub struct Statement<'a> {
     pub line: usize,
     /// The statement's text, from its first token to its `;` (included).
     pub sql: &'a str,
+    /// What it does, as far as running it beside others goes.
+    pub shape: Shape,
+}
+
+/// A table as the server names it: (schema, name), unquoted.
+pub type TableName = (String, String);
+
+/// What a statement does, for running post-data side by side
+/// (`post_data`). Only the forms pg_dump writes are recognised; anything
+/// else is `Other` and runs alone, in its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// `SET`, `RESET`, `SELECT pg_catalog.set_config(...)`: the session's
+    /// state, keyed by the setting's name.
+    Session(String),
+    /// `CREATE [UNIQUE] INDEX name ON [ONLY] schema.table ...` (a share
+    /// lock: builds beside other indexes of the same table). `only`: no
+    /// partition is touched, whatever the table is.
+    Index {
+        table: TableName,
+        only: bool,
+    },
+    /// `ALTER TABLE ONLY schema.table ADD CONSTRAINT name PRIMARY KEY |
+    /// UNIQUE | EXCLUDE | CHECK ...` (locks the table alone).
+    Constraint {
+        table: TableName,
+    },
+    /// `ALTER TABLE ONLY schema.table ADD CONSTRAINT name FOREIGN KEY (...)
+    /// REFERENCES schema.other ...`; `not_valid` when the dump says so
+    /// (the rows were never checked: they must not be now).
+    ForeignKey {
+        table: TableName,
+        name: String,
+        references: TableName,
+        not_valid: bool,
+    },
+    /// `COMMENT ON INDEX | CONSTRAINT`: belongs with the statement before.
+    Comment,
+    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -372,8 +411,123 @@ fn finish<'a>(
     if let Some(on) = sets_std_strings(&p.toks) {
         *std_strings = on;
     }
-    out.push(Statement { line: p.line, sql });
+    out.push(Statement {
+        line: p.line,
+        sql,
+        shape: shape(&p.toks),
+    });
     Ok(())
+}
+
+/// An identifier as the server resolves it: quoted ones as written
+/// (doubled quotes undone), others folded to lower case.
+fn ident_name(tok: &Tok<'_>) -> Option<String> {
+    match tok {
+        Tok::Word(w) if w.starts_with('"') => Some(w[1..w.len() - 1].replace("\"\"", "\"")),
+        Tok::Word(w) => Some(w.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+/// `schema.table` at `toks[k..]`: the name and the index after it.
+fn qualified(toks: &[Tok<'_>], k: usize) -> Option<(TableName, usize)> {
+    match toks.get(k..k + 3)? {
+        [a, Tok::Punct(b'.'), b] => Some(((ident_name(a)?, ident_name(b)?), k + 3)),
+        _ => None,
+    }
+}
+
+fn shape(toks: &[Tok<'_>]) -> Shape {
+    let is =
+        |k: usize, s: &str| matches!(toks.get(k), Some(Tok::Word(w)) if w.eq_ignore_ascii_case(s));
+    let word = |k: usize| match toks.get(k) {
+        Some(Tok::Word(w)) if !w.starts_with('"') => w.to_ascii_lowercase(),
+        _ => String::new(),
+    };
+    match word(0).as_str() {
+        "set" | "reset" => {
+            let k = if is(1, "session") || is(1, "local") {
+                2
+            } else {
+                1
+            };
+            match word(k).as_str() {
+                // Not a setting by name (pg_dump writes none of these here).
+                w @ ("role" | "authorization" | "time" | "transaction" | "constraints"
+                | "characteristics" | "") => Shape::Session(format!("{w} (a form of its own)")),
+                w => Shape::Session(w.to_string()),
+            }
+        }
+        "select" if pg_dump_select(toks) && is(3, "set_config") => match toks.get(5) {
+            Some(Tok::Str(name)) => Shape::Session(name.trim_matches('\'').to_ascii_lowercase()),
+            _ => Shape::Other,
+        },
+        "create" => {
+            let k = if is(1, "unique") { 2 } else { 1 };
+            if !is(k, "index") || is(k + 1, "concurrently") || is(k + 1, "if") {
+                return Shape::Other;
+            }
+            // CREATE INDEX name ON [ONLY] schema.table
+            let on = k + 2;
+            if !is(on, "on") {
+                return Shape::Other;
+            }
+            let only = is(on + 1, "only");
+            match qualified(toks, on + 1 + only as usize) {
+                Some((table, _)) => Shape::Index { table, only },
+                None => Shape::Other,
+            }
+        }
+        "alter" if is(1, "table") && is(2, "only") => {
+            let Some((table, k)) = qualified(toks, 3) else {
+                return Shape::Other;
+            };
+            if !is(k, "add")
+                || !is(k + 1, "constraint")
+                || ident_name(toks.get(k + 2).unwrap_or(&Tok::Num)).is_none()
+            {
+                return Shape::Other;
+            }
+            let name = ident_name(&toks[k + 2]).unwrap_or_default();
+            let kind = k + 3;
+            if is(kind, "primary") || is(kind, "unique") || is(kind, "exclude") || is(kind, "check")
+            {
+                return Shape::Constraint { table };
+            }
+            if !is(kind, "foreign") {
+                return Shape::Other;
+            }
+            let Some(refs) = toks
+                .iter()
+                .position(|t| matches!(t, Tok::Word(w) if w.eq_ignore_ascii_case("references")))
+            else {
+                return Shape::Other;
+            };
+            let Some((references, _)) = qualified(toks, refs + 1) else {
+                return Shape::Other;
+            };
+            let words: Vec<String> = toks
+                .iter()
+                .filter_map(|t| match t {
+                    Tok::Word(w) => Some(w.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect();
+            let not = |w: &str| words.windows(2).any(|p| p[0] == "not" && p[1] == w);
+            // NOT ENFORCED (18) is never checked at all: left as written.
+            if not("enforced") {
+                return Shape::Other;
+            }
+            Shape::ForeignKey {
+                table,
+                name,
+                references,
+                not_valid: not("valid"),
+            }
+        }
+        "comment" if is(1, "on") && (is(2, "index") || is(2, "constraint")) => Shape::Comment,
+        _ => Shape::Other,
+    }
 }
 
 /// The first words pg_dump's pre-data, post-data and pg_dumpall's globals
