@@ -72,12 +72,12 @@ fn post_data_side_by_side_restores_every_index_and_key_as_it_was() {
         .arg(&space)
         .status()
         .unwrap();
-    admin
-        .batch_execute(&format!(
-            "CREATE TABLESPACE fast LOCATION '{}'; CREATE DATABASE app",
-            space.display()
-        ))
-        .unwrap();
+    for statement in [
+        format!("CREATE TABLESPACE fast LOCATION '{}'", space.display()),
+        "CREATE DATABASE app".into(),
+    ] {
+        admin.batch_execute(&statement).unwrap();
+    }
     let mut app = postgres::Client::connect(&url(&pg, "app"), postgres::NoTls).unwrap();
     app.batch_execute(
         r#"
