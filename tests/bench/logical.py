@@ -108,6 +108,19 @@ def measure(work, port, db):
     return rows
 
 
+def defaults(work, port):
+    """firedrill backup of app at several worker counts and zstd levels."""
+    base = f"postgres://postgres@127.0.0.1:{port}"
+    out = []
+    for jobs, level in ((1, 3), (2, 1), (2, 3), (2, 6), (4, 3), (8, 3)):
+        store = os.path.join(work, f"defaults-{jobs}-{level}")
+        t, rss = run([BIN, "backup", "--database-url", f"{base}/app", "--store", f"file://{store}", "--source", "app",
+                      "-j", str(jobs), "--compression-level", str(level), "--no-globals"])
+        out.append((jobs, level, t, size_of(store), rss))
+        shutil.rmtree(store, ignore_errors=True)
+    return out
+
+
 def table(title, rows):
     print(title)
     print()
@@ -127,12 +140,13 @@ def bench(work, port):
     raw = pitr.fill(port, MB)
     fill_s = time.monotonic() - t0
     app = measure(work, port, "app")
+    tuning = defaults(work, port)
     env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(port), PGUSER="postgres")
     psql(port, "postgres", "CREATE DATABASE bench")
     subprocess.run([f"{PGBIN}/pgbench", "-i", "-q", "-s", str(SCALE), "bench"], env=env, check=True, stderr=subprocess.DEVNULL)
     bench_raw = int(psql(port, "bench", "SELECT pg_database_size('bench')"))
     pgb = measure(work, port, "bench")
-    return raw, fill_s, app, bench_raw, pgb
+    return raw, fill_s, app, bench_raw, pgb, tuning
 
 
 def small(work, port):
@@ -141,11 +155,16 @@ def small(work, port):
 
 
 def main():
-    raw, fill_s, app, bench_raw, pgb = pitr.cluster(bench)
+    raw, fill_s, app, bench_raw, pgb, tuning = pitr.cluster(bench)
     small_raw, small_rows = pitr.cluster(small)
     version = PGBIN.split("/")[-2]
     table(f"logical backup and restore, service-shaped database of {raw / 2**20:.0f} MiB (filled in {fill_s:.0f} s), PostgreSQL {version}, {os.cpu_count()} cores, {JOBS} jobs", app)
     table(f"the same, pgbench -i -s {SCALE} ({bench_raw / 2**20:.0f} MiB)", pgb)
+    print(f"| firedrill backup of the {raw / 2**20:.0f} MiB database | seconds | stored MiB | peak RSS MiB |")
+    print("|---|--:|--:|--:|")
+    for jobs, level, t, size, rss in tuning:
+        print(f"| -j {jobs}, zstd level {level} | {t:.2f} | {size / 2**20:.1f} | {rss:.0f} |")
+    print()
     print(f"| peak RSS MiB, firedrill | {small_raw / 2**20:.0f} MiB database | {raw / 2**20:.0f} MiB database |")
     print("|---|--:|--:|")
     for (step, name, _, _, rss_small) in small_rows:

@@ -53,6 +53,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+/// Server settings of a local drill cluster for a logical backup.
+const DRILL_CLUSTER_SETTINGS: &[&str] = &["wal_level=minimal", "max_wal_senders=0"];
+
 /// Which backup to drill.
 #[derive(Debug, Clone)]
 pub enum Pick {
@@ -322,7 +325,10 @@ async fn drill(
             let source = LocalCluster::need_for(manifest);
             let cluster = tokio::task::spawn_blocking(move || {
                 LocalCluster::sweep_orphans(&parent);
-                LocalCluster::start_for(&parent, &[], source.as_ref())
+                // A throwaway cluster nothing replicates from: a restore's
+                // COPY into a table it truncated, and its index builds,
+                // write no WAL.
+                LocalCluster::start_for(&parent, DRILL_CLUSTER_SETTINGS, source.as_ref())
             })
             .await
             .map_err(|e| JobError::Internal(e.to_string()))??;
