@@ -391,7 +391,19 @@ async fn choose_parent(
         .collect();
     ids.sort();
     let mut passed_over = Vec::new();
+    // Ids name the second a backup started; several backups can start in
+    // one second, and their random tails do not order them: within the
+    // newest second that holds a candidate, the one that reaches furthest
+    // into the WAL is the newest.
+    let second = |id: &str| id[..16].to_string();
+    let mut best: Option<(crate::archive::wal::Lsn, String, Manifest)> = None;
     for id in ids.iter().rev() {
+        if best
+            .as_ref()
+            .is_some_and(|(_, b, _)| second(id) < second(b))
+        {
+            break;
+        }
         let m = match crate::archive::verified_manifest(store, &opts.source, id).await {
             Ok((m, _)) => m,
             // Incomplete: in progress or abandoned.
@@ -430,10 +442,16 @@ async fn choose_parent(
             ));
             continue;
         }
+        if best.as_ref().is_none_or(|(lsn, _, _)| p.end_lsn > *lsn) {
+            best = Some((p.end_lsn, id.clone(), m));
+        }
+    }
+    if let Some((_, id, m)) = best {
+        let p = m.physical.as_ref().expect("a physical backup was picked");
         if p.chain.len() >= opts.max_chain {
             return Err(Full::Expected(format!(
                 "the chain of {} holds {} incremental backups, the most max_chain = {} allows: a full backup starts the next chain",
-                p.root(id),
+                p.root(&id),
                 p.chain.len(),
                 opts.max_chain
             )));
@@ -444,14 +462,14 @@ async fn choose_parent(
             )));
         };
         let bytes = async {
-            let backup = crate::archive::open_backup(store, &opts.source, id).await?;
+            let backup = crate::archive::open_backup(store, &opts.source, &id).await?;
             backup.reader(store, object).await?.read_all().await
         }
         .await
         .map_err(|e| Because(format!("cannot read backup {id}'s backup_manifest: {e}")))?;
         return Ok(Parent {
-            id: id.clone(),
             chain: p.chain.clone(),
+            id,
             backup_manifest: bytes,
         });
     }
