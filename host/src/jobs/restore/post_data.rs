@@ -116,26 +116,13 @@ pub fn plan(statements: &[Statement<'_>], tables: &HashMap<TableName, u64>) -> V
                 // Settings apply to what follows: they leave nothing behind.
                 continue;
             }
-            Shape::Index { table, .. } if listed(table) => {
-                let j = job(
-                    st,
-                    st.sql.into(),
-                    vec![(table.clone(), false)],
-                    size(table),
-                    &current,
-                );
-                run.together.push(j);
-                Went::Together
-            }
-            Shape::Constraint { table } if listed(table) => {
-                let j = job(
-                    st,
-                    st.sql.into(),
-                    vec![(table.clone(), true)],
-                    size(table),
-                    &current,
-                );
-                run.together.push(j);
+            // An index build takes a share lock (several run on one
+            // table together); a key constraint locks the table alone.
+            Shape::Index { table, .. } | Shape::Constraint { table } if listed(table) => {
+                let exclusive = matches!(st.shape, Shape::Constraint { .. });
+                let locks = vec![(table.clone(), exclusive)];
+                run.together
+                    .push(job(st, st.sql.into(), locks, size(table), &current));
                 Went::Together
             }
             Shape::Index { only: true, .. } | Shape::Constraint { .. } => {
