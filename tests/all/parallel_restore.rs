@@ -171,3 +171,86 @@ fn post_data_side_by_side_restores_every_index_and_key_as_it_was() {
         );
     }
 }
+
+/// A table stored in several chunks: before PostgreSQL 16 (where two COPYs
+/// into one table go no faster than one) one connection loads it whole in
+/// one transaction, truncated first so its rows go in frozen; from 16 on its
+/// chunks load side by side. Either way every row, index and key is there.
+#[test]
+fn a_table_in_many_chunks_restores_whole_on_every_server() {
+    let pg = harness::postgres();
+    let db = pg.fresh_database("chunked");
+    let mut app = pg.client(&db);
+    app.batch_execute(
+        "CREATE TABLE big (id bigint PRIMARY KEY, body text NOT NULL);
+         CREATE INDEX big_body ON big (body);
+         CREATE TABLE small (id int PRIMARY KEY, big_id bigint REFERENCES big (id));
+         INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 40000) g;
+         INSERT INTO small SELECT g, g FROM generate_series(1, 1000) g;",
+    )
+    .unwrap();
+    let before = catalog(&mut app);
+    let (store, dir) = file_store();
+    let summary = backup(
+        &[
+            "--database-url",
+            &pg.url(&db),
+            "--store",
+            &store,
+            "--source",
+            "chunked",
+            "--chunk-size",
+            "1MiB",
+            "--no-globals",
+        ],
+        &[],
+    );
+    let id = summary["id"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("chunked").join(id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let chunks = manifest["databases"][0]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "big")
+        .unwrap()["chunks"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(chunks > 3, "big is stored in {chunks} chunks");
+
+    let pg17 = harness::postgres_from(&harness::pg_bin(17));
+    for (server, target) in [(&*pg17, "chunked_on_17"), (pg, "chunked_here")] {
+        let o = restore(
+            &["--store", &store, id, "--target-url", &server.url(target), "-j", "2"],
+            &[],
+        );
+        assert!(o.status.success(), "{target}: {}", output_text(&o));
+        let mut restored = server.client(target);
+        let after = catalog(&mut restored);
+        let missing: Vec<_> = before.iter().filter(|l| !after.contains(l)).collect();
+        let extra: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{target}: missing {missing:#?}\nextra {extra:#?}"
+        );
+    }
+    let mut here = pg.client("chunked_here");
+    let version: i32 = here
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .unwrap()
+        .get(0);
+    if version < 160000 {
+        here.batch_execute("CREATE EXTENSION pg_visibility").unwrap();
+        let unfrozen: i64 = here
+            .query_one(
+                "SELECT count(*) FROM pg_visibility_map('big') WHERE NOT all_frozen",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(unfrozen, 0, "big was loaded in one stream, frozen");
+    }
+}

@@ -1,10 +1,12 @@
 //! Restores one database of a backup: create the target database, apply
 //! pre-data (statement by statement over our own connection: see
-//! `script`), load every chunk with parallel `COPY ... FROM STDIN`, then
-//! post-data (indexes and constraints after the data, side by side over
-//! the restore's connections: see `post_data`). Every connection runs with
-//! settings for a bulk load (`restore_session`); the last commit is made
-//! durable before the restore reports success.
+//! `script`), load every table with `COPY ... FROM STDIN` over the
+//! restore's connections, biggest first, and post-data side by side over
+//! the same connections (see `post_data`): a table's index builds and keys
+//! start as soon as it has loaded, beside the loads of the others, as
+//! `pg_restore -j` does. Every connection runs with settings for a bulk
+//! load (`restore_session`); the last commit is made durable before the
+//! restore reports success.
 //!
 //! Invariants: every object is checked against the manifest while it is read
 //! (a chunk is committed only after its checksum and row count check out; a
@@ -25,8 +27,8 @@ use crate::servers::pg::{ident, PgUrl};
 use crate::telemetry::progress::Progress;
 use futures::SinkExt;
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone)]
@@ -205,32 +207,193 @@ async fn load(
     entry: &DatabaseEntry,
     opts: &RestoreOptions,
 ) -> Result<(u64, u64), JobError> {
-    let script = read_script(store, backup, &entry.pre_data).await?;
-    let session = Session::open(opts).await?;
-    for st in &script.statements()? {
-        session
-            .execute(st.line, st.sql, &entry.pre_data, opts)
-            .await?;
+    let pre_data = read_script(store, backup, &entry.pre_data).await?;
+    {
+        // Its own connection: the script's settings leave with it.
+        let session = Session::open(opts).await?;
+        for st in &pre_data.statements()? {
+            session
+                .execute(st.line, st.sql, &entry.pre_data, opts)
+                .await?;
+        }
     }
-    drop(session);
-    let queue: VecDeque<(TableEntry, usize)> = entry
+    let post_data = read_script(store, backup, &entry.post_data).await?;
+    let statements = post_data.statements()?;
+    let tables: HashMap<script::TableName, u64> = entry
         .tables
         .iter()
-        .filter(|t| t.mode == TableMode::Full)
-        .flat_map(|t| (0..t.chunks.len()).map(move |i| (t.clone(), i)))
+        .map(|t| ((t.schema.clone(), t.name.clone()), t.raw_bytes))
         .collect();
+    let mut steps = post_data::plan(&statements, &tables);
+    let mut sessions = Vec::new();
+    for _ in 0..opts.jobs.max(1) {
+        sessions.push(Session::open(opts).await?);
+    }
+    let db = opts.target.database();
+    let version: i32 = sessions[0]
+        .client
+        .query_one("SELECT pg_catalog.current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| JobError::sql(&db, "read the server's version", e))?
+        .get(0);
+    let loads = loads(entry, version < 160_000);
+    opts.progress.phase(format!("loading {db}"));
     opts.progress
-        .phase(format!("loading {}", opts.target.database()));
-    opts.progress.add_total(queue.len() as u64);
-    let queue = Arc::new(Mutex::new(queue));
-    let workers = (0..opts.jobs.max(1)).map(|_| load_worker(store, backup, opts, queue.clone()));
-    let counts = futures::future::try_join_all(workers).await?;
+        .add_total(loads.iter().map(|(_, l)| l.chunks.len() as u64).sum());
+    // The first step's index builds and keys start as their tables finish
+    // loading, beside the loads of the others.
+    let first = match steps.first() {
+        Some(post_data::Step::Together(_)) => match steps.remove(0) {
+            post_data::Step::Together(jobs) => jobs,
+            post_data::Step::Alone(_) => unreachable!(),
+        },
+        _ => Vec::new(),
+    };
+    let ctx = Ctx {
+        store,
+        backup,
+        opts,
+        post_data: &entry.post_data,
+    };
+    let counts = ctx
+        .side_by_side(&mut sessions, post_data::Together::with_loads(loads, first))
+        .await?;
     crate::jobs::large_objects::restore(store, backup, entry, &opts.target, &opts.progress).await?;
     set_sequences(entry, &opts.target).await?;
-    apply_post_data(store, backup, entry, opts).await?;
-    Ok(counts
+    opts.progress
+        .phase(format!("indexes and constraints of {db}"));
+    for step in steps {
+        match step {
+            post_data::Step::Alone(job) => sessions[0].run(job, &entry.post_data, opts).await?,
+            post_data::Step::Together(jobs) => {
+                ctx.side_by_side(&mut sessions, post_data::Together::with_loads(Vec::new(), jobs))
+                    .await?;
+            }
+        }
+    }
+    sessions[0].make_durable(&db).await?;
+    Ok(counts)
+}
+
+/// A part of a table's data loaded in one transaction.
+struct Load<'e> {
+    table: &'e TableEntry,
+    chunks: std::ops::Range<usize>,
+}
+
+/// What to load, biggest table first (the restore's longest stream).
+/// Before PostgreSQL 16, two COPYs into one table take as long as one after
+/// the other (they queue on the table's extension lock: measured), so a
+/// table loads in one stream, whole in one transaction, which may then
+/// load it frozen (`FREEZE_FROM`); from 16 on its chunks load side by side.
+fn loads(entry: &DatabaseEntry, one_stream_per_table: bool) -> Vec<(script::TableName, Load<'_>)> {
+    let mut tables: Vec<&TableEntry> = entry
+        .tables
+        .iter()
+        .filter(|t| t.mode == TableMode::Full && !t.chunks.is_empty())
+        .collect();
+    tables.sort_by(|a, b| b.raw_bytes.cmp(&a.raw_bytes));
+    tables
         .into_iter()
-        .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)))
+        .flat_map(|table| {
+            let n = table.chunks.len();
+            let parts: Vec<_> = match one_stream_per_table {
+                true => vec![0..n],
+                false => (0..n).map(|i| i..i + 1).collect(),
+            };
+            parts.into_iter().map(move |chunks| {
+                (
+                    (table.schema.clone(), table.name.clone()),
+                    Load { table, chunks },
+                )
+            })
+        })
+        .collect()
+}
+
+/// What every connection of one restore shares.
+struct Ctx<'a> {
+    store: &'a Store,
+    backup: &'a Backup,
+    opts: &'a RestoreOptions,
+    post_data: &'a ObjectRef,
+}
+
+impl Ctx<'_> {
+    /// Runs what `together` hands out over `sessions`, each a task at a
+    /// time; returns the rows and stored bytes loaded.
+    async fn side_by_side(
+        &self,
+        sessions: &mut [Session],
+        together: post_data::Together<Load<'_>>,
+    ) -> Result<(u64, u64), JobError> {
+        let together = &together;
+        let workers = sessions.iter_mut().enumerate().map(|(i, session)| async move {
+            let mut counts = (0, 0);
+            while let Some(task) = together.next(i).await {
+                let r = match task {
+                    post_data::Task::Load(load) => self.load(session, &load).await.map(|(r, b)| {
+                        counts.0 += r;
+                        counts.1 += b;
+                    }),
+                    post_data::Task::Job(job) => session.run(job, self.post_data, self.opts).await,
+                };
+                together.done(i);
+                r?;
+            }
+            Ok::<_, JobError>(counts)
+        });
+        Ok(futures::future::try_join_all(workers)
+            .await?
+            .into_iter()
+            .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)))
+    }
+
+    /// Loads a part of a table in one transaction: nothing is committed
+    /// until each of its objects has checked out whole.
+    async fn load(&self, session: &mut Session, load: &Load<'_>) -> Result<(u64, u64), JobError> {
+        let (opts, table) = (self.opts, load.table);
+        let db = opts.target.database();
+        let tx = session
+            .client
+            .transaction()
+            .await
+            .map_err(|e| JobError::sql(&db, "begin", e))?;
+        let freeze = load.chunks.len() == table.chunks.len()
+            && table.raw_bytes >= FREEZE_FROM
+            && empty_then_truncated(&tx, table).await.map_err(|e| {
+                JobError::sql(&db, &format!("load {}", table.chunks[0].object.path), e)
+            })?;
+        let (mut rows, mut bytes) = (0, 0);
+        for chunk in &table.chunks[load.chunks.clone()] {
+            let failed = |e| JobError::sql(&db, &format!("load {}", chunk.object.path), e);
+            let sink = tx
+                .copy_in(&copy_in_statement(table, freeze))
+                .await
+                .map_err(failed)?;
+            futures::pin_mut!(sink);
+            let mut reader = self.backup.reader(self.store, &chunk.bounded()).await?;
+            while let Some(piece) = reader.next().await? {
+                sink.send(bytes::Bytes::from(piece)).await.map_err(failed)?;
+            }
+            if reader.rows != chunk.rows {
+                return Err(ArchiveError::Corrupt {
+                    object: chunk.object.path.clone(),
+                    reason: format!("{} rows, the manifest records {}", reader.rows, chunk.rows),
+                }
+                .into());
+            }
+            sink.as_mut().finish().await.map_err(failed)?;
+            rows += chunk.rows;
+            bytes += chunk.object.size;
+            opts.progress.add_done(1);
+            opts.progress.add_bytes(chunk.object.size);
+        }
+        tx.commit()
+            .await
+            .map_err(|e| JobError::sql(&db, "commit", e))?;
+        Ok((rows, bytes))
+    }
 }
 
 async fn set_sequences(entry: &DatabaseEntry, target: &PgUrl) -> Result<(), JobError> {
@@ -277,60 +440,6 @@ async fn read_script<'o>(
 ) -> Result<Script<'o>, JobError> {
     let text = backup.reader(store, object).await?.read_all().await?;
     Ok(Script { object, text })
-}
-
-/// Post-data over up to `opts.jobs` new connections (none carries the
-/// pre-data's settings), in steps (`post_data::plan`), then one durable
-/// commit.
-async fn apply_post_data(
-    store: &Store,
-    backup: &Backup,
-    entry: &DatabaseEntry,
-    opts: &RestoreOptions,
-) -> Result<(), JobError> {
-    let object = &entry.post_data;
-    let script = read_script(store, backup, object).await?;
-    let statements = script.statements()?;
-    let tables: HashMap<script::TableName, u64> = entry
-        .tables
-        .iter()
-        .map(|t| ((t.schema.clone(), t.name.clone()), t.raw_bytes))
-        .collect();
-    let steps = post_data::plan(&statements, &tables);
-    let widest = steps
-        .iter()
-        .map(|s| match s {
-            post_data::Step::Together(jobs) => jobs.len(),
-            post_data::Step::Alone(_) => 1,
-        })
-        .max()
-        .unwrap_or(1);
-    let mut sessions = vec![Session::open(opts).await?];
-    while sessions.len() < opts.jobs.max(1).min(widest) {
-        sessions.push(Session::open(opts).await?);
-    }
-    opts.progress.phase(format!(
-        "indexes and constraints of {}",
-        opts.target.database()
-    ));
-    for step in steps {
-        match step {
-            post_data::Step::Alone(job) => sessions[0].run(job, object, opts).await?,
-            post_data::Step::Together(jobs) => {
-                let together = &post_data::Together::new(jobs);
-                let workers = sessions.iter_mut().enumerate().map(|(i, s)| async move {
-                    while let Some(job) = together.next(i).await {
-                        let r = s.run(job, object, opts).await;
-                        together.done(i);
-                        r?;
-                    }
-                    Ok::<(), JobError>(())
-                });
-                futures::future::try_join_all(workers).await?;
-            }
-        }
-    }
-    sessions[0].make_durable(&opts.target.database()).await
 }
 
 /// One of the restore's connections, with the script's session settings
@@ -488,16 +597,14 @@ fn maintenance_work_mem_kib(jobs: usize) -> Option<u64> {
 /// just created: an error, not a loop.
 const MAX_ROLES_PER_STATEMENT: usize = 64;
 
-/// A table loaded by one COPY is truncated in the same transaction when
+/// A table loaded whole in one transaction is truncated in it first when
 /// it is empty (new: an extension's configuration table may already hold
 /// the extension's own rows, and keeps them; and nothing references it),
-/// which lets COPY write its rows
-/// frozen and visible to all: no hint-bit rewrite of every page on first
-/// read (a drill's checks), no freezing vacuum later, and at wal_level
-/// minimal no WAL. Smaller tables skip it (a TRUNCATE makes a new file:
-/// thousands of tiny tables would pay more than they gain); a table in
-/// several chunks is loaded side by side instead, which a TRUNCATE's lock
-/// would serialise.
+/// which lets COPY write its rows frozen and visible to all: no hint-bit
+/// rewrite of every page on first read (a drill's checks), no freezing
+/// vacuum later, and at wal_level minimal no WAL. Smaller tables skip it (a
+/// TRUNCATE makes a new file: thousands of tiny tables would pay more than
+/// they gain); a table whose chunks load side by side (`loads`) cannot.
 const FREEZE_FROM: u64 = 1 << 20;
 
 async fn empty_then_truncated(
@@ -564,63 +671,4 @@ fn missing_role(e: &tokio_postgres::Error) -> Option<(String, String)> {
         .strip_suffix("\" does not exist")?
         .to_string();
     Some((role, format!("{} ({})", d.message(), d.code().code())))
-}
-
-async fn load_worker(
-    store: &Store,
-    backup: &Backup,
-    opts: &RestoreOptions,
-    queue: Arc<Mutex<VecDeque<(TableEntry, usize)>>>,
-) -> Result<(u64, u64), JobError> {
-    let (target, progress) = (&opts.target, &opts.progress);
-    let db = target.database();
-    let mut client = target.connect().await?;
-    restore_session(&client, opts).await?;
-    let (mut rows, mut bytes) = (0, 0);
-    loop {
-        let Some((table, i)) = queue.lock().unwrap().pop_front() else {
-            break;
-        };
-        let chunk = &table.chunks[i];
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| JobError::sql(&db, "begin", e))?;
-        let freeze = table.chunks.len() == 1
-            && chunk.raw_bytes >= FREEZE_FROM
-            && empty_then_truncated(&tx, &table)
-                .await
-                .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
-        let sink = tx
-            .copy_in(&copy_in_statement(&table, freeze))
-            .await
-            .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
-        futures::pin_mut!(sink);
-        let mut reader = backup.reader(store, &chunk.bounded()).await?;
-        // Nothing is committed until the object has checked out whole.
-        while let Some(piece) = reader.next().await? {
-            sink.send(bytes::Bytes::from(piece))
-                .await
-                .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
-        }
-        if reader.rows != chunk.rows {
-            return Err(ArchiveError::Corrupt {
-                object: chunk.object.path.clone(),
-                reason: format!("{} rows, the manifest records {}", reader.rows, chunk.rows),
-            }
-            .into());
-        }
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(|e| JobError::sql(&db, &format!("load {}", chunk.object.path), e))?;
-        tx.commit()
-            .await
-            .map_err(|e| JobError::sql(&db, "commit", e))?;
-        rows += chunk.rows;
-        bytes += chunk.object.size;
-        progress.add_done(1);
-        progress.add_bytes(chunk.object.size);
-    }
-    Ok((rows, bytes))
 }

@@ -51,7 +51,7 @@ pub enum Step {
 /// Cuts `statements` into steps. `tables` holds the backup's ordinary
 /// tables and partitions (their stored size as the cost of their
 /// indexes). An index or key of any other table with `ONLY` (a partitioned
-/// table's own, a catalog change) runs alone at the start of its run, so
+/// table's own, a catalog change) runs alone at the end of its run, so
 /// its locks never meet the partitions' builds; anything else naming a
 /// table not listed runs alone in its place, as it may reach partitions or
 /// children that nothing here knows of.
@@ -59,20 +59,24 @@ pub fn plan(statements: &[Statement<'_>], tables: &HashMap<TableName, u64>) -> V
     #[derive(PartialEq, Clone, Copy)]
     enum Went {
         Together,
-        Leading,
+        Catalog,
         Alone,
     }
     #[derive(Default)]
     struct Run {
-        leading: Vec<Job>,
+        catalog: Vec<Job>,
         together: Vec<Job>,
     }
     impl Run {
+        /// The run's side-by-side jobs first (so a restore can start them
+        /// while other tables still load), then its catalog changes alone:
+        /// a partitioned parent's `ONLY` index may come after its
+        /// partitions' (only the `ATTACH` that follows the run needs both).
         fn flush(&mut self, steps: &mut Vec<Step>) {
-            steps.extend(self.leading.drain(..).map(Step::Alone));
             if !self.together.is_empty() {
                 steps.push(Step::Together(std::mem::take(&mut self.together)));
             }
+            steps.extend(self.catalog.drain(..).map(Step::Alone));
         }
     }
     let mut steps = Vec::new();
@@ -126,9 +130,9 @@ pub fn plan(statements: &[Statement<'_>], tables: &HashMap<TableName, u64>) -> V
                 Went::Together
             }
             Shape::Index { only: true, .. } | Shape::Constraint { .. } => {
-                run.leading
+                run.catalog
                     .push(job(st, st.sql.into(), vec![], 0, &current));
-                Went::Leading
+                Went::Catalog
             }
             Shape::ForeignKey {
                 table,
@@ -158,7 +162,7 @@ pub fn plan(statements: &[Statement<'_>], tables: &HashMap<TableName, u64>) -> V
             Shape::Comment if last != Went::Alone => {
                 let to = match last {
                     Went::Together => &mut run.together,
-                    _ => &mut run.leading,
+                    _ => &mut run.catalog,
                 };
                 to.last_mut()
                     .expect("the statement before went there")
@@ -229,35 +233,66 @@ fn qualified(t: &TableName) -> String {
 }
 
 /// Which jobs may start now, given what runs: the index of the first
-/// (costliest) one whose locks do not meet a running job's.
-fn next_runnable(pending: &[Job], running: &[Vec<(TableName, bool)>]) -> Option<usize> {
+/// (costliest) one that may start (`ready`) and whose locks do not meet a
+/// running job's.
+fn next_runnable(
+    pending: &[Job],
+    running: &[Vec<(TableName, bool)>],
+    ready: impl Fn(&Job) -> bool,
+) -> Option<usize> {
     pending.iter().position(|j| {
-        !j.locks.iter().any(|(t, excl)| {
-            running
-                .iter()
-                .flatten()
-                .any(|(u, other_excl)| t == u && (*excl || *other_excl))
-        })
+        ready(j)
+            && !j.locks.iter().any(|(t, excl)| {
+                running
+                    .iter()
+                    .flatten()
+                    .any(|(u, other_excl)| t == u && (*excl || *other_excl))
+            })
     })
 }
 
-/// Hands a step's jobs out to the connections side by side, never two
-/// whose locks meet. Each connection loops on `next` (its index) and calls
-/// `done` when the job ended, however it ended.
-pub struct Together {
-    state: Mutex<State>,
+/// What a connection does next: load `L` (a table's data) or run a job.
+#[derive(Debug)]
+pub enum Task<L> {
+    Load(L),
+    Job(Job),
+}
+
+/// Hands loads and a step's jobs out to the connections side by side:
+/// every load first (in the order given), and a job only once each table
+/// it locks has finished loading, never beside a job whose locks it meets.
+/// A restore gives its first step this way, so the index builds of a
+/// loaded table run while bigger tables still load, as `pg_restore -j`
+/// does; later steps have no loads. Each connection loops on `next` (its
+/// index) and calls `done` when the task ended, however it ended.
+pub struct Together<L> {
+    state: Mutex<State<L>>,
     finished: tokio::sync::Notify,
 }
 
-struct State {
+struct State<L> {
+    loads: std::collections::VecDeque<(TableName, L)>,
+    /// Loads given or running, by table.
+    unloaded: HashMap<TableName, usize>,
     pending: Vec<Job>,
-    running: HashMap<usize, Vec<(TableName, bool)>>,
+    running: HashMap<usize, Running>,
 }
 
-impl Together {
-    pub fn new(jobs: Vec<Job>) -> Together {
+enum Running {
+    Load(TableName),
+    Job(Vec<(TableName, bool)>),
+}
+
+impl<L> Together<L> {
+    pub fn with_loads(loads: Vec<(TableName, L)>, jobs: Vec<Job>) -> Together<L> {
+        let mut unloaded = HashMap::new();
+        for (t, _) in &loads {
+            *unloaded.entry(t.clone()).or_insert(0) += 1;
+        }
         Together {
             state: Mutex::new(State {
+                loads: loads.into(),
+                unloaded,
                 pending: jobs,
                 running: HashMap::new(),
             }),
@@ -265,24 +300,38 @@ impl Together {
         }
     }
 
-    /// The next job for connection `worker`; waits while every pending job
-    /// meets a running one's lock; `None` once nothing is pending.
-    pub async fn next(&self, worker: usize) -> Option<Job> {
+    /// The next task for connection `worker`; waits while every pending job
+    /// waits on a load or meets a running job's lock; `None` once nothing
+    /// is left to hand out.
+    pub async fn next(&self, worker: usize) -> Option<Task<L>> {
         loop {
             let notified = self.finished.notified();
             tokio::pin!(notified);
-            // Registered before looking, so a job ending meanwhile wakes us.
+            // Registered before looking, so a task ending meanwhile wakes us.
             notified.as_mut().enable();
             {
                 let mut s = self.state.lock().unwrap();
+                if let Some((table, load)) = s.loads.pop_front() {
+                    s.running.insert(worker, Running::Load(table));
+                    return Some(Task::Load(load));
+                }
                 if s.pending.is_empty() {
                     return None;
                 }
-                let running: Vec<_> = s.running.values().cloned().collect();
-                if let Some(k) = next_runnable(&s.pending, &running) {
+                let running: Vec<_> = s
+                    .running
+                    .values()
+                    .filter_map(|r| match r {
+                        Running::Job(locks) => Some(locks.clone()),
+                        Running::Load(_) => None,
+                    })
+                    .collect();
+                let unloaded = &s.unloaded;
+                let loaded = |j: &Job| j.locks.iter().all(|(t, _)| !unloaded.contains_key(t));
+                if let Some(k) = next_runnable(&s.pending, &running, loaded) {
                     let job = s.pending.remove(k);
-                    s.running.insert(worker, job.locks.clone());
-                    return Some(job);
+                    s.running.insert(worker, Running::Job(job.locks.clone()));
+                    return Some(Task::Job(job));
                 }
             }
             notified.await;
@@ -290,7 +339,16 @@ impl Together {
     }
 
     pub fn done(&self, worker: usize) {
-        self.state.lock().unwrap().running.remove(&worker);
+        let mut s = self.state.lock().unwrap();
+        if let Some(Running::Load(t)) = s.running.remove(&worker) {
+            if let Some(n) = s.unloaded.get_mut(&t) {
+                *n -= 1;
+                if *n == 0 {
+                    s.unloaded.remove(&t);
+                }
+            }
+        }
+        drop(s);
         self.finished.notify_waiters();
     }
 }
@@ -321,13 +379,7 @@ mod tests {
         ]
         .into();
         let steps = plan(&statements, &tables);
-        // The partitioned parent's own index (ONLY, not a listed table)
-        // first, alone: a catalog change.
-        let Step::Alone(parent) = &steps[0] else {
-            panic!("{steps:#?}")
-        };
-        assert!(texts(parent)[0].starts_with("CREATE INDEX parted_k_idx ON ONLY app.parted"));
-        let Step::Together(first) = &steps[1] else {
+        let Step::Together(first) = &steps[0] else {
             panic!("{steps:#?}")
         };
         // PKs of both tables, the partition's index, the other indexes:
@@ -344,6 +396,12 @@ mod tests {
             .session
             .iter()
             .any(|(n, _)| n == "default_tablespace"));
+        // The partitioned parent's own index (ONLY, not a listed table)
+        // after them, alone: a catalog change.
+        let Step::Alone(parent) = &steps[1] else {
+            panic!("{steps:#?}")
+        };
+        assert!(texts(parent)[0].starts_with("CREATE INDEX parted_k_idx ON ONLY app.parted"));
         // ATTACH PARTITION and everything else after it: alone, in order.
         let Step::Alone(attach) = &steps[2] else {
             panic!("{steps:#?}")
@@ -488,14 +546,14 @@ mod tests {
         };
         let running = vec![vec![(t("s", "a"), false)]];
         // Two index builds on one table run together; a key constraint waits.
-        assert_eq!(next_runnable(&[job("a", false)], &running), Some(0));
+        assert_eq!(next_runnable(&[job("a", false)], &running, |_| true), Some(0));
         assert_eq!(
-            next_runnable(&[job("a", true), job("b", true)], &running),
+            next_runnable(&[job("a", true), job("b", true)], &running, |_| true),
             Some(1)
         );
-        assert_eq!(next_runnable(&[job("a", true)], &running), None);
+        assert_eq!(next_runnable(&[job("a", true)], &running, |_| true), None);
         assert_eq!(
-            next_runnable(&[job("a", false)], &[vec![(t("s", "a"), true)]]),
+            next_runnable(&[job("a", false)], &[vec![(t("s", "a"), true)]], |_| true),
             None
         );
     }
@@ -506,10 +564,13 @@ mod tests {
         F: Fn(Job) -> Fut,
         Fut: std::future::Future<Output = Result<(), &'static str>>,
     {
-        let together = Together::new(jobs);
+        let together = Together::<()>::with_loads(Vec::new(), jobs);
         let (together, body) = (&together, &body);
         let workers = (0..n).map(|i| async move {
-            while let Some(job) = together.next(i).await {
+            while let Some(task) = together.next(i).await {
+                let Task::Job(job) = task else {
+                    unreachable!("no loads given")
+                };
                 let r = body(job).await;
                 together.done(i);
                 r?;
@@ -586,5 +647,54 @@ mod tests {
         })
         .await;
         assert_eq!(r, Err("broke"));
+    }
+
+    #[tokio::test]
+    async fn a_tables_jobs_wait_for_its_loads_and_other_tables_go_on() {
+        let job = |table: &str| Job {
+            statements: vec![Sql {
+                line: 1,
+                text: table.into(),
+            }],
+            locks: vec![(t("s", table), false)],
+            cost: 0,
+            session: Arc::new(vec![]),
+        };
+        let loads = vec![
+            (t("s", "big"), "big 1"),
+            (t("s", "small"), "small"),
+            (t("s", "big"), "big 2"),
+        ];
+        let together = Together::with_loads(loads, vec![job("big"), job("small"), job("none")]);
+        let mut order = vec![];
+        // Worker 0 loads big's first part and worker 1 small; big's second
+        // part goes next, whoever asks.
+        let Some(Task::Load(a)) = together.next(0).await else { panic!() };
+        let Some(Task::Load(b)) = together.next(1).await else { panic!() };
+        order.extend([a, b]);
+        together.done(1);
+        let Some(Task::Load(c)) = together.next(1).await else { panic!() };
+        order.push(c);
+        assert_eq!(order, vec!["big 1", "small", "big 2"]);
+        // Loads all handed out: small's job and the loadless table's may
+        // start, big's may not while a part of it loads.
+        let mut ran = vec![];
+        for _ in 0..2 {
+            let Some(Task::Job(j)) = together.next(2).await else { panic!() };
+            ran.push(j.statements[0].text.clone());
+            together.done(2);
+        }
+        ran.sort();
+        assert_eq!(ran, vec!["none", "small"]);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), together.next(2)).await;
+        assert!(waiting.is_err(), "big's job started while big loaded");
+        together.done(0);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), together.next(2)).await;
+        assert!(waiting.is_err(), "big's job started while big loaded");
+        together.done(1);
+        let Some(Task::Job(j)) = together.next(2).await else { panic!() };
+        assert_eq!(j.statements[0].text, "big");
+        together.done(2);
+        assert!(together.next(0).await.is_none());
     }
 }
