@@ -508,6 +508,11 @@ fn an_agent_streams_backs_up_and_drills_a_physical_source() {
             .find(|l| l.starts_with("firedrill_wal_archived_lsn{source=\"phys\"}"))
             .map(str::to_string);
         if archived.as_deref().is_some_and(|l| !l.ends_with(" 0")) {
+            // What the WAL archive lag alert reads (time() - it).
+            assert!(
+                metrics.contains("firedrill_wal_caught_up_seconds{source=\"phys\"}"),
+                "{metrics}"
+            );
             break;
         }
         assert!(

@@ -83,6 +83,13 @@ fn an_agent_exports_spans_metrics_and_logs_over_otlp() {
         "firedrill_drill_rto_seconds{source=\"app\"}",
         "firedrill_plugin_duration_seconds_count{plugin=\"auth\"}",
         "firedrill_lock_wait_seconds_count{job=\"backup\"}",
+        // What the alert rules measure lateness against.
+        "firedrill_start_time_seconds ",
+        "firedrill_schedule_interval_seconds{source=\"app\",kind=\"backup\"} 2\n",
+        "firedrill_schedule_interval_seconds{source=\"app\",kind=\"drill\"} 3\n",
+        "firedrill_drill_last_run_seconds{source=\"app\"}",
+        "firedrill_policy_reload_failed 0\n",
+        "firedrill_plugin_errors_total{plugin=\"auth\"}",
     ] {
         assert!(metrics.contains(m), "{m} missing from /metrics:\n{metrics}");
     }

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -222,7 +223,12 @@ def k8s_validate(docs, where):
     for d in docs:
         kind = d.get("kind")
         if d.get("apiVersion", "").startswith("monitoring.coreos.com/"):
-            # A CRD: no bundled schema. The fields the operator needs.
+            # A CRD: no bundled schema. The fields the operator needs; a
+            # PrometheusRule's rules as Prometheus itself would load them.
+            if kind == "PrometheusRule":
+                need(d["spec"].get("groups"), f"{where}: PrometheusRule without groups")
+                promtool_rules(d["spec"], f"{where}: PrometheusRule")
+                continue
             need(kind == "ServiceMonitor" and d["spec"]["selector"]["matchLabels"] and
                  all(e.get("port") for e in d["spec"]["endpoints"]), f"{where}: {kind} incomplete")
             continue
@@ -234,6 +240,25 @@ def k8s_validate(docs, where):
                 raise Fail(f"{where}: {kind}/{d.get('metadata', {}).get('name')} (k8s {v}): {loc}: {e.message}")
             except kubernetes_validate.SchemaNotFoundError:
                 raise Fail(f"{where}: {kind} {d.get('apiVersion')}: no such kind in Kubernetes {v}")
+
+
+def promtool(*args):
+    r = subprocess.run([PROMTOOL, *args], capture_output=True, text=True)
+    out = (r.stdout + r.stderr).strip()
+    need(r.returncode == 0, out.replace("\n", " | ")[-800:])
+    return out
+
+
+def promtool_rules(doc, where):
+    """`promtool check rules` on a rule file's content (a dict with groups)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump(doc, f)
+    try:
+        promtool("check", "rules", f.name)
+    except Fail as e:
+        raise Fail(f"{where}: {e}")
+    finally:
+        os.unlink(f.name)
 
 
 def load_docs(text):
@@ -356,6 +381,7 @@ FULL_VALUES = {
     "env": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317"},
     "policies": {"files": {"verifier-freshness.toml": 'world = "verifier"\nwasm = "verifier_freshness.wasm"\n'},
                  "binaryFiles": {"verifier_freshness.wasm": "AGFzbQ0AAQA="}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
     "tolerations": [{"operator": "Exists"}],
     "priorityClassName": "system-node-critical",
 }
@@ -393,18 +419,20 @@ def _():
     k8s_validate(docs, "helm (all options)")
     kinds = check_agent_pod(docs, "helm (all options)", external_secrets=[FULL_VALUES["existingSecret"]])
     need("ServiceMonitor" in {d["kind"] for d in docs}, "serviceMonitor.enabled rendered no ServiceMonitor")
+    need("PrometheusRule" in {d["kind"] for d in docs}, "prometheusRule.enabled rendered no PrometheusRule")
     (cm,) = [d for d in kinds["ConfigMap"] if d["metadata"]["name"].endswith("-policies")]
     need("verifier_freshness.wasm" in cm.get("binaryData", {}), "policies.binaryFiles did not reach binaryData")
 
 
 @check("helm: values.schema.json refuses a misspelt value")
 def _():
-    try:
-        helm_render({"serviceMonitor": {"enable": True}})
-    except Exception as e:
-        need("enable" in str(e), f"refused, but not for the misspelling: {e}")
-        return
-    raise Fail("serviceMonitor.enable (for enabled) was accepted")
+    for key in ("serviceMonitor", "prometheusRule"):
+        try:
+            helm_render({key: {"enable": True}})
+        except Exception as e:
+            need("enable" in str(e), f"refused, but not for the misspelling: {e}")
+            continue
+        raise Fail(f"{key}.enable (for enabled) was accepted")
 
 
 @check("helm: files/policies = policies/*.toml, plugins from the image")
@@ -550,6 +578,126 @@ def _():
     need(prov["providers"][0]["options"]["path"] == dash_mount, "Grafana's dashboard provider path is not the mounted folder")
     ds = yaml.safe_load(open(os.path.join(cdir, "grafana/provisioning/datasources/prometheus.yaml")))
     need(ds["datasources"][0]["url"].split("//")[1].split(":")[0] in services, "Grafana's datasource is no service")
+
+
+# ------------------------------------------------------------ alert rules
+
+RULES = os.path.join(CHART, "files", "prometheus", "firedrill.rules.yml")
+RULE_TESTS = os.path.join(CHART, "files", "prometheus", "firedrill.rules.test.yml")
+# The matcher of the agents' targets in `up`: the compose job's name; the chart
+# puts prometheusRule.agentSelector in its place.
+AGENT_MATCHER = 'job="firedrill"'
+
+
+@check("prometheus: promtool check config (compose), with the files compose.yaml mounts into it")
+def _():
+    # /etc/prometheus laid out as the container sees it: the rule files the
+    # configuration names must be the ones compose mounts.
+    cdir = os.path.join(DEPLOY, "compose")
+    prom = yaml.safe_load(open(os.path.join(cdir, "compose.yaml")))["services"]["prometheus"]
+    conf = next((a.split("=", 1)[1] for a in prom.get("command", []) if a.startswith("--config.file=")),
+                "/etc/prometheus/prometheus.yml")
+    mounted = {}
+    with tempfile.TemporaryDirectory() as root:
+        for v in prom.get("volumes", []):
+            src, dst = v.split(":")[:2]
+            if not src.startswith((".", "/")):
+                continue  # a named volume
+            src = os.path.normpath(os.path.join(cdir, src))
+            mounted[dst] = src
+            inside = os.path.join(root, dst.lstrip("/"))
+            os.makedirs(os.path.dirname(inside), exist_ok=True)
+            (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, inside)
+        need(conf in mounted, f"--config.file={conf} is not mounted")
+        out = promtool("check", "config", os.path.join(root, conf.lstrip("/")))
+    rules = [dst for dst, src in mounted.items() if os.path.samefile(src, RULES)]
+    need(rules, f"compose does not mount {os.path.relpath(RULES, ROOT)} into Prometheus")
+    need(re.search(rf"{re.escape(os.path.basename(rules[0]))}\s*\n\s*SUCCESS: \d+ rules found", out),
+         f"promtool check config did not load the alert rules (rule_files): {out}")
+
+
+# The rules themselves.
+
+def alert_rules():
+    with open(RULES) as f:
+        doc = yaml.safe_load(f)
+    return doc, [r for g in doc["groups"] for r in g["rules"]]
+
+
+@check("alerts: promtool check rules firedrill.rules.yml; labels and annotations")
+def _():
+    promtool("check", "rules", RULES)
+    _, rules = alert_rules()
+    names = [r.get("alert") for r in rules]
+    need(all(names) and len(set(names)) == len(names), f"every rule an alert, each name once: {names}")
+    for r in rules:
+        need(r.get("labels", {}).get("severity") in ("critical", "warning"), f"{r['alert']}: severity critical or warning")
+        need(r.get("for"), f"{r['alert']}: no `for:` (one missed scrape would page)")
+        a = r.get("annotations", {})
+        need(a.get("summary") and a.get("description"), f"{r['alert']}: summary and description wanted")
+    agent = [r["alert"] for r in rules if AGENT_MATCHER in r["expr"]]
+    need(len(agent) >= 2 and all(re.search(r"\bup\{" + re.escape(AGENT_MATCHER) + r"\}", r["expr"])
+                                 for r in rules if AGENT_MATCHER in r["expr"]),
+         f"the agent-down rules select up{{{AGENT_MATCHER}}} (the chart replaces exactly that): {agent}")
+    need(open(RULES).read().count(AGENT_MATCHER) == sum(r["expr"].count(AGENT_MATCHER) for r in rules),
+         f"{AGENT_MATCHER} appears outside the agent-down expressions: the chart would replace it there too")
+
+
+@check("alerts: promtool test rules: each rule fires, and stays quiet or resolves")
+def _():
+    promtool("test", "rules", RULE_TESTS)
+    with open(RULE_TESTS) as f:
+        tests = yaml.safe_load(f)
+    need(os.path.normpath(os.path.join(os.path.dirname(RULE_TESTS), tests["rule_files"][0])) == RULES,
+         "the tests load another rule file")
+    fires, quiet = set(), set()
+    for t in tests["tests"]:
+        for a in t.get("alert_rule_test", []):
+            (fires if a.get("exp_alerts") else quiet).add(a["alertname"])
+    _, rules = alert_rules()
+    for r in rules:
+        need(r["alert"] in fires, f"no test where {r['alert']} fires")
+        need(r["alert"] in quiet, f"no test where {r['alert']} stays quiet or resolves")
+
+
+@check("alerts: every firedrill_* metric of the rules and their tests exists in the agent (metrics.rs)")
+def _():
+    names = metric_names()
+    _, rules = alert_rules()
+    with open(RULE_TESTS) as f:
+        tests = yaml.safe_load(f)
+    used = {m: f"rule {r['alert']}" for r in rules for m in re.findall(r"\bfiredrill_[A-Za-z0-9_:]+", r["expr"])}
+    for t in tests["tests"]:
+        for s in t.get("input_series", []):
+            for m in re.findall(r"^firedrill_[A-Za-z0-9_:]+", s["series"]):
+                used.setdefault(m, f"test {t['name']!r}")
+    need(used, "the rules query no firedrill_* metric")
+    unknown = sorted(f"{m} ({w})" for m, w in used.items() if names.get(m, "histogram") == "histogram")
+    need(not unknown, "unknown metrics (or a histogram's family name): " + "; ".join(unknown))
+
+
+@check("helm: prometheusRule.enabled renders files/prometheus/firedrill.rules.yml as a PrometheusRule")
+def _():
+    need(not [d for d in helm_render({}) if d["kind"] == "PrometheusRule"], "a PrometheusRule by default")
+    canonical = open(RULES).read()
+    for values, matcher in (
+        ({"enabled": True, "labels": {"release": "prometheus"}}, 'job="firedrill",namespace="firedrill"'),
+        ({"enabled": True, "agentSelector": 'job="kubernetes-pods",namespace="backup"'},
+         'job="kubernetes-pods",namespace="backup"'),
+    ):
+        (rule,) = [d for d in helm_render({"prometheusRule": values}) if d["kind"] == "PrometheusRule"]
+        for k, v in values.get("labels", {}).items():
+            need(rule["metadata"]["labels"].get(k) == v, f"prometheusRule.labels {k}={v} not on the PrometheusRule")
+        want = yaml.safe_load(canonical.replace(AGENT_MATCHER, matcher))
+        need(rule["spec"] == want, f"with {values}: the PrometheusRule's spec is not the rules file "
+                                   f"with up{{{matcher}}}")
+    # The default matcher is the ServiceMonitor's job: the Service's name.
+    docs = helm_render({"prometheusRule": {"enabled": True}, "serviceMonitor": {"enabled": True},
+                        "fullnameOverride": "backups"})
+    (svc,) = [d for d in docs if d["kind"] == "Service"]
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    need(f'up{{job="{svc["metadata"]["name"]}"' in json.dumps(rule["spec"]).replace('\\"', '"'),
+         "the agent-down rules do not select the ServiceMonitor's job (the Service's name)")
 
 
 # ---------------------------------------------------------------- dashboard

@@ -189,6 +189,7 @@ impl Agent {
     /// Runs every schedule until [`Agent::shutdown`]; then waits for the jobs
     /// the API started to drop what they were doing.
     pub async fn run(self: Arc<Self>) {
+        self.publish_schedules();
         let shutdown = self.stop.subscribe();
         let mut tasks = Vec::new();
         for source in self.config.sources.clone() {
@@ -218,6 +219,42 @@ impl Agent {
         let spawned = std::mem::take(&mut *self.spawned.lock().unwrap());
         for t in spawned {
             let _ = t.await;
+        }
+    }
+
+    /// What the alert rules measure lateness against
+    /// (`deploy/helm/firedrill/files/prometheus/firedrill.rules.yml`): when
+    /// this agent started, how long each schedule may go between runs, and
+    /// each source's RPO target. From these a rule knows when a source is
+    /// overdue without repeating every schedule, and a source that has not
+    /// run since the start is not overdue before its first gap has passed.
+    fn publish_schedules(&self) {
+        let m = metrics::global();
+        let now = crate::archive::manifest::unix_now();
+        m.set(metrics::START_TIME, &[], now as f64);
+        for source in &self.config.sources {
+            let schedules = [
+                ("backup", &source.backup),
+                ("incremental", &source.incremental),
+                ("drill", &source.drill),
+                ("prune", &source.prune),
+            ];
+            for (kind, schedule) in schedules {
+                if let Some(schedule) = schedule {
+                    m.set(
+                        metrics::SCHEDULE_INTERVAL,
+                        &[("source", &source.name), ("kind", kind)],
+                        schedule.longest_gap(now).as_secs_f64(),
+                    );
+                }
+            }
+            if let Some(rpo) = source.rpo_target {
+                m.set(
+                    metrics::RPO_TARGET,
+                    &[("source", &source.name)],
+                    rpo.as_secs_f64(),
+                );
+            }
         }
     }
 
@@ -601,6 +638,13 @@ impl Agent {
                     metrics::DRILL_PASSED,
                     &[("source", &source.name)],
                     r.passed as u8 as f64,
+                );
+                // With the time, a rule finds the fleet's newest drill of a
+                // source (another agent's may be newer than this one's).
+                m.set(
+                    metrics::DRILL_LAST_RUN,
+                    &[("source", &source.name)],
+                    r.finished as f64,
                 );
                 m.set(
                     metrics::DRILL_RTO,

@@ -80,6 +80,17 @@ impl Agent {
     /// lease, streams, and after a failure that needs an operator (logged)
     /// tries again a minute later.
     pub(super) async fn wal_loop(&self, source: SourceConfig, stop: watch::Receiver<bool>) {
+        // Where the archive's lag is measured from until a streamer of this
+        // agent hears otherwise: a streamer that never gets going (no lease,
+        // a server or store that refuses) shows a lag that grows, where a
+        // lag gauge would keep its last value (or none) once its publisher
+        // stops. In a fleet the newest of the agents' values counts, the
+        // lease holder's.
+        metrics::global().set(
+            metrics::WAL_CAUGHT_UP,
+            &[("source", source.name.as_str())],
+            crate::archive::manifest::unix_now() as f64,
+        );
         loop {
             if *stop.borrow() {
                 return;
@@ -111,6 +122,7 @@ async fn publish(source: String, status: Arc<StreamStatus>, warn_at: u64) {
     let labels = [("source", source.as_str())];
     let mut segments = 0;
     let mut warned = false;
+    let mut caught_up = 0;
     loop {
         tokio::time::sleep(PUBLISH_EVERY).await;
         let archived = status.archived_lsn.load(Ordering::Relaxed);
@@ -131,6 +143,20 @@ async fn publish(source: String, status: Arc<StreamStatus>, warn_at: u64) {
             (crate::archive::manifest::unix_now() as f64 - at as f64).max(0.0)
         };
         m.set(metrics::WAL_ARCHIVE_LAG, &labels, lag);
+        // Caught up now when the server has said where it is and the archive
+        // holds all of it; else (at best) when the newest segment was
+        // stored. Only ever forward: a lag that follows does not undo an
+        // earlier catch-up.
+        let heard = status.server_lsn.load(Ordering::Relaxed) > 0;
+        let since = if heard && pending == 0 {
+            crate::archive::manifest::unix_now()
+        } else {
+            at as i64
+        };
+        if since > caught_up {
+            caught_up = since;
+            m.set(metrics::WAL_CAUGHT_UP, &labels, since as f64);
+        }
         let now = status.segments.load(Ordering::Relaxed);
         if now > segments {
             m.add(metrics::WAL_SEGMENTS, &labels, (now - segments) as f64);

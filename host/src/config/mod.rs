@@ -59,6 +59,7 @@
 //! backup = "1h"                      # or "cron: 0 3 * * *"
 //! drill = "6h"
 //! prune = "1d"
+//! rpo_target = "2h"                  # alert when its newest recovery point is older
 //! globals = true                     # roles and tablespaces; role_passwords = false
 //!
 //! [[source]]                         # point-in-time recovery (docs/PITR.md)
@@ -236,6 +237,9 @@ pub struct SourceConfig {
     pub backup: Option<Schedule>,
     pub drill: Option<Schedule>,
     pub prune: Option<Schedule>,
+    /// The most data the source may lose (its RPO): exported as a metric
+    /// for the alert rules to compare its newest recovery point with.
+    pub rpo_target: Option<Duration>,
     pub jobs: usize,
     pub compression_level: i32,
     pub chunk_bytes: u64,
@@ -276,6 +280,7 @@ impl SourceConfig {
             backup: None,
             drill: None,
             prune: None,
+            rpo_target: None,
             jobs: DEFAULT_JOBS,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             chunk_bytes: crate::runtime::policy::parse_size(DEFAULT_CHUNK_SIZE)

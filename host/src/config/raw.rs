@@ -116,6 +116,8 @@ pub(super) struct RawSource {
     pub(super) backup: Option<String>,
     pub(super) drill: Option<String>,
     pub(super) prune: Option<String>,
+    /// The recovery point objective (`15m`, `1d`): exported for the alert rules.
+    pub(super) rpo_target: Option<String>,
     pub(super) jobs: Option<usize>,
     pub(super) compression_level: Option<i32>,
     pub(super) chunk_size: Option<String>,

@@ -85,6 +85,33 @@ impl Schedule {
         }
     }
 
+    /// The longest wait between two runs from `from` (unix seconds) on: an
+    /// interval's length; for a cron, its longest gap over the coming year
+    /// (weekdays only: the weekend; monthly: the longest month), or the wait
+    /// for its first run if that is longer. What the alert rules measure a
+    /// run's lateness against (`firedrill.schedule.interval`).
+    pub fn longest_gap(&self, from: i64) -> Duration {
+        match self {
+            Schedule::Every(d) => *d,
+            Schedule::Cron(c) => {
+                let horizon = from + 366 * 86_400;
+                let mut at = c.next_after(from);
+                let mut longest = at - from;
+                // A cron that runs every minute would take half a million
+                // steps for the year; 20 000 runs cover its weekly and
+                // monthly patterns too (it then runs more than 50 a day).
+                let mut runs = 0;
+                while at < horizon && runs < 20_000 {
+                    runs += 1;
+                    let next = c.next_after(at);
+                    longest = longest.max(next - at);
+                    at = next;
+                }
+                Duration::from_secs(longest.max(60) as u64)
+            }
+        }
+    }
+
     /// How long from `now` until the next slot starts.
     pub fn wait_from(&self, now: i64) -> Duration {
         match self {
@@ -238,6 +265,18 @@ mod tests {
         assert_eq!(hourly.wait_from(T + 600), Duration::from_secs(3000));
         let cron = Schedule::parse("cron: */15 * * * *").unwrap();
         assert_eq!(cron.slot_of(T + 59), T);
+    }
+
+    #[test]
+    fn the_longest_gap_is_the_interval_or_the_crons_widest() {
+        let gap = |s: &str| Schedule::parse(s).unwrap().longest_gap(T).as_secs();
+        assert_eq!(gap("90m"), 5400);
+        assert_eq!(gap("cron: */15 * * * *"), 900);
+        assert_eq!(gap("cron: 0 3 * * *"), 86_400);
+        // Weekdays at 03:00: Friday to Monday.
+        assert_eq!(gap("cron: 0 3 * * 1-5"), 3 * 86_400);
+        // The first of each month: the longest month.
+        assert_eq!(gap("cron: 0 3 1 * *"), 31 * 86_400);
     }
 
     #[test]

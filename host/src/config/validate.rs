@@ -158,6 +158,13 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
         source.backup = Some(backup);
         source.drill = schedule("drill", s.drill)?;
         source.prune = schedule("prune", s.prune)?;
+        if let Some(t) = s.rpo_target {
+            let t = duration(&at("rpo_target"), Some(t), Duration::ZERO)?;
+            if t.is_zero() {
+                return Err(bad(at("rpo_target"), "more than zero, e.g. \"1h\""));
+            }
+            source.rpo_target = Some(t);
+        }
         source.jobs = s.jobs.unwrap_or(DEFAULT_JOBS).max(1);
         source.compression_level = level;
         if let Some(c) = s.chunk_size {
@@ -445,6 +452,18 @@ mod tests {
         let c = load(&format!("{PHYSICAL}backup = \"1d\"\nmax_chain = 3\n")).unwrap();
         assert_eq!(c.sources[0].incremental, None);
         assert_eq!(c.sources[0].max_chain, 3);
+    }
+
+    #[test]
+    fn an_rpo_target_is_a_duration_above_zero() {
+        let logical = "urls = [\"postgres://db/app\"]\nbackup = \"1h\"\n";
+        let c = load(&format!("{logical}rpo_target = \"2h\"\n")).unwrap();
+        assert_eq!(c.sources[0].rpo_target, Some(Duration::from_secs(7200)));
+        assert_eq!(load(logical).unwrap().sources[0].rpo_target, None);
+        for bad in ["soon", "0s"] {
+            let e = load(&format!("{logical}rpo_target = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.setting, "source[0].rpo_target", "{e}");
+        }
     }
 
     #[test]

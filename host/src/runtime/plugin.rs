@@ -113,6 +113,13 @@ impl Plugin {
             .prepare(policy.world, &compiled.component)
             .map_err(|m| err("world", m))?;
         tracing::debug!(plugin = %policy.name, world = policy.world.name(), cached = compiled.from_cache, ms = compiled.compile_time.as_millis() as u64, signed = ?signed, "plugin loaded");
+        // At zero from the load on: a counter's series that appears with
+        // its first failure at 1 shows no increase, and an alert on
+        // increase() would miss that failure.
+        let m = crate::telemetry::metrics::global();
+        let labels = [("plugin", policy.name.as_str())];
+        m.declare(crate::telemetry::metrics::PLUGIN_CALLS, &labels);
+        m.declare(crate::telemetry::metrics::PLUGIN_ERRORS, &labels);
         Ok(Plugin {
             name: policy.name.as_str().into(),
             config: Arc::new(policy.config.clone()),

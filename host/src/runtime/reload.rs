@@ -16,6 +16,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Whether the directory as it stands failed to load: a state, which an
+/// alert follows until the directory is fixed (the counter of failures only
+/// says that one happened).
+fn reload_failed(failed: bool) {
+    crate::telemetry::metrics::global().set(
+        crate::telemetry::metrics::RELOAD_FAILED,
+        &[],
+        f64::from(u8::from(failed)),
+    );
+}
+
 #[derive(Debug, Default)]
 pub struct ReloadStats {
     pub succeeded: AtomicU64,
@@ -42,6 +53,7 @@ impl Policies {
             stats: ReloadStats::default(),
         };
         p.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        reload_failed(false);
         Ok(Arc::new(p))
     }
 
@@ -76,6 +88,7 @@ impl Policies {
                     &[("result", "ok")],
                     1.0,
                 );
+                reload_failed(false);
                 tracing::info!(dir = %self.dir.display(), plugins = ?names, "policies reloaded");
                 Ok(())
             }
@@ -88,6 +101,7 @@ impl Policies {
                     &[("result", "error")],
                     1.0,
                 );
+                reload_failed(true);
                 tracing::error!(dir = %self.dir.display(), "policies not reloaded, the previous ones stay in force:\n{e}");
                 Err(e)
             }

@@ -94,6 +94,13 @@ metric!(
     "1 if the last drill of a source passed, else 0."
 );
 metric!(
+    DRILL_LAST_RUN,
+    "firedrill.drill.last_run",
+    "s",
+    Gauge,
+    "Unix time the last drill of a source finished, passed or failed, by source."
+);
+metric!(
     DRILL_RTO,
     "firedrill.drill.rto",
     "s",
@@ -134,6 +141,13 @@ metric!(
     "",
     Counter,
     "Policy directory reloads, by result (ok, error)."
+);
+metric!(
+    RELOAD_FAILED,
+    "firedrill.policy.reload_failed",
+    "",
+    Gauge,
+    "1 while the last reload of the policies directory failed (the previous set stays in force), else 0."
 );
 metric!(
     LOCK_WAIT,
@@ -214,11 +228,40 @@ metric!(
     "WAL the server has written that the archive does not hold yet (what the slot holds back), by source."
 );
 metric!(
+    WAL_CAUGHT_UP,
+    "firedrill.wal.caught_up",
+    "s",
+    Gauge,
+    "Unix time the WAL archive last held everything the server had written (while it lags: when its newest segment was stored; before the streamer hears from the server: when this agent started it), by source."
+);
+metric!(
     WAL_SEGMENTS,
     "firedrill.wal.segments",
     "",
     Counter,
     "WAL segments archived, by source."
+);
+
+metric!(
+    START_TIME,
+    "firedrill.start_time",
+    "s",
+    Gauge,
+    "Unix time this agent started running its schedules."
+);
+metric!(
+    SCHEDULE_INTERVAL,
+    "firedrill.schedule.interval",
+    "s",
+    Gauge,
+    "Longest wait between two runs of a source's schedule (an interval; a cron's longest gap over the coming year), by source and kind (backup, incremental, drill, prune)."
+);
+metric!(
+    RPO_TARGET,
+    "firedrill.source.rpo_target",
+    "s",
+    Gauge,
+    "The recovery point objective a source must meet (its rpo_target), by source; only for sources that set one."
 );
 
 pub const ALL: &[&Desc] = &[
@@ -227,12 +270,14 @@ pub const ALL: &[&Desc] = &[
     BACKUP_LAST_SUCCESS,
     DRILLS,
     DRILL_PASSED,
+    DRILL_LAST_RUN,
     DRILL_RTO,
     DRILL_RPO,
     PLUGIN_CALLS,
     PLUGIN_ERRORS,
     PLUGIN_DURATION,
     RELOADS,
+    RELOAD_FAILED,
     LOCK_WAIT,
     UNTRUSTED_IGNORED,
     JOBS,
@@ -244,7 +289,11 @@ pub const ALL: &[&Desc] = &[
     WAL_ARCHIVED_LSN,
     WAL_ARCHIVE_LAG,
     WAL_PENDING,
+    WAL_CAUGHT_UP,
     WAL_SEGMENTS,
+    START_TIME,
+    SCHEDULE_INTERVAL,
+    RPO_TARGET,
 ];
 
 /// Upper bounds of histogram buckets, in seconds: from a plugin call's
@@ -491,6 +540,34 @@ mod tests {
                 d.name
             );
         }
+    }
+
+    /// The shipped alert rules (deploy/helm/firedrill/files/prometheus/)
+    /// query these names; tests/deploy/check holds the rules to this file.
+    #[test]
+    fn the_series_the_alert_rules_read_keep_their_names() {
+        let names: Vec<String> = [
+            START_TIME,
+            SCHEDULE_INTERVAL,
+            RPO_TARGET,
+            DRILL_LAST_RUN,
+            RELOAD_FAILED,
+            WAL_CAUGHT_UP,
+        ]
+        .iter()
+        .map(|d| d.prometheus_name())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "firedrill_start_time_seconds",
+                "firedrill_schedule_interval_seconds",
+                "firedrill_source_rpo_target_seconds",
+                "firedrill_drill_last_run_seconds",
+                "firedrill_policy_reload_failed",
+                "firedrill_wal_caught_up_seconds",
+            ]
+        );
     }
 
     #[test]
