@@ -33,6 +33,10 @@ enum Command {
     Restore(cli::restore::Args),
     /// The backups in a store, with their last drill.
     List(cli::list::Args),
+    /// Each source's verdict, newest backup, recovery point and newest drill
+    /// (from a store, or the fleet's through an agent's API); exits 1 when a
+    /// source's newest drill failed.
+    Status(cli::status::Args),
     /// Restore a backup into a throwaway database and prove it (a fire drill).
     Drill(cli::drill::Args),
     /// Delete old backups as the retention policy decides, within the host's guards.
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
         Command::Backup(a) => cli::backup::run(a),
         Command::Restore(a) => cli::restore::run(a),
         Command::List(a) => cli::list::run(a),
+        Command::Status(a) => cli::status::run(a),
         Command::Drill(a) => cli::drill::run(a),
         Command::Prune(a) => cli::prune::run(a),
         Command::Demo => cli::demo::run(),

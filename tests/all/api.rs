@@ -79,8 +79,8 @@ pub struct Api {
     pub child: std::process::Child,
     audit: PathBuf,
     namespace: String,
-    store: String,
-    db: String,
+    pub store: String,
+    pub db: String,
 }
 
 impl Drop for Api {

@@ -41,6 +41,7 @@ mod redis_backups;
 mod reload;
 mod retention;
 mod servers;
+mod status;
 mod store_faults;
 mod telemetry;
 mod torture;

@@ -24,6 +24,7 @@
 
 pub mod age;
 pub mod chunk;
+pub mod health;
 pub mod keys;
 pub mod manifest;
 pub mod signed;
@@ -290,7 +291,7 @@ pub async fn put_manifest(store: &Store, m: &Manifest) -> Result<(), ArchiveErro
 }
 
 /// One backup as `firedrill list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Listing {
     pub id: String,
     pub source: String,
@@ -315,10 +316,16 @@ pub struct Listing {
 }
 
 /// A drill's outcome as `list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DrillSeen {
     pub report: String,
     pub passed: bool,
+    /// When it ended (seconds since the epoch; 0 when the report predates it).
+    #[serde(default)]
+    pub finished: i64,
+    /// How long its restore took.
+    #[serde(default)]
+    pub rto_seconds: f64,
 }
 
 /// A stored manifest or drill report that no decision counts: with keys
@@ -480,12 +487,18 @@ async fn last_drill(
         passed: bool,
         #[serde(default)]
         report: String,
+        #[serde(default)]
+        finished: i64,
+        #[serde(default)]
+        rto_seconds: f64,
     }
     let (_, bytes) = newest_report(store, source, id, ignored).await?;
     let o: Outcome = serde_json::from_slice(&bytes).ok()?;
     Some(DrillSeen {
         report: o.report,
         passed: o.passed,
+        finished: o.finished,
+        rto_seconds: o.rto_seconds,
     })
 }
 

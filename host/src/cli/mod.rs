@@ -11,6 +11,7 @@ pub mod plugin;
 pub mod policy;
 pub mod prune;
 pub mod restore;
+pub mod status;
 pub mod token;
 pub mod wal;
 

@@ -2,8 +2,9 @@
 //! pre-data (statement by statement over our own connection: see
 //! `script`), load every table with `COPY ... FROM STDIN` over the
 //! restore's connections, biggest first, and post-data side by side over
-//! the same connections (see `post_data`): a table's index builds and keys
-//! start as soon as it has loaded, beside the loads of the others, as
+//! the same connections (see `post_data`): once every load is handed out,
+//! the index builds and keys of post-data's first run start on free
+//! connections as their tables finish loading, beside the other loads, as
 //! `pg_restore -j` does. Every connection runs with settings for a bulk
 //! load (`restore_session`); the last commit is made durable before the
 //! restore reports success.
@@ -241,7 +242,9 @@ async fn load(
     opts.progress
         .add_total(loads.iter().map(|(_, l)| l.chunks.len() as u64).sum());
     // The first step's index builds and keys start as their tables finish
-    // loading, beside the loads of the others.
+    // loading, beside the loads of the others. Every load is handed out
+    // before any job (`Together::next`), so no connection loads data with
+    // a setting a post-data job left on it (search_path, row_security).
     let first = match steps.first() {
         Some(post_data::Step::Together(_)) => match steps.remove(0) {
             post_data::Step::Together(jobs) => jobs,
@@ -338,7 +341,7 @@ impl Ctx<'_> {
                     }),
                     post_data::Task::Job(job) => session.run(job, self.post_data, self.opts).await,
                 };
-                together.done(i);
+                together.done(i, r.is_ok());
                 r?;
             }
             Ok::<_, JobError>(counts)

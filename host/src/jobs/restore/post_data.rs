@@ -3,7 +3,8 @@
 //! the script is cut into steps (`plan`), each either statements that run
 //! together (index builds and key constraints of different tables, the
 //! validation of foreign keys) or one statement alone; steps run in the
-//! script's order (`apply`).
+//! script's order (the restore's `load`, which overlaps the first step with
+//! the loading of the data: `Together`).
 //!
 //! Foreign keys are added `NOT VALID` one after another (a catalog change)
 //! and validated side by side afterwards: adding one checks every row
@@ -40,6 +41,9 @@ pub struct Job {
     pub cost: u64,
     /// The session settings where it was written (name, statement).
     pub session: Arc<Vec<(String, String)>>,
+    /// It calls a function of a schema (`app.f(...)` in an index expression
+    /// or a CHECK), which may read any table: it waits for every load.
+    pub calls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +106,7 @@ pub fn plan(statements: &[Statement<'_>], tables: &HashMap<TableName, u64>) -> V
     let mut last = Went::Alone;
     let size = |t: &TableName| tables.get(t).copied().unwrap_or(0);
     let job = |st: &Statement<'_>, text: String, locks, cost, session: &Arc<_>| Job {
+        calls: calls_a_schemas_function(&text),
         statements: vec![Sql {
             line: st.line,
             text,
@@ -212,9 +217,46 @@ fn sequential(statements: &[Statement<'_>]) -> Vec<Step> {
                 locks: vec![],
                 cost: 0,
                 session: Arc::new(vec![]),
+                calls: true,
             })
         })
         .collect()
+}
+
+/// Whether `sql` holds a qualified call, `name.name (` (quoted names too):
+/// pg_dump writes its scripts with an empty search_path, so every function
+/// outside pg_catalog appears so. Built-ins (`lower(x)`) do not, nor do
+/// `USING btree (`, `KEY (`. A false yes only makes a job wait longer.
+fn calls_a_schemas_function(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    // Where the name that ends at `end` starts: a word, or "quoted" (with
+    // "" inside).
+    let name_start = |end: usize| -> Option<usize> {
+        if end > 0 && b[end - 1] == b'"' {
+            let mut j = end - 1;
+            loop {
+                let open = b[..j].iter().rposition(|&c| c == b'"')?;
+                if open > 0 && b[open - 1] == b'"' {
+                    j = open - 1;
+                    continue;
+                }
+                return Some(open);
+            }
+        }
+        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        let start = b[..end].iter().rposition(|&c| !word(c)).map_or(0, |p| p + 1);
+        (start < end).then_some(start)
+    };
+    (0..b.len()).filter(|&i| b[i] == b'(').any(|i| {
+        let mut end = i;
+        while end > 0 && b[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+        match name_start(end) {
+            Some(f) if f > 0 && b[f - 1] == b'.' => name_start(f - 1).is_some(),
+            _ => false,
+        }
+    })
 }
 
 /// A setting's name as `RESET` takes it.
@@ -327,7 +369,10 @@ impl<L> Together<L> {
                     })
                     .collect();
                 let unloaded = &s.unloaded;
-                let loaded = |j: &Job| j.locks.iter().all(|(t, _)| !unloaded.contains_key(t));
+                let loaded = |j: &Job| match j.calls {
+                    true => unloaded.is_empty(),
+                    false => j.locks.iter().all(|(t, _)| !unloaded.contains_key(t)),
+                };
                 if let Some(k) = next_runnable(&s.pending, &running, loaded) {
                     let job = s.pending.remove(k);
                     s.running.insert(worker, Running::Job(job.locks.clone()));
@@ -338,8 +383,14 @@ impl<L> Together<L> {
         }
     }
 
-    pub fn done(&self, worker: usize) {
+    /// `ok`: whether the task succeeded; after a failure nothing more is
+    /// handed out (the table may be half loaded; the restore is over).
+    pub fn done(&self, worker: usize, ok: bool) {
         let mut s = self.state.lock().unwrap();
+        if !ok {
+            s.loads.clear();
+            s.pending.clear();
+        }
         if let Some(Running::Load(t)) = s.running.remove(&worker) {
             if let Some(n) = s.unloaded.get_mut(&t) {
                 *n -= 1;
@@ -543,6 +594,7 @@ mod tests {
             locks: vec![(t("s", table), excl)],
             cost: 0,
             session: Arc::new(vec![]),
+            calls: false,
         };
         let running = vec![vec![(t("s", "a"), false)]];
         // Two index builds on one table run together; a key constraint waits.
@@ -572,7 +624,7 @@ mod tests {
                     unreachable!("no loads given")
                 };
                 let r = body(job).await;
-                together.done(i);
+                together.done(i, r.is_ok());
                 r?;
             }
             Ok::<(), &'static str>(())
@@ -590,6 +642,7 @@ mod tests {
             locks: vec![(t("s", table), excl)],
             cost,
             session: Arc::new(vec![]),
+            calls: false,
         };
         let jobs = vec![
             job("a", true, 3),
@@ -637,6 +690,7 @@ mod tests {
                 locks: vec![],
                 cost: 0,
                 session: Arc::new(vec![(i.to_string(), String::new())]),
+                calls: false,
             })
             .collect();
         let r = run_all(jobs, 2, |j: Job| async move {
@@ -659,20 +713,26 @@ mod tests {
             locks: vec![(t("s", table), false)],
             cost: 0,
             session: Arc::new(vec![]),
+            calls: false,
         };
         let loads = vec![
             (t("s", "big"), "big 1"),
             (t("s", "small"), "small"),
             (t("s", "big"), "big 2"),
         ];
-        let together = Together::with_loads(loads, vec![job("big"), job("small"), job("none")]);
+        // A call to a schema's function may read any table: it waits for all.
+        let calls = Job {
+            calls: true,
+            ..job("calls")
+        };
+        let together = Together::with_loads(loads, vec![job("big"), job("small"), job("none"), calls]);
         let mut order = vec![];
         // Worker 0 loads big's first part and worker 1 small; big's second
         // part goes next, whoever asks.
         let Some(Task::Load(a)) = together.next(0).await else { panic!() };
         let Some(Task::Load(b)) = together.next(1).await else { panic!() };
         order.extend([a, b]);
-        together.done(1);
+        together.done(1, true);
         let Some(Task::Load(c)) = together.next(1).await else { panic!() };
         order.push(c);
         assert_eq!(order, vec!["big 1", "small", "big 2"]);
@@ -682,19 +742,53 @@ mod tests {
         for _ in 0..2 {
             let Some(Task::Job(j)) = together.next(2).await else { panic!() };
             ran.push(j.statements[0].text.clone());
-            together.done(2);
+            together.done(2, true);
         }
         ran.sort();
         assert_eq!(ran, vec!["none", "small"]);
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), together.next(2)).await;
         assert!(waiting.is_err(), "big's job started while big loaded");
-        together.done(0);
+        together.done(0, true);
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), together.next(2)).await;
         assert!(waiting.is_err(), "big's job started while big loaded");
-        together.done(1);
-        let Some(Task::Job(j)) = together.next(2).await else { panic!() };
-        assert_eq!(j.statements[0].text, "big");
-        together.done(2);
+        together.done(1, true);
+        let mut ran = vec![];
+        for _ in 0..2 {
+            let Some(Task::Job(j)) = together.next(2).await else { panic!() };
+            ran.push(j.statements[0].text.clone());
+            together.done(2, true);
+        }
+        assert_eq!(ran, vec!["big", "calls"]);
         assert!(together.next(0).await.is_none());
+    }
+
+    #[test]
+    fn a_call_to_a_schemas_function_is_seen() {
+        let yes = [
+            "CREATE INDEX i ON app.t USING btree (app.norm(email));",
+            "ALTER TABLE app.t ADD CONSTRAINT c CHECK (\"My App\".\"ok?\" (x));",
+            "CREATE INDEX i ON app.t USING btree (x) WHERE app.live(x);",
+        ];
+        let no = [
+            "CREATE INDEX i ON app.t USING btree (lower(email));",
+            "ALTER TABLE ONLY app.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);",
+            "CREATE INDEX i ON \"app\".\"t\" USING gist (during);",
+            "ALTER TABLE ONLY app.t ADD CONSTRAINT x EXCLUDE USING gist (during WITH &&);",
+        ];
+        for sql in yes {
+            assert!(calls_a_schemas_function(sql), "{sql}");
+        }
+        for sql in no {
+            assert!(!calls_a_schemas_function(sql), "{sql}");
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_nothing_more_is_handed_out() {
+        let loads = vec![(t("s", "a"), 1), (t("s", "b"), 2)];
+        let together = Together::with_loads(loads, vec![]);
+        let Some(Task::Load(1)) = together.next(0).await else { panic!() };
+        together.done(0, false);
+        assert!(together.next(1).await.is_none());
     }
 }
