@@ -60,6 +60,15 @@ fn catalog(client: &mut postgres::Client) -> Vec<String> {
     out
 }
 
+fn assert_same(before: &[String], after: &[String], what: &str) {
+    let missing: Vec<_> = before.iter().filter(|l| !after.contains(l)).collect();
+    let extra: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:#?}\nextra {extra:#?}"
+    );
+}
+
 #[test]
 fn post_data_side_by_side_restores_every_index_and_key_as_it_was() {
     let pg = LocalCluster::start_tcp(&harness::tempdir("postdata"), &[]).unwrap();
@@ -162,13 +171,7 @@ fn post_data_side_by_side_restores_every_index_and_key_as_it_was() {
         );
         assert!(o.status.success(), "-j {jobs}: {}", output_text(&o));
         let mut restored = postgres::Client::connect(&url(&pg, &target), postgres::NoTls).unwrap();
-        let after = catalog(&mut restored);
-        let missing: Vec<_> = before.iter().filter(|l| !after.contains(l)).collect();
-        let extra: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "-j {jobs}: missing {missing:#?}\nextra {extra:#?}"
-        );
+        assert_same(&before, &catalog(&mut restored), &format!("-j {jobs}"));
     }
 }
 
@@ -229,13 +232,7 @@ fn a_table_in_many_chunks_restores_whole_on_every_server() {
         );
         assert!(o.status.success(), "{target}: {}", output_text(&o));
         let mut restored = server.client(target);
-        let after = catalog(&mut restored);
-        let missing: Vec<_> = before.iter().filter(|l| !after.contains(l)).collect();
-        let extra: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{target}: missing {missing:#?}\nextra {extra:#?}"
-        );
+        assert_same(&before, &catalog(&mut restored), target);
     }
     let mut here = pg.client("chunked_here");
     let version: i32 = here

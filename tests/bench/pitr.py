@@ -27,6 +27,8 @@ JOBS = 2
 BIN = os.environ.get("FIREDRILL_BENCH_BIN", os.path.join(ROOT, "target/release/firedrill"))
 # Debian's newest server, or another (FIREDRILL_BENCH_PGBIN=target/tools/pg17/bin).
 PGBIN = os.path.abspath(os.environ.get("FIREDRILL_BENCH_PGBIN") or sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))[-1])
+# firedrill's own pg_dump and friends: the same server's.
+os.environ.setdefault("FIREDRILL_PG_BIN", PGBIN)
 # Bytes one document costs with its share of users, join rows and indexes
 # (measured: ~2.5 KB with the catalogs); the database lands within ~15% of FIREDRILL_BENCH_MB.
 DOC_BYTES = 2450
