@@ -34,8 +34,8 @@ enum Command {
     /// The backups in a store, with their last drill.
     List(cli::list::Args),
     /// Each source's verdict, newest backup, recovery point and newest drill
-    /// (from a store, or the fleet's through an agent's API); exits 1 when a
-    /// source's newest drill failed.
+    /// (from a store, or the fleet's through an agent's API); exits 2 when a
+    /// source's newest drill failed, 1 when the status could not be read.
     Status(cli::status::Args),
     /// Restore a backup into a throwaway database and prove it (a fire drill).
     Drill(cli::drill::Args),

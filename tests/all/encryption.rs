@@ -551,16 +551,34 @@ fn rekey_rewrites_headers_only_and_a_killed_run_resumes() {
     // b, a recipient before and after) and reads with a or c.
     let mut rng = rand::rng();
     let mut progress = Vec::new();
-    for round in 0..15 {
+    // Until a kill lands mid-run, the delay is bisected (start-up can take
+    // most of a run here): too early leaves nothing rotated, too late all,
+    // and then the store goes back to how it was before the runs.
+    let pristine = harness::tempdir("rekey-pristine");
+    let copy_all = |from: &std::path::Path, to: &std::path::Path| {
+        let o = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(to)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    };
+    copy_all(&dir, &pristine);
+    let (mut early, mut late) = (0.0, 1.0);
+    for _ in 0..15 {
+        let mid_run_seen = progress.iter().any(|&n| n > 0 && n < 12);
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_firedrill"))
             .args(&args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // The first kill lands mid-run for sure; later ones anywhere.
-        let range = if round == 0 { 0.3..0.7 } else { 0.0..1.0 };
-        std::thread::sleep(full.mul_f64(rng.random_range(range)));
+        let at = match mid_run_seen {
+            false => (early + late) / 2.0,
+            true => rng.random_range(0.0..1.0),
+        };
+        std::thread::sleep(full.mul_f64(at));
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let _ = child.wait();
         rt.block_on(async {
@@ -578,6 +596,15 @@ fn rekey_rewrites_headers_only_and_a_killed_run_resumes() {
             }
             progress.push(rotated);
         });
+        let rotated = *progress.last().unwrap();
+        if !mid_run_seen && rotated == 0 {
+            early = at;
+        } else if !mid_run_seen && rotated == 12 {
+            late = at;
+            std::fs::remove_dir_all(&dir).unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            copy_all(&pristine, &dir);
+        }
     }
     eprintln!("15 kills over a {full:?} rekey of 12 backups; rotated after each: {progress:?}");
     assert!(

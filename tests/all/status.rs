@@ -1,6 +1,6 @@
 //! `firedrill status`: each source's verdict, newest backup and newest
 //! drill, read from the store and through an agent's API (as a viewer),
-//! with exit code 1 once a source's newest drill has failed.
+//! with exit code 2 once a source's newest drill has failed.
 
 use crate::api::{agent, issue, signed_policies};
 use crate::backup_restore::backup_id;
@@ -80,7 +80,7 @@ fn each_sources_verdict_from_the_store_and_through_the_api() {
     let o = drill(&second);
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     let (o, s) = status(&["--store", &store, "--json"], &[]);
-    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert_eq!(s[0]["verdict"], "drill_failed", "{s:#}");
     assert_eq!(s[0]["backups"], 2);
     assert_eq!(s[0]["last_drill"]["backup"], second.as_str());

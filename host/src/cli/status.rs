@@ -43,10 +43,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", table(&sources, now, std::io::stdout().is_terminal()));
     }
-    // A script can act on it: 1 when any source's newest drill failed.
+    // A script can act on it: 2 when any source's newest drill failed (1 is
+    // any error: the status could not be read).
     Ok(
         match sources.iter().any(|s| s.verdict == Verdict::DrillFailed) {
-            true => ExitCode::from(1),
+            true => ExitCode::from(2),
             false => ExitCode::SUCCESS,
         },
     )
@@ -63,7 +64,13 @@ fn token(args: &Args) -> anyhow::Result<Option<String>> {
 
 async fn through_api(api: &str, token: Option<String>) -> anyhow::Result<Vec<Listing>> {
     let url = format!("{}/v1/backups", api.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().get(&url);
+    // An agent that accepts and never answers must not hang a cron job.
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .context("setting up the HTTP client")?;
+    let mut request = client.get(&url);
     if let Some(t) = token {
         request = request.bearer_auth(t);
     }
