@@ -57,18 +57,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let listen = config.listen;
     let debounce = config.reload_debounce;
     let agent = Arc::new(assemble(config, Purpose::Agent).await?);
-    let watch = match agent.policies() {
-        Some(p) => Some(p.watch(debounce).map_err(|e| {
-            StartError::new("agent.policies", format!("cannot watch the directory: {e}"))
-        })?),
-        None => None,
-    };
+    let watch = agent.policies().watch(debounce).map_err(|e| {
+        StartError::new("agent.policies", format!("cannot watch the directory: {e}"))
+    })?;
     let ready = Arc::new(Readiness::default());
     let state = api_state(agent.clone(), ready.clone(), Authorization::Plugins).await?;
     let (addr, server) = crate::api::serve(listen, state.clone())
         .await
         .map_err(|e| StartError::new("agent.listen", format!("cannot listen on {listen}: {e}")))?;
     tracing::info!(%addr, sources = agent.config().sources.len(), "agent started");
+    agent.publish_store_state().await;
     let schedules = tokio::spawn(agent.clone().run());
     ready.set(true);
     Ok(Running {

@@ -164,8 +164,12 @@ fn backup_retention_days_prunes_through_the_built_in_age_policy() {
         .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
         .unwrap();
     let (store, _) = crate::backup_restore::file_store();
-    // The policies directory holds the built-in wasm but no retention policy.
-    let policies = harness::policy_dir(&["retention-age"], &[]);
+    // The policies directory holds a GFS policy (as a copy of the shipped
+    // ones does): the days decide, and the agent says so.
+    let policies = harness::policy_dir(
+        &["retention-gfs"],
+        &[("gfs.toml", "world = \"retention\"\nwasm = \"retention_gfs.wasm\"\n[grants]\nconfig = true\nlogging = true\n[config]\ndaily = 100\n")],
+    );
     let port = harness::free_port();
     let config = harness::tempdir("agent").join("firedrill.toml");
     std::fs::write(
@@ -192,6 +196,11 @@ fn backup_retention_days_prunes_through_the_built_in_age_policy() {
         "BACKUP_RETENTION_DAYS is shown: {log}"
     );
     assert!(
+        log.contains("BACKUP_RETENTION_DAYS is set: it decides retention")
+            && log.contains("gfs.toml"),
+        "{log}"
+    );
+    assert!(
         log.lines().filter(|l| l.contains("prune done")).count() >= 2,
         "{log}"
     );
@@ -200,4 +209,68 @@ fn backup_retention_days_prunes_through_the_built_in_age_policy() {
         "BACKUP_INTERVAL=1 means every second: {log}"
     );
     assert!(!log.contains("job failed"), "{log}");
+}
+
+/// A user of the pg_dump-to-S3 template switches: its environment and
+/// nothing else (no file, no policies directory, no token key). The
+/// built-in age policy prunes after each backup; the API serves health and
+/// metrics and says what /v1 needs.
+#[test]
+fn the_templates_environment_alone_backs_up_drills_and_prunes() {
+    let pg = harness::postgres();
+    let db = pg.fresh_database("template");
+    pg.client(&db)
+        .batch_execute(
+            "CREATE TABLE notes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), body text);
+             INSERT INTO notes (body) SELECT 'note ' || g FROM generate_series(1, 500) g;",
+        )
+        .unwrap();
+    let s3 = harness::s3();
+    let bucket = s3.bucket("template");
+    let port = harness::free_port();
+    let mut env: Vec<(&str, String)> = s3.env();
+    env.extend([
+        ("DATABASE_URL", pg.url(&db)),
+        ("S3_BUCKET", bucket.clone()),
+        ("BACKUP_INTERVAL", "2".into()),
+        ("VERIFY_INTERVAL", "3".into()),
+        ("BACKUP_RETENTION_DAYS", "7".into()),
+    ]);
+    let child = harness::start_bare_agent(port, &env);
+    assert_eq!(http_get(port, "/health"), Some(200));
+    assert_eq!(http_get(port, "/metrics"), Some(200));
+    let r = harness::http(port, "GET", "/v1/backups", &[], "");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("FIREDRILL_TOKEN_KEY"), "{r:?}");
+
+    let o = harness::run_agent_for(child, 12);
+    let log = output_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{log}");
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert!(count("backup done") >= 2, "{log}");
+    assert!(count("drill passed") >= 1, "{log}");
+    assert!(count("prune done") >= 1, "{log}");
+    assert!(!log.contains("job failed"), "{log}");
+    // Each drill counted the rows back.
+    let source = s3.root.join(&bucket).join("default");
+    let reports: Vec<serde_json::Value> = std::fs::read_dir(&source)
+        .unwrap()
+        .filter_map(|b| std::fs::read_dir(b.ok()?.path().join("drills")).ok())
+        .flatten()
+        .map(|r| serde_json::from_slice(&std::fs::read(r.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    assert!(
+        !reports.is_empty(),
+        "no drill report under {}",
+        source.display()
+    );
+    for r in &reports {
+        let counted = r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"].as_str().unwrap().contains("notes") && c["status"] == "pass");
+        assert!(counted, "no row count of notes: {r:#}");
+    }
+    assert!(!log.contains(&s3.secret_key), "{log}");
 }

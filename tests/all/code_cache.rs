@@ -104,8 +104,16 @@ fn an_entry_others_can_write_is_refused_and_recompiled() {
         &["retention-count"],
         &[("keep.toml", "world = \"retention\"\nwasm = \"retention_count.wasm\"\n[grants]\nconfig = true\nlogging = true\n[config]\nkeep = 1\n")],
     );
-    let set = firedrill::runtime::PluginSet::load_dir(&runtime_with(&dir), &policies).unwrap();
-    assert_eq!(set.all().len(), 1);
+    let set = firedrill::runtime::PluginSet::load(
+        &runtime_with(&dir),
+        Some(&policies),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        set.all().iter().filter(|p| !p.policy().builtin()).count(),
+        1
+    );
 }
 
 #[test]

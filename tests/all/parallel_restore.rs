@@ -227,7 +227,15 @@ fn a_table_in_many_chunks_restores_whole_on_every_server() {
     let pg17 = harness::postgres_from(&harness::pg_bin(17));
     for (server, target) in [(&*pg17, "chunked_on_17"), (pg, "chunked_here")] {
         let o = restore(
-            &["--store", &store, id, "--target-url", &server.url(target), "-j", "2"],
+            &[
+                "--store",
+                &store,
+                id,
+                "--target-url",
+                &server.url(target),
+                "-j",
+                "2",
+            ],
             &[],
         );
         assert!(o.status.success(), "{target}: {}", output_text(&o));
@@ -240,7 +248,8 @@ fn a_table_in_many_chunks_restores_whole_on_every_server() {
         .unwrap()
         .get(0);
     if version < 160000 {
-        here.batch_execute("CREATE EXTENSION pg_visibility").unwrap();
+        here.batch_execute("CREATE EXTENSION pg_visibility")
+            .unwrap();
         let unfrozen: i64 = here
             .query_one(
                 "SELECT count(*) FROM pg_visibility_map('big') WHERE NOT all_frozen",

@@ -73,8 +73,11 @@ pub(crate) fn wait_streaming(client: &mut postgres::Client, slot: &str) {
     }
 }
 
-/// Waits until the streamer has received everything the server has
-/// written so far (what a stop then stores as the partial segment).
+/// Waits until every streamer (every replication slot of the server) is
+/// connected and has received everything the server has written so far:
+/// what a stop then stores as the partial segment. By slot, not by
+/// connection: a base backup's walsender shares the streamers' name and
+/// may linger, and a streamer reconnecting has no row of its own.
 pub(crate) fn wait_received(client: &mut postgres::Client) {
     let target: String = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -82,19 +85,20 @@ pub(crate) fn wait_received(client: &mut postgres::Client) {
         .get(0);
     let start = Instant::now();
     loop {
-        let caught_up: Option<bool> = client
-            .query_opt(
-                "SELECT write_lsn >= $1::text::pg_lsn FROM pg_stat_replication WHERE application_name = 'firedrill'",
+        let row = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE r.write_lsn >= $1::text::pg_lsn)
+                   FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid",
                 &[&target],
             )
-            .unwrap()
-            .and_then(|r| r.get(0));
-        if caught_up == Some(true) {
+            .unwrap();
+        let (slots, caught_up): (i64, i64) = (row.get(0), row.get(1));
+        if slots > 0 && caught_up == slots {
             return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "the streamer never caught up"
+            "the streamers never caught up ({caught_up} of {slots} slots)"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -78,33 +78,6 @@ fn segment_file(dir: &Path, source: &str, name: &str) -> PathBuf {
     dir.join(source).join("wal").join(&name[..8]).join(name)
 }
 
-/// Waits until every one of `n` streamers has received all the server
-/// has written so far.
-fn wait_all_received(client: &mut postgres::Client, n: i64) {
-    let target: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .unwrap()
-        .get(0);
-    let start = Instant::now();
-    loop {
-        let row = client
-            .query_one(
-                "SELECT count(*), coalesce(bool_and(write_lsn >= $1::text::pg_lsn), false) FROM pg_stat_replication WHERE application_name = 'firedrill'",
-                &[&target],
-            )
-            .unwrap();
-        let (streams, caught_up): (i64, bool) = (row.get(0), row.get(1));
-        if streams == n && caught_up {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the streamers never caught up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The walsender serving `slot`, once one is.
 fn slot_pid(client: &mut postgres::Client, slot: &str) -> Option<i32> {
     client
@@ -298,6 +271,8 @@ struct Archive {
     dir: PathBuf,
     id: String,
     after: String,
+    /// What the streamers said as they stopped, for failure messages.
+    said: String,
 }
 
 fn archive_with_segments_after(
@@ -323,16 +298,19 @@ fn archive_with_segments_after(
         client.batch_execute("SELECT pg_switch_wal()").unwrap();
     }
     insert_batch(&mut client, 6);
-    wait_all_received(&mut client, streamers.len() as i64);
-    for s in streamers {
-        stop_streamer(s);
-    }
+    wait_received(&mut client);
+    let said = streamers
+        .into_iter()
+        .map(stop_streamer)
+        .collect::<Vec<_>>()
+        .join("\n");
     (
         Archive {
             store,
             dir,
             id,
             after,
+            said,
         },
         pg,
     )
@@ -433,10 +411,13 @@ fn a_tampered_or_foreign_segment_is_refused_never_replayed() {
     // Put back, the archive restores whole: the refusals were the faults'.
     std::fs::write(&path, &original).unwrap();
     std::fs::write(&record_path, &original_record).unwrap();
-    let (_, restored) = restore_to(&a.store, source, &a.id, RecoveryTarget::Latest);
+    let (summary, restored) = restore_to(&a.store, source, &a.id, RecoveryTarget::Latest);
     assert_eq!(
         batches(&restored),
-        (0..=6).map(|b| (b, 1000)).collect::<Vec<_>>()
+        (0..=6).map(|b| (b, 1000)).collect::<Vec<_>>(),
+        "recovery reached {}; the streamers said:\n{}",
+        summary.reached_lsn,
+        a.said
     );
 }
 

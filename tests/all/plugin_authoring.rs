@@ -309,7 +309,7 @@ fn unsigned_tampered_and_stranger_signed_plugins_are_refused_when_signatures_are
         ..Default::default()
     })
     .unwrap();
-    let policies = Policies::load(&runtime, &dir).unwrap();
+    let policies = Policies::load(&runtime, Some(&dir), Default::default()).unwrap();
 
     // A new, unsigned plugin: refused, the signed set keeps serving.
     let wasm = dir.join("retention_count.wasm");

@@ -2,7 +2,7 @@
 //! named by file and field.
 
 use crate::harness;
-use firedrill::runtime::{PluginSet, World};
+use firedrill::runtime::{Defaults, PluginSet, World};
 
 const ALL: [&str; 8] = [
     "planner-all",
@@ -40,7 +40,12 @@ fn the_shipped_policies_load_one_per_world() {
         "FIREDRILL_TOKEN_KEY",
         "shipped-test-key-of-at-least-32-bytes",
     );
-    let set = PluginSet::load_dir(&harness::runtime(), &shipped_policies()).unwrap();
+    let set = PluginSet::load(
+        &harness::runtime(),
+        Some(&shipped_policies()),
+        &Defaults::default(),
+    )
+    .unwrap();
     for w in World::ALL {
         assert_eq!(set.of_world(w).count(), 1, "{w}");
     }
@@ -68,7 +73,7 @@ fn one_bad_policy_fails_the_whole_set_naming_each_problem() {
         "FIREDRILL_TOKEN_KEY",
         "shipped-test-key-of-at-least-32-bytes",
     );
-    let errors = PluginSet::load_dir(&harness::runtime(), &dir)
+    let errors = PluginSet::load(&harness::runtime(), Some(&dir), &Defaults::default())
         .err()
         .expect("must fail")
         .0;
@@ -114,7 +119,7 @@ fn the_wrong_world_is_named() {
 fn duplicate_names_are_refused() {
     let p = "name = \"keep\"\nworld = \"retention\"\nwasm = \"retention_count.wasm\"\n[grants]\nlogging = true\nconfig = true";
     let dir = harness::policy_dir(&["retention-count"], &[("a.toml", p), ("b.toml", p)]);
-    let errors = PluginSet::load_dir(&harness::runtime(), &dir)
+    let errors = PluginSet::load(&harness::runtime(), Some(&dir), &Defaults::default())
         .err()
         .unwrap()
         .0;
@@ -143,13 +148,18 @@ fn a_configmap_mount_loads_through_its_symlinks() {
     for f in ["keep.toml", "retention_count.wasm"] {
         std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
     }
-    let set = PluginSet::load_dir(&harness::runtime(), &dir).unwrap();
+    let set = PluginSet::load(&harness::runtime(), Some(&dir), &Defaults::default()).unwrap();
+    let files: Vec<&str> = set
+        .all()
+        .iter()
+        .filter(|p| !p.policy().builtin())
+        .map(|p| p.name())
+        .collect();
     assert_eq!(
-        set.all().len(),
-        1,
+        files,
+        ["keep"],
         "the hidden ..data entries are not loaded twice"
     );
-    assert_eq!(set.all()[0].name(), "keep");
 }
 
 /// Of every world but the verifier's, one policy is in force: a second
@@ -165,7 +175,7 @@ fn a_second_policy_of_a_single_world_is_refused_naming_both() {
             ("a-month.toml", &retention.replace("7", "30")),
         ],
     );
-    let err = match PluginSet::load_dir(&harness::runtime(), &dir) {
+    let err = match PluginSet::load(&harness::runtime(), Some(&dir), &Defaults::default()) {
         Ok(_) => panic!("two retention policies loaded"),
         Err(e) => e.to_string(),
     };
@@ -181,6 +191,35 @@ fn a_second_policy_of_a_single_world_is_refused_naming_both() {
         &["verifier-sql"],
         &[("one.toml", verifier), ("two.toml", verifier)],
     );
-    let set = PluginSet::load_dir(&harness::runtime(), &dir).unwrap();
+    let set = PluginSet::load(&harness::runtime(), Some(&dir), &Defaults::default()).unwrap();
     assert_eq!(set.of_world(World::Verifier).count(), 2);
+}
+
+/// A policy file may run a plugin built into the binary, with no `.wasm`
+/// beside it; a name the binary does not carry is refused, naming it.
+#[test]
+fn a_policy_file_runs_a_builtin_by_name() {
+    let dir = harness::tempdir("builtin-by-name");
+    std::fs::write(
+        dir.join("keep.toml"),
+        "world = \"retention\"\nwasm = \"builtin:retention_count.wasm\"\n[grants]\nconfig = true\nlogging = true\n[config]\nkeep = 3\n",
+    )
+    .unwrap();
+    let set = PluginSet::load(&harness::runtime(), Some(&dir), &Defaults::default()).unwrap();
+    let keep = set.get("keep").unwrap();
+    assert_eq!(keep.world(), World::Retention);
+    assert!(!keep.policy().builtin(), "the policy is the directory's");
+    std::fs::write(
+        dir.join("keep.toml"),
+        "world = \"retention\"\nwasm = \"builtin:retention_forever.wasm\"\n",
+    )
+    .unwrap();
+    let e = PluginSet::load(&harness::runtime(), Some(&dir), &Defaults::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("retention_forever.wasm") && e.contains("retention_count.wasm"),
+        "{e}"
+    );
 }

@@ -60,7 +60,7 @@ fn wait_for(p: &Policies, want: &str) -> Duration {
 #[test]
 fn a_replaced_plugin_serves_every_call_without_a_failure() {
     let dir = harness::policy_dir(&["authorizer-token"], &[("auth.toml", &token_policy("v1"))]);
-    let policies = Policies::load(&harness::runtime(), &dir).unwrap();
+    let policies = Policies::load(&harness::runtime(), Some(&dir), Default::default()).unwrap();
     let _watch = policies.watch(DEBOUNCE).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (calls, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -115,7 +115,7 @@ fn an_invalid_policy_is_rejected_and_the_old_set_keeps_serving() {
         &["authorizer-token"],
         &[("auth.toml", &token_policy("good"))],
     );
-    let policies = Policies::load(&harness::runtime(), &dir).unwrap();
+    let policies = Policies::load(&harness::runtime(), Some(&dir), Default::default()).unwrap();
     let _watch = policies.watch(DEBOUNCE).unwrap();
     land(
         &dir,
@@ -179,7 +179,7 @@ fn a_configmap_data_swap_is_picked_up() {
     for f in ["auth.toml", "authorizer_token.wasm"] {
         std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
     }
-    let policies = Policies::load(&harness::runtime(), &dir).unwrap();
+    let policies = Policies::load(&harness::runtime(), Some(&dir), Default::default()).unwrap();
     let _watch = policies.watch(DEBOUNCE).unwrap();
     assert_eq!(principal(&policies), "cm-1");
     let second = version(2, "cm-2");
@@ -200,7 +200,7 @@ fn a_plugin_that_traps_at_start_up_never_goes_live() {
             &token_policy("ok").replace("[grants]", "[limits]\nmemory = \"1MiB\"\n[grants]"),
         )],
     );
-    let e = Policies::load(&harness::runtime(), &dir)
+    let e = Policies::load(&harness::runtime(), Some(&dir), Default::default())
         .err()
         .expect("refused");
     assert!(e.to_string().contains("auth.toml: self-test"), "{e}");

@@ -22,11 +22,33 @@ fn each_sources_verdict_from_the_store_and_through_the_api() {
     let dir = std::path::PathBuf::from(store.strip_prefix("file://").unwrap());
     let backup = || {
         backup_id(
-            &["--database-url", &pg.url(&api.db), "--store", &store, "--source", "app", "--chunk-size", "64KiB", "--no-globals"],
+            &[
+                "--database-url",
+                &pg.url(&api.db),
+                "--store",
+                &store,
+                "--source",
+                "app",
+                "--chunk-size",
+                "64KiB",
+                "--no-globals",
+            ],
             &[],
         )
     };
-    let drill = |id: &str| firedrill(&["drill", "--store", &store, id, "--drill-url", &pg.url("postgres")], &[]);
+    let drill = |id: &str| {
+        firedrill(
+            &[
+                "drill",
+                "--store",
+                &store,
+                id,
+                "--drill-url",
+                &pg.url("postgres"),
+            ],
+            &[],
+        )
+    };
 
     let first = backup();
     let o = drill(&first);
@@ -38,7 +60,10 @@ fn each_sources_verdict_from_the_store_and_through_the_api() {
     assert_eq!(s[0]["backups"], 1);
     assert_eq!(s[0]["last_backup"]["id"], first.as_str());
     assert_eq!(s[0]["last_drill"]["passed"], true);
-    assert!(s[0]["last_drill"]["rto_seconds"].as_f64().unwrap() > 0.0, "{s:#}");
+    assert!(
+        s[0]["last_drill"]["rto_seconds"].as_f64().unwrap() > 0.0,
+        "{s:#}"
+    );
     assert!(s[0]["rpo_seconds"].as_i64().unwrap() >= 0);
     // For people: a table, and no colour codes when stdout is no terminal.
     let (o, _) = status(&["--store", &store], &[]);
@@ -49,13 +74,34 @@ fn each_sources_verdict_from_the_store_and_through_the_api() {
     // The fleet through the API, as a viewer: the same answer.
     let url = format!("http://127.0.0.1:{}", api.port);
     let (viewer, _) = issue("viewer", "status-reader");
-    let (o, through) = status(&["--api", &url, "--json"], &[("FIREDRILL_API_TOKEN", viewer.clone())]);
+    let (o, through) = status(
+        &["--api", &url, "--json"],
+        &[("FIREDRILL_API_TOKEN", viewer.clone())],
+    );
     assert!(o.status.success(), "{}", output_text(&o));
-    assert_eq!(through, s);
+    // The RPO is the age of the newest backup, read at each call's own
+    // moment: the same within the seconds between the two calls.
+    let (mut through, mut local) = (through, s.clone());
+    let ages: Vec<i64> = [&mut through, &mut local]
+        .into_iter()
+        .map(|v| {
+            v[0].as_object_mut()
+                .unwrap()
+                .remove("rpo_seconds")
+                .unwrap()
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!((ages[0] - ages[1]).abs() <= 30, "{ages:?}");
+    assert_eq!(through, local);
     let (o, _) = status(&["--api", &url, "--json"], &[]);
     assert!(!o.status.success());
     let text = output_text(&o);
-    assert!(text.contains("401") && text.contains("--token-file"), "{text}");
+    assert!(
+        text.contains("401") && text.contains("--token-file"),
+        "{text}"
+    );
     assert!(!text.contains(&viewer));
 
     // A newer backup whose drill fails: the source is no longer proven,
@@ -85,7 +131,37 @@ fn each_sources_verdict_from_the_store_and_through_the_api() {
     assert_eq!(s[0]["backups"], 2);
     assert_eq!(s[0]["last_drill"]["backup"], second.as_str());
     assert_eq!(
-        (s[0]["drills_passed"].as_u64(), s[0]["drills_failed"].as_u64()),
+        (
+            s[0]["drills_passed"].as_u64(),
+            s[0]["drills_failed"].as_u64()
+        ),
         (Some(1), Some(1))
     );
+
+    // An agent started on this store (a restart, a replacement) says the
+    // same from its first scrape: the failed drill is not forgotten, the
+    // last backup's time is the store's, before any job of its own.
+    let port = harness::free_port();
+    let config = harness::tempdir("status-restart").join("firedrill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"{store}\"\n[[source]]\nname = \"app\"\nurls = [\"{}\"]\nbackup = \"cron: 0 3 1 1 *\"\n",
+            pg.url(&api.db)
+        ),
+    )
+    .unwrap();
+    let child = harness::start_agent(&config, port, &[]);
+    let metrics = harness::http(port, "GET", "/metrics", &[], "").body;
+    let _ = harness::run_agent_for(child, 0);
+    let created = s[0]["last_backup"]["created"].as_i64().unwrap();
+    for line in [
+        "firedrill_drill_passed{source=\"app\"} 0".to_string(),
+        format!("firedrill_backup_last_success_seconds{{source=\"app\"}} {created}"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
 }

@@ -82,7 +82,7 @@ fn an_agent_exports_spans_metrics_and_logs_over_otlp() {
         "firedrill_drills_total{source=\"app\",result=\"passed\"}",
         "firedrill_drill_rto_seconds{source=\"app\"}",
         "firedrill_plugin_duration_seconds_count{plugin=\"auth\"}",
-        "firedrill_lock_wait_seconds_count{job=\"backup\"}",
+        "firedrill_lock_wait_seconds_count{kind=\"backup\"}",
         // What the alert rules measure lateness against.
         "firedrill_start_time_seconds ",
         "firedrill_schedule_interval_seconds{source=\"app\",kind=\"backup\"} 2\n",

@@ -222,7 +222,7 @@ fn main() {
                     .await
                     .unwrap(),
             );
-            let policies = agent.policies().cloned();
+            let policies = limits.map(|_| agent.policies().clone());
             let auth = if policies.is_some() {
                 Authorization::Plugins
             } else {

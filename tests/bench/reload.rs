@@ -65,7 +65,7 @@ fn main() {
         ..Default::default()
     })
     .unwrap();
-    let policies = Policies::load(&runtime, dir.path()).unwrap();
+    let policies = Policies::load(&runtime, Some(dir.path()), Default::default()).unwrap();
     let _watch = policies.watch(DEBOUNCE).unwrap();
 
     let mut reload = Vec::new();

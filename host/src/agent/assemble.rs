@@ -1,5 +1,5 @@
 //! The one place an [`Agent`] is put together from a [`Config`]: the plugin
-//! runtime and the policies directory, the built-in retention fallback, the
+//! runtime and the policies (the directory's and the built-ins), the
 //! drill assertions, the store with its keys, coordination and the catalog.
 //! The agent's start-up (`crate::launch`) and every CLI job command use it,
 //! so a hand-run job is configured exactly as a scheduled one.
@@ -13,8 +13,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::coord::Coordinator;
 use crate::jobs::drill;
-use crate::runtime::{Plugin, Policies, Policy, Runtime, RuntimeOptions, World};
-use std::path::Path;
+use crate::runtime::{Policies, Runtime, RuntimeOptions, World};
 use std::sync::Arc;
 
 /// A setting the agent cannot start with: which one, and why.
@@ -60,25 +59,20 @@ pub async fn assemble(config: Config, purpose: Purpose) -> Result<Agent, StartEr
         ..Default::default()
     })
     .map_err(|e| bad("agent", e))?;
-    let policies = match &config.policies {
-        None => None,
-        Some(dir) => Some(Policies::load(&runtime, dir).map_err(|e| bad("agent.policies", e))?),
+    if !crate::runtime::builtin::embedded() {
+        tracing::warn!("this firedrill was built without its built-in plugins: worlds the policies directory leaves empty have no plugin (run scripts/build-plugins, then build it again)");
+    }
+    let defaults = crate::runtime::Defaults {
+        retention_days: config.retention_days,
     };
-    if let Some(p) = &policies {
+    let policies = Policies::load(&runtime, config.policies.as_deref(), defaults)
+        .map_err(|e| bad("agent.policies", e))?;
+    {
         // The live set: a reload swaps the redactor at the next batch.
-        let p = p.clone();
+        let p = policies.clone();
         crate::telemetry::redactor()
             .set_plugin_source(move || p.current().of_world(World::Redactor).next().cloned());
     }
-    let fallback_retention = match (config.retention_days, &policies) {
-        (Some(days), p)
-            if p.as_ref()
-                .is_none_or(|p| p.current().of_world(World::Retention).next().is_none()) =>
-        {
-            Some(age_policy(&runtime, config.policies.as_deref(), days)?)
-        }
-        _ => None,
-    };
     let assertions = match &config.assertions {
         None => vec![],
         Some(f) => {
@@ -120,7 +114,6 @@ pub async fn assemble(config: Config, purpose: Purpose) -> Result<Agent, StartEr
         config,
         store,
         policies,
-        fallback_retention,
         assertions,
         coord,
         catalog,
@@ -129,25 +122,4 @@ pub async fn assemble(config: Config, purpose: Purpose) -> Result<Agent, StartEr
         spawned: Default::default(),
         jobs: Default::default(),
     })
-}
-
-/// The built-in age policy, for BACKUP_RETENTION_DAYS without a retention policy.
-fn age_policy(
-    runtime: &Runtime,
-    policies: Option<&Path>,
-    days: u32,
-) -> Result<Arc<Plugin>, StartError> {
-    let dir = policies.ok_or_else(|| {
-        bad(
-            "BACKUP_RETENTION_DAYS",
-            "needs agent.policies, the directory holding retention_age.wasm",
-        )
-    })?;
-    let file = dir.join("retention-age (BACKUP_RETENTION_DAYS).toml");
-    let text = format!("name = \"retention-age\"\nworld = \"retention\"\nwasm = \"retention_age.wasm\"\n[grants]\nconfig = true\nlogging = true\n[config]\ndays = {days}\n");
-    let policy =
-        Policy::parse(&file, &text, |_| None).map_err(|e| bad("BACKUP_RETENTION_DAYS", e))?;
-    Ok(Arc::new(
-        Plugin::load(runtime, policy).map_err(|e| bad("BACKUP_RETENTION_DAYS", e))?,
-    ))
 }

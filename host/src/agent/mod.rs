@@ -138,9 +138,8 @@ struct Outcome {
 pub struct Agent {
     config: Config,
     store: Store,
-    policies: Option<Arc<Policies>>,
-    /// The retention policy to use when the policies directory has none (BACKUP_RETENTION_DAYS).
-    fallback_retention: Option<Arc<Plugin>>,
+    /// The policies directory's plugins and the built-in defaults.
+    policies: Arc<Policies>,
     assertions: Vec<drill::Assertion>,
     coord: Coordinator,
     /// Where finished jobs, backups and drills are recorded, if anywhere.
@@ -164,8 +163,8 @@ impl Agent {
     pub fn coord(&self) -> &Coordinator {
         &self.coord
     }
-    pub fn policies(&self) -> Option<&Arc<Policies>> {
-        self.policies.as_ref()
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
     }
     pub fn catalog(&self) -> Option<&Arc<Catalog>> {
         self.catalog.as_ref()
@@ -254,6 +253,44 @@ impl Agent {
                     &[("source", &source.name)],
                     rpo.as_secs_f64(),
                 );
+            }
+        }
+    }
+
+    /// The newest backup and drill of each source as the store has them:
+    /// an agent that restarts (or replaces another) must not hide a missing
+    /// backup behind an absent series, nor clear a failed drill by forgetting.
+    /// `launch` awaits it before the agent says it is ready.
+    pub async fn publish_store_state(&self) {
+        // Before the first job, so no job's newer value is overwritten; bounded,
+        // so a slow store does not hold the schedules back.
+        let scan = crate::archive::scan_backups(&self.store);
+        let scan = match tokio::time::timeout(std::time::Duration::from_secs(30), scan).await {
+            Ok(Ok(s)) => s,
+            Err(_) => {
+                tracing::warn!("the store took more than 30 s to list, so the last backup and drill gauges start empty");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("the store cannot be listed, so the last backup and drill gauges start empty: {e}");
+                return;
+            }
+        };
+        let m = metrics::global();
+        let now = crate::archive::manifest::unix_now();
+        for h in crate::archive::health::summarize(&scan.listings, now) {
+            if !self.config.sources.iter().any(|s| s.name == h.source) {
+                continue;
+            }
+            let labels = [("source", h.source.as_str())];
+            if let Some(b) = &h.last_backup {
+                m.set(metrics::BACKUP_LAST_SUCCESS, &labels, b.created as f64);
+                m.set(metrics::BACKUP_SIZE, &labels, b.size as f64);
+            }
+            if let Some(d) = &h.last_drill {
+                m.set(metrics::DRILL_PASSED, &labels, u8::from(d.passed) as f64);
+                m.set(metrics::DRILL_LAST_RUN, &labels, d.finished as f64);
+                m.set(metrics::DRILL_RTO, &labels, d.rto_seconds);
             }
         }
     }
@@ -397,7 +434,8 @@ impl Agent {
                 .await;
             metrics::global().observe(
                 metrics::LOCK_WAIT,
-                &[("job", job)],
+                // Not `job`: Prometheus gives that label to the scrape target.
+                &[("kind", job)],
                 waited.elapsed().as_secs_f64(),
             );
             let lease = match lease {
@@ -513,12 +551,8 @@ impl Agent {
                 )))
             }
         };
-        let set = self.policies.as_ref().map(|p| p.current());
-        let of_world = |w: World| -> Vec<Arc<Plugin>> {
-            set.as_ref()
-                .map(|s| s.of_world(w).cloned().collect())
-                .unwrap_or_default()
-        };
+        let set = self.policies.current();
+        let of_world = |w: World| -> Vec<Arc<Plugin>> { set.of_world(w).cloned().collect() };
         let progress = record.progress.clone();
         match req.kind {
             Kind::Backup if source.redis.is_some() => {
@@ -677,11 +711,7 @@ impl Agent {
                 })
             }
             Kind::Prune => {
-                let Some(policy) = of_world(World::Retention)
-                    .into_iter()
-                    .next()
-                    .or_else(|| self.fallback_retention.clone())
-                else {
+                let Some(policy) = of_world(World::Retention).into_iter().next() else {
                     return Err(JobError::Config(
                         "no retention policy (world = \"retention\") in agent.policies, and no BACKUP_RETENTION_DAYS; prune decides nothing without one".into(),
                     ));

@@ -169,7 +169,10 @@ pub async fn authorize(
     let plugin = state
         .agent
         .policies()
-        .and_then(|p| p.current().of_world(World::Authorizer).next().cloned());
+        .current()
+        .of_world(World::Authorizer)
+        .next()
+        .cloned();
     let mut entry = AuditEntry {
         time: facts.time,
         request_id,
@@ -187,7 +190,7 @@ pub async fn authorize(
     };
     let Some(plugin) = plugin else {
         count("error");
-        let reason = "no authorizer policy is loaded, so every /v1 request is refused; add one to the policies directory";
+        let reason = "no authorizer policy is loaded, so every /v1 request is refused: set FIREDRILL_TOKEN_KEY (the built-in authorizer's key; `firedrill token issue` makes tokens with it) or add an authorizer policy to agent.policies";
         entry.reason = Some(reason);
         state.audit.write(&entry);
         return Err(ApiError::new(503, reason));

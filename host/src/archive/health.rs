@@ -135,7 +135,13 @@ mod tests {
     use super::*;
     use crate::archive::DrillSeen;
 
-    fn listing(source: &str, id: &str, created: i64, complete: bool, drill: Option<(bool, i64)>) -> Listing {
+    fn listing(
+        source: &str,
+        id: &str,
+        created: i64,
+        complete: bool,
+        drill: Option<(bool, i64)>,
+    ) -> Listing {
         Listing {
             id: id.into(),
             source: source.into(),
@@ -160,8 +166,20 @@ mod tests {
     fn each_source_gets_its_newest_backup_newest_drill_and_verdict() {
         let now = 100 * 86_400;
         let listings = vec![
-            listing("app", "a1", now - 40 * 86_400, true, Some((false, now - 40 * 86_400))),
-            listing("app", "a2", now - 2 * 86_400, true, Some((true, now - 2 * 86_400 + 60))),
+            listing(
+                "app",
+                "a1",
+                now - 40 * 86_400,
+                true,
+                Some((false, now - 40 * 86_400)),
+            ),
+            listing(
+                "app",
+                "a2",
+                now - 2 * 86_400,
+                true,
+                Some((true, now - 2 * 86_400 + 60)),
+            ),
             listing("app", "a3", now - 3600, true, None),
             // Running now: never the recovery point.
             listing("app", "a4", now - 10, false, None),

@@ -16,11 +16,13 @@ struct Row {
     memory: u64,
     deadline_ms: u128,
     fuel: Option<u64>,
+    /// A built-in default for a world the directory leaves empty.
+    builtin: bool,
 }
 
 pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = super::plugin_runtime()?;
-    let set = match PluginSet::load_dir(&runtime, dir) {
+    let set = match PluginSet::load(&runtime, Some(dir), &Default::default()) {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}");
@@ -48,6 +50,7 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 memory: pol.limits.memory,
                 deadline_ms: pol.limits.deadline.as_millis(),
                 fuel: pol.limits.fuel,
+                builtin: pol.builtin(),
             }
         })
         .collect();
@@ -61,7 +64,11 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         for r in &rows {
             println!(
                 "{:<22} {:<13} {:<14} {:>8}M {:>7}ms  {}",
-                r.name,
+                if r.builtin {
+                    format!("{} (built-in)", r.name)
+                } else {
+                    r.name.clone()
+                },
                 r.world,
                 &r.sha256[..12],
                 r.memory >> 20,
@@ -69,7 +76,17 @@ pub fn check(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 r.grants.join(", ")
             );
         }
-        println!("{}: {} policies, all valid", dir.display(), rows.len());
+        let builtins = rows.iter().filter(|r| r.builtin).count();
+        println!(
+            "{}: {} policies, all valid{}",
+            dir.display(),
+            rows.len() - builtins,
+            if builtins > 0 {
+                format!(" (and {builtins} built-in for the worlds it leaves empty)")
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

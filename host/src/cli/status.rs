@@ -59,7 +59,9 @@ fn token(args: &Args) -> anyhow::Result<Option<String>> {
             .with_context(|| format!("reading the API token from {}", f.display()))?;
         return Ok(Some(t.trim().to_string()));
     }
-    Ok(std::env::var("FIREDRILL_API_TOKEN").ok().filter(|t| !t.is_empty()))
+    Ok(std::env::var("FIREDRILL_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty()))
 }
 
 async fn through_api(api: &str, token: Option<String>) -> anyhow::Result<Vec<Listing>> {

@@ -80,8 +80,9 @@
 //! are: DATABASE_URL (a source named `default`, or the first source's URL),
 //! S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3_REGION,
 //! BACKUP_PREFIX, BACKUP_INTERVAL and VERIFY_INTERVAL (seconds or "1h"),
-//! BACKUP_RETENTION_DAYS (prune backups older than that, through the built-in
-//! age policy when the policies directory has no retention policy),
+//! BACKUP_RETENTION_DAYS (prune backups older than that through the built-in
+//! age policy, over any retention policy of the directory, after each
+//! backup unless a source has a `prune` schedule of its own),
 //! COMPRESSION_LEVEL, VERIFY_LATEST (drill the latest rather than the latest
 //! undrilled) and VERIFY_BACKUP_FILE (drill that backup id).
 //!

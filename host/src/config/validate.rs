@@ -155,9 +155,14 @@ pub(super) fn validate(raw: RawConfig, env: EnvOnly) -> Result<Config, ConfigErr
         }
         let mut source = SourceConfig::new(&name, urls, redis);
         source.plugin_sql = plugin_sql;
-        source.backup = Some(backup);
         source.drill = schedule("drill", s.drill)?;
-        source.prune = schedule("prune", s.prune)?;
+        // Days to keep and no prune schedule (the templates' way): each
+        // backup's round prunes too, as their scripts do after an upload.
+        source.prune = match schedule("prune", s.prune)? {
+            None if raw.retention.days.is_some() => Some(backup.clone()),
+            p => p,
+        };
+        source.backup = Some(backup);
         if let Some(t) = s.rpo_target {
             let t = duration(&at("rpo_target"), Some(t), Duration::ZERO)?;
             if t.is_zero() {

@@ -3,6 +3,7 @@
 //!
 //! - `engine`: the `Engine` (pooling, epochs, fuel), the `Linker`, compilation.
 //! - `cache`: compiled code on disk.
+//! - `builtin`: the plugins embedded in the binary, the defaults of empty worlds.
 //! - `policy`: policy files.
 //! - `plugin`: a loaded plugin and the one place that instantiates it.
 //! - `registry`: a policies directory as one all-or-nothing set.
@@ -14,6 +15,7 @@
 //! refused at load); a call never shares a `Store` with another call; a trap,
 //! timeout or out-of-memory is an error of that call, never of the agent.
 
+pub mod builtin;
 mod cache;
 mod engine;
 mod plugin;
@@ -23,6 +25,7 @@ mod reload;
 pub mod signature;
 pub mod worlds;
 
+pub use builtin::Defaults;
 pub use engine::{Compiled, Runtime, RuntimeOptions};
 pub use plugin::{Plugin, PluginStats};
 pub use policy::{Limits, Policy, PolicyError};

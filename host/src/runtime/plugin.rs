@@ -59,19 +59,29 @@ impl Plugin {
                 ),
             ));
         }
-        let wasm = std::fs::read(&policy.wasm).map_err(|e| {
-            err(
-                "wasm",
-                format!("cannot read {}: {e}", policy.wasm.display()),
-            )
-        })?;
-        // Before compiling: code from an untrusted signer is never even parsed.
-        let signed = runtime
-            .inner
-            .options
-            .trust
-            .check(&policy.wasm, &wasm)
-            .map_err(|m| err("wasm", m))?;
+        let (wasm, signed) = match super::builtin::wasm(&policy.wasm) {
+            // Part of the binary: trusted as the binary is.
+            Some(embedded) => (
+                embedded.map_err(|m| err("wasm", m))?.to_vec(),
+                super::signature::Signed::BuiltIn,
+            ),
+            None => {
+                let wasm = std::fs::read(&policy.wasm).map_err(|e| {
+                    err(
+                        "wasm",
+                        format!("cannot read {}: {e}", policy.wasm.display()),
+                    )
+                })?;
+                // Before compiling: code from an untrusted signer is never even parsed.
+                let signed = runtime
+                    .inner
+                    .options
+                    .trust
+                    .check(&policy.wasm, &wasm)
+                    .map_err(|m| err("wasm", m))?;
+                (wasm, signed)
+            }
+        };
         let compiled = runtime
             .compile(&wasm)
             .map_err(|e| err("wasm", format!("{}: {e}", policy.wasm.display())))?;

@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! world = "verifier"
-//! wasm = "verifier_sql.wasm"        # relative to this file
+//! wasm = "verifier_sql.wasm"        # relative to this file, or "builtin:verifier_sql.wasm"
 //! sha256 = "9f2c..."                # optional pin
 //!
 //! [limits]
@@ -119,6 +119,13 @@ struct RawLimits {
 }
 
 impl Policy {
+    /// Whether this is a built-in default (`runtime::builtin`), not a file.
+    pub fn builtin(&self) -> bool {
+        self.file
+            .to_str()
+            .is_some_and(|f| f.starts_with(super::builtin::PREFIX))
+    }
+
     pub fn load(file: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| PolicyError::new(file, None, format!("cannot read: {e}")))?;
@@ -213,7 +220,16 @@ impl Policy {
             name,
             file: file.to_path_buf(),
             world,
-            wasm: dir.join(&raw.wasm),
+            // `builtin:<file>` names a component embedded in the binary.
+            wasm: if raw
+                .wasm
+                .to_str()
+                .is_some_and(|w| w.starts_with(super::builtin::PREFIX))
+            {
+                raw.wasm
+            } else {
+                dir.join(&raw.wasm)
+            },
             sha256: raw.sha256.map(|s| s.to_ascii_lowercase()),
             limits,
             grants: raw.grants,
@@ -356,6 +372,13 @@ mod tests {
             parse("world = \"verifier\"\nwasm = \"x\"\n[grants]\nsql = { database = \"prod\" }")
                 .unwrap_err();
         assert!(e.message.contains("prod"), "{e}");
+    }
+
+    #[test]
+    fn a_builtin_wasm_is_not_a_file_of_the_directory() {
+        let p = parse("world = \"retention\"\nwasm = \"builtin:retention_count.wasm\"").unwrap();
+        assert_eq!(p.wasm, Path::new("builtin:retention_count.wasm"));
+        assert!(!p.builtin(), "the policy itself is a file");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! recursive, so a Kubernetes ConfigMap's `..data` symlink swap is seen)
 //! reloads after the directory has been quiet for a short debounce.
 
+use super::builtin::Defaults;
 use super::registry::{LoadErrors, PluginSet};
 use super::Runtime;
 use notify::{RecursiveMode, Watcher};
@@ -34,7 +35,9 @@ pub struct ReloadStats {
 }
 
 pub struct Policies {
-    dir: PathBuf,
+    /// None: the built-ins alone, nothing to watch.
+    dir: Option<PathBuf>,
+    defaults: Defaults,
     runtime: Runtime,
     current: RwLock<Arc<PluginSet>>,
     last_error: Mutex<Option<String>>,
@@ -42,11 +45,17 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// Loads the directory for start-up: all of it valid, or an error.
-    pub fn load(runtime: &Runtime, dir: &Path) -> Result<Arc<Policies>, LoadErrors> {
-        let set = PluginSet::load_dir(runtime, dir)?;
+    /// Loads the directory (and the built-ins it leaves in force) for
+    /// start-up: all of it valid, or an error.
+    pub fn load(
+        runtime: &Runtime,
+        dir: Option<&Path>,
+        defaults: Defaults,
+    ) -> Result<Arc<Policies>, LoadErrors> {
+        let set = PluginSet::load(runtime, dir, &defaults)?;
         let p = Policies {
-            dir: dir.to_path_buf(),
+            dir: dir.map(Path::to_path_buf),
+            defaults,
             runtime: runtime.clone(),
             current: RwLock::new(Arc::new(set)),
             last_error: Mutex::new(None),
@@ -75,7 +84,7 @@ impl Policies {
 
     /// Loads the directory aside and swaps it in if all of it is valid.
     pub fn reload(&self) -> Result<(), LoadErrors> {
-        match PluginSet::load_dir(&self.runtime, &self.dir) {
+        match PluginSet::load(&self.runtime, self.dir.as_deref(), &self.defaults) {
             Ok(set) => {
                 let names: Vec<String> = set.all().iter().map(|p| p.version()).collect();
                 // Cleared first: whoever sees the new set must not see the
@@ -89,7 +98,7 @@ impl Policies {
                     1.0,
                 );
                 reload_failed(false);
-                tracing::info!(dir = %self.dir.display(), plugins = ?names, "policies reloaded");
+                tracing::info!(dir = ?self.dir, plugins = ?names, "policies reloaded");
                 Ok(())
             }
             Err(e) => {
@@ -102,18 +111,21 @@ impl Policies {
                     1.0,
                 );
                 reload_failed(true);
-                tracing::error!(dir = %self.dir.display(), "policies not reloaded, the previous ones stay in force:\n{e}");
+                tracing::error!(dir = ?self.dir, "policies not reloaded, the previous ones stay in force:\n{e}");
                 Err(e)
             }
         }
     }
 
     /// Watches the directory and reloads once it has been quiet for `debounce`.
-    /// Dropping the returned handle stops watching.
-    pub fn watch(self: &Arc<Self>, debounce: Duration) -> notify::Result<WatchHandle> {
+    /// Dropping the returned handle stops watching. No directory: None.
+    pub fn watch(self: &Arc<Self>, debounce: Duration) -> notify::Result<Option<WatchHandle>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(tx)?;
-        watcher.watch(&self.dir, RecursiveMode::Recursive)?;
+        watcher.watch(dir, RecursiveMode::Recursive)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (me, halt) = (Arc::downgrade(self), stop.clone());
         std::thread::Builder::new()
@@ -140,10 +152,10 @@ impl Policies {
                 }
             })
             .map_err(|e| notify::Error::generic(&e.to_string()))?;
-        Ok(WatchHandle {
+        Ok(Some(WatchHandle {
             _watcher: watcher,
             stop,
-        })
+        }))
     }
 }
 

@@ -48,6 +48,8 @@ pub enum Signed {
     Trusted(String),
     /// A valid signature by a key this agent does not list.
     Untrusted(String),
+    /// Embedded in the binary (`builtin:`): as trusted as the binary.
+    BuiltIn,
 }
 
 impl PluginTrust {

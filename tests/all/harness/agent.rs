@@ -1,7 +1,7 @@
 //! The `firedrill` binary: one command run to its end (`firedrill`,
 //! `firedrill_command`, `output_text`), or a running agent started on a
-//! config file and stopped with SIGTERM (`start_agent`, `run_agent_for`),
-//! and the peak memory of a run.
+//! config file or none (`start_agent`, `start_bare_agent`) and stopped with
+//! SIGTERM (`run_agent_for`), and the peak memory of a run.
 
 use super::{http_get, scratch};
 use std::path::Path;
@@ -25,7 +25,14 @@ pub fn firedrill_command(args: &[&str], env: &[(&str, String)]) -> Command {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    for k in ["DATABASE_URL", "S3_BUCKET", "FIREDRILL_STORE"] {
+    // Another test may have set FIREDRILL_TOKEN_KEY in this process: it
+    // would add the built-in authorizer here, by test order.
+    for k in [
+        "DATABASE_URL",
+        "S3_BUCKET",
+        "FIREDRILL_STORE",
+        "FIREDRILL_TOKEN_KEY",
+    ] {
         if !env.iter().any(|(e, _)| e == &k) {
             cmd.env_remove(k);
         }
@@ -56,10 +63,33 @@ pub fn start_agent(config: &Path, port: u16, env: &[(&str, &str)]) -> Child {
         "BACKUP_RETENTION_DAYS",
         "VERIFY_INTERVAL",
         "FIREDRILL_REDIS_URL",
+        "FIREDRILL_TOKEN_KEY",
     ] {
         cmd.env_remove(k);
     }
     cmd.envs(env.iter().copied());
+    ready(cmd, port)
+}
+
+/// Starts `firedrill agent` with no configuration file and nothing of this
+/// process's environment but PATH and HOME: what `env` says is all it has.
+pub fn start_bare_agent(port: u16, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firedrill"));
+    cmd.arg("agent").env_clear();
+    for k in ["PATH", "HOME"] {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .env("FIREDRILL_LOCK_DIR", scratch().join("locks"))
+        .env("FIREDRILL_LISTEN", format!("127.0.0.1:{port}"));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    ready(cmd, port)
+}
+
+/// Spawns the agent `cmd` and waits until it answers /ready.
+fn ready(mut cmd: Command, port: u16) -> Child {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

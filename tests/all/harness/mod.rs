@@ -41,7 +41,8 @@ mod s3;
 mod tls;
 
 pub use agent::{
-    firedrill, firedrill_command, output_text, run_agent_for, start_agent, wait_with_peak_rss,
+    firedrill, firedrill_command, output_text, run_agent_for, start_agent, start_bare_agent,
+    wait_with_peak_rss,
 };
 pub use azurite::{azurite, Azurite};
 pub use gcs::{gcs, Gcs};

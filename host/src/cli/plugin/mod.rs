@@ -94,6 +94,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     println!("exports:  {}", report.exports.join(", "));
     match &report.signature {
         Signed::Unsigned => println!("signed:   no"),
+        Signed::BuiltIn => println!("signed:   built in"),
         Signed::Trusted(k) | Signed::Untrusted(k) => println!("signed:   by {k}"),
     }
     for (i, imp) in report.imports.iter().enumerate() {

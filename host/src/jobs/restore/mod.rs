@@ -233,7 +233,10 @@ async fn load(
     let db = opts.target.database();
     let version: i32 = sessions[0]
         .client
-        .query_one("SELECT pg_catalog.current_setting('server_version_num')::int", &[])
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int",
+            &[],
+        )
         .await
         .map_err(|e| JobError::sql(&db, "read the server's version", e))?
         .get(0);
@@ -269,8 +272,11 @@ async fn load(
         match step {
             post_data::Step::Alone(job) => sessions[0].run(job, &entry.post_data, opts).await?,
             post_data::Step::Together(jobs) => {
-                ctx.side_by_side(&mut sessions, post_data::Together::with_loads(Vec::new(), jobs))
-                    .await?;
+                ctx.side_by_side(
+                    &mut sessions,
+                    post_data::Together::with_loads(Vec::new(), jobs),
+                )
+                .await?;
             }
         }
     }
@@ -331,21 +337,28 @@ impl Ctx<'_> {
         together: post_data::Together<Load<'_>>,
     ) -> Result<(u64, u64), JobError> {
         let together = &together;
-        let workers = sessions.iter_mut().enumerate().map(|(i, session)| async move {
-            let mut counts = (0, 0);
-            while let Some(task) = together.next(i).await {
-                let r = match task {
-                    post_data::Task::Load(load) => self.load(session, &load).await.map(|(r, b)| {
-                        counts.0 += r;
-                        counts.1 += b;
-                    }),
-                    post_data::Task::Job(job) => session.run(job, self.post_data, self.opts).await,
-                };
-                together.done(i, r.is_ok());
-                r?;
-            }
-            Ok::<_, JobError>(counts)
-        });
+        let workers = sessions
+            .iter_mut()
+            .enumerate()
+            .map(|(i, session)| async move {
+                let mut counts = (0, 0);
+                while let Some(task) = together.next(i).await {
+                    let r = match task {
+                        post_data::Task::Load(load) => {
+                            self.load(session, &load).await.map(|(r, b)| {
+                                counts.0 += r;
+                                counts.1 += b;
+                            })
+                        }
+                        post_data::Task::Job(job) => {
+                            session.run(job, self.post_data, self.opts).await
+                        }
+                    };
+                    together.done(i, r.is_ok());
+                    r?;
+                }
+                Ok::<_, JobError>(counts)
+            });
         Ok(futures::future::try_join_all(workers)
             .await?
             .into_iter()

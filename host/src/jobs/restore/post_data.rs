@@ -244,7 +244,10 @@ fn calls_a_schemas_function(sql: &str) -> bool {
             }
         }
         let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-        let start = b[..end].iter().rposition(|&c| !word(c)).map_or(0, |p| p + 1);
+        let start = b[..end]
+            .iter()
+            .rposition(|&c| !word(c))
+            .map_or(0, |p| p + 1);
         (start < end).then_some(start)
     };
     (0..b.len()).filter(|&i| b[i] == b'(').any(|i| {
@@ -598,7 +601,10 @@ mod tests {
         };
         let running = vec![vec![(t("s", "a"), false)]];
         // Two index builds on one table run together; a key constraint waits.
-        assert_eq!(next_runnable(&[job("a", false)], &running, |_| true), Some(0));
+        assert_eq!(
+            next_runnable(&[job("a", false)], &running, |_| true),
+            Some(0)
+        );
         assert_eq!(
             next_runnable(&[job("a", true), job("b", true)], &running, |_| true),
             Some(1)
@@ -725,36 +731,49 @@ mod tests {
             calls: true,
             ..job("calls")
         };
-        let together = Together::with_loads(loads, vec![job("big"), job("small"), job("none"), calls]);
+        let together =
+            Together::with_loads(loads, vec![job("big"), job("small"), job("none"), calls]);
         let mut order = vec![];
         // Worker 0 loads big's first part and worker 1 small; big's second
         // part goes next, whoever asks.
-        let Some(Task::Load(a)) = together.next(0).await else { panic!() };
-        let Some(Task::Load(b)) = together.next(1).await else { panic!() };
+        let Some(Task::Load(a)) = together.next(0).await else {
+            panic!()
+        };
+        let Some(Task::Load(b)) = together.next(1).await else {
+            panic!()
+        };
         order.extend([a, b]);
         together.done(1, true);
-        let Some(Task::Load(c)) = together.next(1).await else { panic!() };
+        let Some(Task::Load(c)) = together.next(1).await else {
+            panic!()
+        };
         order.push(c);
         assert_eq!(order, vec!["big 1", "small", "big 2"]);
         // Loads all handed out: small's job and the loadless table's may
         // start, big's may not while a part of it loads.
         let mut ran = vec![];
         for _ in 0..2 {
-            let Some(Task::Job(j)) = together.next(2).await else { panic!() };
+            let Some(Task::Job(j)) = together.next(2).await else {
+                panic!()
+            };
             ran.push(j.statements[0].text.clone());
             together.done(2, true);
         }
         ran.sort();
         assert_eq!(ran, vec!["none", "small"]);
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), together.next(2)).await;
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), together.next(2)).await;
         assert!(waiting.is_err(), "big's job started while big loaded");
         together.done(0, true);
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), together.next(2)).await;
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), together.next(2)).await;
         assert!(waiting.is_err(), "big's job started while big loaded");
         together.done(1, true);
         let mut ran = vec![];
         for _ in 0..2 {
-            let Some(Task::Job(j)) = together.next(2).await else { panic!() };
+            let Some(Task::Job(j)) = together.next(2).await else {
+                panic!()
+            };
             ran.push(j.statements[0].text.clone());
             together.done(2, true);
         }
@@ -787,7 +806,9 @@ mod tests {
     async fn after_a_failure_nothing_more_is_handed_out() {
         let loads = vec![(t("s", "a"), 1), (t("s", "b"), 2)];
         let together = Together::with_loads(loads, vec![]);
-        let Some(Task::Load(1)) = together.next(0).await else { panic!() };
+        let Some(Task::Load(1)) = together.next(0).await else {
+            panic!()
+        };
         together.done(0, false);
         assert!(together.next(1).await.is_none());
     }
