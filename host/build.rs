@@ -20,6 +20,7 @@ const BUILTINS: &[&str] = &[
     "authorizer-token",
     "authorizer-signed",
     "redactor-secrets",
+    "notifier-default",
 ];
 
 fn main() {

@@ -30,6 +30,8 @@ use std::path::Path;
 ///    the capabilities they are granted; one layer, since a capability uses
 ///    the runtime's types and the runtime links the capabilities): never
 ///    coord, jobs or anything above.
+/// 5½. `notify` (the notifier's messages and their delivery): never coord,
+///    jobs or anything above; the agent hands it each job's outcome.
 /// 6. `coord` (leases, the drill quota, events): never jobs, catalog,
 ///    config, agent, api, launch, the binary.
 /// 7. `jobs` (backup, drill, restore, prune, rekey): never catalog, config,
@@ -51,6 +53,7 @@ pub(crate) const LAYERS: &[&[&str]] = &[
     &["archive"],
     &["servers"],
     &["runtime", "caps"],
+    &["notify"],
     &["coord"],
     &["jobs"],
     &["catalog"],
@@ -483,7 +486,7 @@ mod tests {
                 "newroom/mod.rs: module newroom is in no layer (place it in LAYERS in src/layers.rs)".to_string(),
             ]
         );
-        assert!(never("telemetry").starts_with("archive, servers, runtime, caps, coord"));
+        assert!(never("telemetry").starts_with("archive, servers, runtime, caps, notify, coord"));
         assert_eq!(never("launch"), "cli, main");
     }
 

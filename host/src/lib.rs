@@ -13,6 +13,7 @@ pub mod config;
 pub mod coord;
 pub mod jobs;
 pub mod launch;
+pub mod notify;
 #[cfg(test)]
 mod layers;
 pub mod runtime;

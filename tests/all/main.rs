@@ -27,6 +27,7 @@ mod large_objects;
 mod least_privilege;
 mod load;
 mod many_tables;
+mod notify;
 mod object_stores;
 mod parallel_restore;
 mod pitr;

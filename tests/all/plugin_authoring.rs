@@ -70,7 +70,10 @@ fn a_new_plugin_of_every_world_builds_checks_and_decides_on_its_fixture() {
                 "--fixture",
                 fixture.to_str().unwrap(),
             ],
-            &[("MY_AUTHORIZER_TOKEN", "example-token".into())],
+            &[
+                ("MY_AUTHORIZER_TOKEN", "example-token".into()),
+                ("FIREDRILL_WEBHOOK_URL", "https://hooks.example.com/firedrill".into()),
+            ],
         );
         let out = output_text(&o);
         let lines: Vec<&str> = out.lines().collect();
@@ -135,6 +138,21 @@ fn a_new_plugin_of_every_world_builds_checks_and_decides_on_its_fixture() {
                 ] {
                     assert!(lines.contains(&want), "{want:?} in {out}");
                 }
+            }
+            World::Notifier => {
+                // Failures and recoveries, never a pass after a pass.
+                assert!(o.status.success(), "{out}");
+                assert_eq!(
+                    lines,
+                    [
+                        "drill-failed app: 1 message",
+                        "-> ops: firedrill: drill failed for source app",
+                        "drill-passed app: 1 message",
+                        "-> ops: firedrill: drill recovered for source app",
+                        "drill-passed app: no messages",
+                    ],
+                    "{out}"
+                );
             }
         }
     }

@@ -110,10 +110,13 @@ pub async fn assemble(config: Config, purpose: Purpose) -> Result<Agent, StartEr
             }
         }
     };
+    let notifier = (purpose == Purpose::Agent)
+        .then(|| crate::notify::Notifier::start(policies.clone()));
     Ok(Agent {
         config,
         store,
         policies,
+        notifier,
         assertions,
         coord,
         catalog,

@@ -140,6 +140,9 @@ pub struct Agent {
     store: Store,
     /// The policies directory's plugins and the built-in defaults.
     policies: Arc<Policies>,
+    /// The long-running agent's notifications (none for a CLI job: its
+    /// operator is watching).
+    notifier: Option<crate::notify::Notifier>,
     assertions: Vec<drill::Assertion>,
     coord: Coordinator,
     /// Where finished jobs, backups and drills are recorded, if anywhere.
@@ -288,6 +291,9 @@ impl Agent {
                 m.set(metrics::BACKUP_SIZE, &labels, b.size as f64);
             }
             if let Some(d) = &h.last_drill {
+                if let Some(n) = &self.notifier {
+                    n.remember(&h.source, Kind::Drill.as_str(), !d.passed);
+                }
                 m.set(metrics::DRILL_PASSED, &labels, u8::from(d.passed) as f64);
                 m.set(metrics::DRILL_LAST_RUN, &labels, d.finished as f64);
                 m.set(metrics::DRILL_RTO, &labels, d.rto_seconds);
@@ -481,6 +487,21 @@ impl Agent {
                         (Kind::Drill, _) => "drill.failed".to_string(),
                         _ => format!("{job}.finished"),
                     };
+                    let failed_checks = match &out.result {
+                        JobResult::Drill(r) => r
+                            .failed_checks()
+                            .map(|c| format!("{}: {}", c.name, c.detail))
+                            .collect(),
+                        _ => vec![],
+                    };
+                    self.notify(
+                        req,
+                        out.passed == Some(false),
+                        out.backup.clone(),
+                        out.detail.clone().unwrap_or_default(),
+                        failed_checks,
+                    )
+                    .await;
                     let mut ev = self.coord.event(&kind, source);
                     (ev.job, ev.backup, ev.detail) =
                         (Some(record.id.clone()), out.backup.clone(), out.detail);
@@ -515,6 +536,28 @@ impl Agent {
         }
     }
 
+    /// Tells the notifier how a job ended (the agent's own jobs only).
+    async fn notify(
+        &self,
+        req: &JobRequest,
+        failed: bool,
+        backup: Option<String>,
+        detail: String,
+        failed_checks: Vec<String>,
+    ) {
+        if let Some(n) = &self.notifier {
+            n.notify(crate::notify::Outcome {
+                job: req.kind.as_str(),
+                source: &req.source,
+                failed,
+                backup,
+                detail,
+                failed_checks,
+            })
+            .await;
+        }
+    }
+
     /// Logs, counts, publishes and records a failure; hands the error back.
     async fn failed(&self, req: &JobRequest, record: &JobRecord, e: JobError) -> JobError {
         metrics::global().add(metrics::JOB_FAILURES, &[], 1.0);
@@ -524,6 +567,7 @@ impl Agent {
         } else {
             tracing::error!(source = %req.source, job, trigger = %req.trigger, "job failed: {e}");
         }
+        self.notify(req, true, None, e.to_string(), vec![]).await;
         let mut ev = self.coord.event(&format!("{job}.failed"), &req.source);
         (ev.job, ev.detail) = (Some(record.id.clone()), Some(e.to_string()));
         self.coord.publish(&ev).await;

@@ -5,6 +5,7 @@
 //! - `cache`: compiled code on disk.
 //! - `builtin`: the plugins embedded in the binary, the defaults of empty worlds.
 //! - `policy`: policy files.
+//! - `destination`: a notifier policy's destinations.
 //! - `plugin`: a loaded plugin and the one place that instantiates it.
 //! - `registry`: a policies directory as one all-or-nothing set.
 //! - `reload`: the set in force, swapped whole on reload; the watcher.
@@ -17,6 +18,7 @@
 
 pub mod builtin;
 mod cache;
+pub mod destination;
 mod engine;
 mod plugin;
 pub mod policy;

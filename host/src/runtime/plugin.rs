@@ -8,8 +8,8 @@ use super::policy::{Policy, PolicyError};
 use super::worlds::{World, WorldPre};
 use super::CallError;
 use crate::caps::types::{
-    BackupInfo, CheckResult, DatabaseInfo, Decision, DrillContext, DumpPlan, RequestFacts,
-    RetentionDecision, TableRef, Timestamp,
+    BackupInfo, CheckResult, DatabaseInfo, Decision, DrillContext, DumpPlan, Event, Message,
+    RequestFacts, RetentionDecision, TableRef, Timestamp,
 };
 use crate::caps::{Call, CallContext, CapState, Import};
 use serde::Serialize;
@@ -47,6 +47,8 @@ impl Plugin {
         // plugin logs, or an error quotes, leaves the process scrubbed. On
         // every load, so a reload's new values are known too.
         crate::telemetry::redactor().add_known(policy.config.secrets().map(str::to_string));
+        crate::telemetry::redactor()
+            .add_known(policy.destinations.iter().flat_map(|(_, d)| d.secrets()));
         let file = policy.file.clone();
         let err = |field: &str, m: String| PolicyError::new(&file, Some(field), m);
         if policy.limits.memory > runtime.max_memory() {
@@ -309,6 +311,7 @@ impl Plugin {
                 WorldPre::Retention(p) => p.instantiate(&mut *store).map(drop),
                 WorldPre::Authorizer(p) => p.instantiate(&mut *store).map(drop),
                 WorldPre::Redactor(p) => p.instantiate(&mut *store).map(drop),
+                WorldPre::Notifier(p) => p.instantiate(&mut *store).map(drop),
             })
         })
     }
@@ -385,6 +388,17 @@ impl Plugin {
             WorldPre::Authorizer(p) => Some(
                 p.instantiate(&mut *store)
                     .and_then(|i| i.call_authorize(&mut *store, facts)),
+            ),
+            _ => None,
+        })
+    }
+
+    /// The messages `event` calls for, each naming a destination.
+    pub fn notify(&self, ctx: &CallContext, event: &Event) -> Result<Vec<Message>, CallError> {
+        self.call(ctx, |pre, store| match pre {
+            WorldPre::Notifier(p) => Some(
+                p.instantiate(&mut *store)
+                    .and_then(|i| i.call_notify(&mut *store, event)),
             ),
             _ => None,
         })

@@ -70,6 +70,7 @@ impl Limits {
             World::Retention => Duration::from_secs(2),
             World::DumpPlanner => Duration::from_secs(30),
             World::Verifier => Duration::from_secs(300),
+            World::Notifier => Duration::from_secs(2),
         };
         Limits {
             memory: 64 << 20,
@@ -92,6 +93,8 @@ pub struct Policy {
     pub limits: Limits,
     pub grants: Grants,
     pub config: PluginConfig,
+    /// A notifier's destinations, by name (`runtime::destination`).
+    pub destinations: Vec<(String, super::destination::Destination)>,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +110,8 @@ struct RawPolicy {
     grants: Grants,
     #[serde(default)]
     config: toml::Table,
+    #[serde(default)]
+    destinations: toml::Table,
 }
 
 #[derive(Deserialize, Default)]
@@ -213,8 +218,27 @@ impl Policy {
         if let Some((field, p)) = raw.grants.problem() {
             return Err(PolicyError::new(file, Some(&field), p));
         }
-        let config = PluginConfig::from_toml(&raw.config, env)
+        let config = PluginConfig::from_toml(&raw.config, &env)
             .map_err(|(field, m)| PolicyError::new(file, Some(&field), m))?;
+        let destinations = super::destination::parse(&raw.destinations, &env)
+            .map_err(|(field, m)| PolicyError::new(file, Some(&field), m))?;
+        match (world, destinations.is_empty()) {
+            (World::Notifier, true) => {
+                return Err(PolicyError::new(
+                    file,
+                    Some("destinations"),
+                    "a notifier needs at least one [destinations.<name>] (kind = \"webhook\", \"slack\" or \"email\")",
+                ))
+            }
+            (World::Notifier, false) | (_, true) => {}
+            (_, false) => {
+                return Err(PolicyError::new(
+                    file,
+                    Some("destinations"),
+                    format!("only a notifier has destinations, not a {}", world.name()),
+                ))
+            }
+        }
         let dir = file.parent().unwrap_or(Path::new("."));
         Ok(Policy {
             name,
@@ -234,6 +258,7 @@ impl Policy {
             limits,
             grants: raw.grants,
             config,
+            destinations,
         })
     }
 }

@@ -1,4 +1,4 @@
-//! The five worlds: their names, and the typed bindings of each plugin kind's
+//! The six worlds: their names, and the typed bindings of each plugin kind's
 //! exports. Imports are mapped onto the host bindings in `caps`, so every
 //! world shares one implementation of each capability.
 
@@ -22,6 +22,7 @@ world_bindings!(verifier, "firedrill:plugin/verifier", { "firedrill:plugin": cra
 world_bindings!(retention, "firedrill:plugin/retention", { "firedrill:plugin": crate::caps::bindings::firedrill::plugin });
 world_bindings!(authorizer, "firedrill:plugin/authorizer", { "firedrill:plugin": crate::caps::bindings::firedrill::plugin });
 world_bindings!(redactor, "firedrill:plugin/redactor", {});
+world_bindings!(notifier, "firedrill:plugin/notifier", { "firedrill:plugin": crate::caps::bindings::firedrill::plugin });
 
 /// A decision point, named as in a policy's `world = "..."`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -32,15 +33,17 @@ pub enum World {
     Retention,
     Authorizer,
     Redactor,
+    Notifier,
 }
 
 impl World {
-    pub const ALL: [World; 5] = [
+    pub const ALL: [World; 6] = [
         World::DumpPlanner,
         World::Verifier,
         World::Retention,
         World::Authorizer,
         World::Redactor,
+        World::Notifier,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl World {
             World::Retention => "retention",
             World::Authorizer => "authorizer",
             World::Redactor => "redactor",
+            World::Notifier => "notifier",
         }
     }
 
@@ -67,6 +71,7 @@ impl World {
             ["plan"] => World::Retention,
             ["authorize"] => World::Authorizer,
             ["redact"] => World::Redactor,
+            ["notify"] => World::Notifier,
             _ => return None,
         })
     }
@@ -85,6 +90,7 @@ pub(crate) enum WorldPre {
     Retention(retention::RetentionPre<crate::caps::CapState>),
     Authorizer(authorizer::AuthorizerPre<crate::caps::CapState>),
     Redactor(redactor::RedactorPre<crate::caps::CapState>),
+    Notifier(notifier::NotifierPre<crate::caps::CapState>),
 }
 
 impl WorldPre {
@@ -98,6 +104,7 @@ impl WorldPre {
             World::Retention => WorldPre::Retention(retention::RetentionPre::new(pre)?),
             World::Authorizer => WorldPre::Authorizer(authorizer::AuthorizerPre::new(pre)?),
             World::Redactor => WorldPre::Redactor(redactor::RedactorPre::new(pre)?),
+            World::Notifier => WorldPre::Notifier(notifier::NotifierPre::new(pre)?),
         })
     }
 }

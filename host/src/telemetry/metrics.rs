@@ -264,6 +264,14 @@ metric!(
     "The recovery point objective a source must meet (its rpo_target), by source; only for sources that set one."
 );
 
+metric!(
+    NOTIFICATIONS,
+    "firedrill.notifications",
+    "",
+    Counter,
+    "Notification messages by destination and result: delivered; retried (an attempt failed, another follows); failed (every attempt failed); dropped (the queue was full)."
+);
+
 pub const ALL: &[&Desc] = &[
     BACKUP_DURATION,
     BACKUP_SIZE,
@@ -294,6 +302,7 @@ pub const ALL: &[&Desc] = &[
     START_TIME,
     SCHEDULE_INTERVAL,
     RPO_TARGET,
+    NOTIFICATIONS,
 ];
 
 /// Upper bounds of histogram buckets, in seconds: from a plugin call's

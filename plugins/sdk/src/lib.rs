@@ -109,3 +109,10 @@ world!(
     "firedrill:plugin/redactor",
     "firedrill_plugin_sdk::redactor"
 );
+#[cfg(feature = "notifier")]
+world!(
+    notifier,
+    "firedrill:plugin/notifier",
+    "firedrill_plugin_sdk::notifier",
+    log
+);

@@ -37,6 +37,7 @@ mod postgres;
 mod proxy;
 mod redis;
 mod rotel;
+mod receivers;
 mod s3;
 mod tls;
 
@@ -47,6 +48,7 @@ pub use agent::{
 pub use azurite::{azurite, Azurite};
 pub use gcs::{gcs, Gcs};
 pub use http::{http, http_get, Reply};
+pub use receivers::{black_hole, HttpReceiver, Received, Smtp};
 pub use plugins::{component, load, policy_dir, runtime};
 pub use postgres::{pg_bin, postgres, postgres_from, postgres_from_with, Postgres, PostgresFrom};
 pub use proxy::{FaultCounts, FaultProxy, Faults};

@@ -54,6 +54,9 @@ pub struct Fixture {
     /// dump-planner: the source database as the planner sees it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<wit::DatabaseInfo>,
+    /// notifier: events (jobs that ended), each notified on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<wit::Event>>,
 }
 
 impl Fixture {
@@ -65,6 +68,7 @@ impl Fixture {
             ("requests", self.requests.is_some()),
             ("lines", self.lines.is_some()),
             ("database", self.database.is_some()),
+            ("events", self.events.is_some()),
         ]
         .into_iter()
         .filter(|(_, p)| *p)
@@ -75,6 +79,7 @@ impl Fixture {
             World::Authorizer => (&["requests"], &["requests"]),
             World::Redactor => (&["lines"], &["lines"]),
             World::DumpPlanner => (&["database"], &["database"]),
+            World::Notifier => (&["events"], &["events"]),
             World::Verifier => {
                 return Err(
                     "a verifier's fixture is a .sql file, loaded into a throwaway database".into(),
@@ -197,6 +202,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 text += &format!("note: {n}\n");
             }
             out(serde_json::to_value(&plan)?, text);
+        }
+        World::Notifier => {
+            // Printed, never sent: the policy's destinations are not reached.
+            let mut sent = Vec::new();
+            let mut text = String::new();
+            for e in fixture.events.unwrap_or_default() {
+                let messages = plugin.notify(&ctx, &e)?;
+                let count = match messages.len() {
+                    0 => "no messages".to_string(),
+                    1 => "1 message".to_string(),
+                    n => format!("{n} messages"),
+                };
+                text += &format!("{} {}: {count}\n", name(&e.kind), e.source);
+                for m in &messages {
+                    text += &format!("-> {}: {}\n", m.destination, m.subject);
+                }
+                sent.push(messages);
+            }
+            out(serde_json::to_value(&sent)?, text);
         }
         World::Verifier => {
             let checks = verify(&plugin, &args)?;

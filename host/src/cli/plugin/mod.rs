@@ -50,7 +50,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let (imports, exports) = runtime.describe(&compiled.component);
     let Some(world) = World::by_exports(&exports) else {
         bail!(
-            "{}: exports [{}] match no firedrill world (dump-planner: plan + transform, verifier: verify, retention: plan, authorizer: authorize, redactor: redact)",
+            "{}: exports [{}] match no firedrill world (dump-planner: plan + transform, verifier: verify, retention: plan, authorizer: authorize, redactor: redact, notifier: notify)",
             file.display(),
             exports.join(", ")
         );

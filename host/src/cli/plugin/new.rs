@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The decision the plugin makes: verifier, retention, authorizer, redactor or dump-planner.
+    /// The decision the plugin makes: verifier, retention, authorizer, redactor, dump-planner or notifier.
     #[arg(long)]
     world: String,
     /// The crate's name (lower case, digits and '-'); also the policy's name.
@@ -57,6 +57,7 @@ fn source(world: World) -> &'static str {
         World::Authorizer => include_str!("templates/authorizer.rs"),
         World::Redactor => include_str!("templates/redactor.rs"),
         World::DumpPlanner => include_str!("templates/dump-planner.rs"),
+        World::Notifier => include_str!("templates/notifier.rs"),
     }
 }
 
@@ -69,6 +70,7 @@ fn policy(world: World, name: &str, wasm: &str) -> String {
         World::Authorizer => format!("[grants]\nconfig = true\n\n[config]\n# From the agent's environment: the token never sits in this file.\ntoken = {{ env = \"{env}\" }}\nprincipal = \"{name}\"\nrole = \"operator\"\n"),
         World::Redactor => "[grants]\nconfig = true\n\n[config]\nwords = \"example-customer, db.internal.example\"\n".to_string(),
         World::DumpPlanner => "[grants]\nlogging = true\nconfig = true\n\n[config]\nexclude = \"public.sessions\"\nschema-only = \"public.audit_log\"\n".to_string(),
+        World::Notifier => format!("[grants]\nlogging = true\nconfig = true\n\n[config]\ndestinations = \"ops\"\n\n# Where each destination is: the plugin names it, the host delivers.\n# From the agent's environment: the URL never sits in this file.\n[destinations.ops]\nkind = \"webhook\"\nurl = {{ env = \"{WEBHOOK_ENV}\" }}\n"),
     };
     format!(
         "# {name}: a {} plugin. To deploy, copy this file and {wasm} into the\n# agent's policies directory; the agent loads them within a second.\nworld = \"{}\"\nwasm = \"{wasm}\"\n\n{body}",
@@ -182,8 +184,41 @@ fn fixture(world: World) -> (&'static str, String) {
                 }),
             )
         }
+        World::Notifier => {
+            let drill = |kind: wit::EventKind,
+                         detail: &str,
+                         previous_failed: bool,
+                         failed_checks: &[&str]| wit::Event {
+                kind,
+                source: "app".into(),
+                backup_id: Some("20261118T030000Z-demo00".into()),
+                detail: detail.into(),
+                time: now,
+                previous_failed: Some(previous_failed),
+                failed_checks: failed_checks.iter().map(|c| c.to_string()).collect(),
+            };
+            (
+                "fixture.json",
+                json(Fixture {
+                    events: Some(vec![
+                        drill(
+                            wit::EventKind::DrillFailed,
+                            "1 of 3 checks failed",
+                            false,
+                            &["rows.public.orders: 0 rows restored, 1000 at backup time"],
+                        ),
+                        drill(wit::EventKind::DrillPassed, "3 checks passed", true, &[]),
+                        drill(wit::EventKind::DrillPassed, "3 checks passed", false, &[]),
+                    ]),
+                    ..Default::default()
+                }),
+            )
+        }
     }
 }
+
+/// The environment variable a scaffolded notifier's destination reads its URL from.
+const WEBHOOK_ENV: &str = "FIREDRILL_WEBHOOK_URL";
 
 /// The environment variable a scaffolded authorizer reads its token from.
 fn token_env(name: &str) -> String {
@@ -192,10 +227,10 @@ fn token_env(name: &str) -> String {
 
 fn readme(world: World, name: &str, wasm: &str, fixture: &str) -> String {
     let env = token_env(name);
-    let env_note = if world == World::Authorizer {
-        format!("\nThe policy reads its token from `{env}`: set it for `plugin test` and for the agent\n(`{env}=example-token` matches the fixture).\n")
-    } else {
-        String::new()
+    let env_note = match world {
+        World::Authorizer => format!("\nThe policy reads its token from `{env}`: set it for `plugin test` and for the agent\n(`{env}=example-token` matches the fixture).\n"),
+        World::Notifier => format!("\nThe policy reads its webhook's URL from `{WEBHOOK_ENV}`: set it for `plugin test`\n(any http(s) URL: the test prints the messages, it sends nothing) and for the agent.\n"),
+        _ => String::new(),
     };
     format!(
         "# {name}\n\nA firedrill `{world}` plugin, made by `firedrill plugin new`.\n\n\
@@ -295,9 +330,14 @@ mod tests {
     fn every_world_has_a_policy_that_loads_and_a_fixture_that_parses() {
         for world in World::ALL {
             let text = policy(world, "my-plugin", "my_plugin.wasm");
+            // A destination's URL must be one; any other value will do.
             let p =
-                firedrill::runtime::Policy::parse(Path::new("/x/my-plugin.toml"), &text, |_| {
-                    Some("t".into())
+                firedrill::runtime::Policy::parse(Path::new("/x/my-plugin.toml"), &text, |var| {
+                    Some(if var == WEBHOOK_ENV {
+                        "https://hooks.example.com/t".into()
+                    } else {
+                        "t".into()
+                    })
                 })
                 .unwrap_or_else(|e| panic!("{world:?}: {e}\n{text}"));
             assert_eq!(p.world, world);
