@@ -13,9 +13,9 @@ pub mod config;
 pub mod coord;
 pub mod jobs;
 pub mod launch;
-pub mod notify;
 #[cfg(test)]
 mod layers;
+pub mod notify;
 pub mod runtime;
 pub mod servers;
 pub mod telemetry;

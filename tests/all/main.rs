@@ -46,4 +46,5 @@ mod status;
 mod store_faults;
 mod telemetry;
 mod torture;
+mod ui;
 mod versions;

@@ -66,7 +66,10 @@ fn a_failed_drill_and_its_recovery_reach_every_destination_once() {
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         let start = Instant::now();
         while !done() {
-            assert!(start.elapsed() < Duration::from_secs(60), "{what} never arrived");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what} never arrived"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
@@ -110,22 +113,30 @@ fn a_failed_drill_and_its_recovery_reach_every_destination_once() {
         let signature = r.header("x-firedrill-signature").unwrap_or_default();
         assert_eq!(
             signature,
-            format!("sha256={}", firedrill::notify::deliver::sign(HMAC_KEY, r.body.as_bytes())),
+            format!(
+                "sha256={}",
+                firedrill::notify::deliver::sign(HMAC_KEY, r.body.as_bytes())
+            ),
             "{r:?}"
         );
     }
     let first: serde_json::Value = serde_json::from_str(&hooks[0].body).unwrap();
     // The failing check quoted the secret; the message carries its mask.
     let text = first["text"].as_str().unwrap();
-    assert!(text.contains("assert.flag") && text.contains("boolean: \"***"), "{first}");
+    assert!(
+        text.contains("assert.flag") && text.contains("boolean: \"***"),
+        "{first}"
+    );
     let slack: serde_json::Value = serde_json::from_str(&chat.delivered()[1].body).unwrap();
     assert!(slack["text"].as_str().unwrap().contains("app"), "{slack}");
     let mails = smtp.messages();
-    assert!(mails.iter().all(|m| m.contains("oncall@example.com")), "{mails:?}");
-    let everything = format!(
-        "{:?}{:?}{mails:?}",
-        ops.requests(),
-        chat.requests()
+    assert!(
+        mails.iter().all(|m| m.contains("oncall@example.com")),
+        "{mails:?}"
     );
-    assert!(!everything.contains(HMAC_KEY), "the secret left: {everything}");
+    let everything = format!("{:?}{:?}{mails:?}", ops.requests(), chat.requests());
+    assert!(
+        !everything.contains(HMAC_KEY),
+        "the secret left: {everything}"
+    );
 }

@@ -72,7 +72,10 @@ fn a_new_plugin_of_every_world_builds_checks_and_decides_on_its_fixture() {
             ],
             &[
                 ("MY_AUTHORIZER_TOKEN", "example-token".into()),
-                ("FIREDRILL_WEBHOOK_URL", "https://hooks.example.com/firedrill".into()),
+                (
+                    "FIREDRILL_WEBHOOK_URL",
+                    "https://hooks.example.com/firedrill".into(),
+                ),
             ],
         );
         let out = output_text(&o);

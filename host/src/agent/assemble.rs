@@ -110,8 +110,8 @@ pub async fn assemble(config: Config, purpose: Purpose) -> Result<Agent, StartEr
             }
         }
     };
-    let notifier = (purpose == Purpose::Agent)
-        .then(|| crate::notify::Notifier::start(policies.clone()));
+    let notifier =
+        (purpose == Purpose::Agent).then(|| crate::notify::Notifier::new(policies.clone()));
     Ok(Agent {
         config,
         store,

@@ -500,8 +500,7 @@ impl Agent {
                         out.backup.clone(),
                         out.detail.clone().unwrap_or_default(),
                         failed_checks,
-                    )
-                    .await;
+                    );
                     let mut ev = self.coord.event(&kind, source);
                     (ev.job, ev.backup, ev.detail) =
                         (Some(record.id.clone()), out.backup.clone(), out.detail);
@@ -511,6 +510,9 @@ impl Agent {
                 }
                 Err(e) => {
                     let _ = lease.release(None).await;
+                    // The job's own failure; a lease or quota that was not
+                    // to be had is no news of the data.
+                    self.notify(req, true, None, e.to_string(), vec![]);
                     Err(self.failed(req, record, e).await)
                 }
             }
@@ -537,7 +539,7 @@ impl Agent {
     }
 
     /// Tells the notifier how a job ended (the agent's own jobs only).
-    async fn notify(
+    fn notify(
         &self,
         req: &JobRequest,
         failed: bool,
@@ -553,8 +555,7 @@ impl Agent {
                 backup,
                 detail,
                 failed_checks,
-            })
-            .await;
+            });
         }
     }
 
@@ -567,7 +568,6 @@ impl Agent {
         } else {
             tracing::error!(source = %req.source, job, trigger = %req.trigger, "job failed: {e}");
         }
-        self.notify(req, true, None, e.to_string(), vec![]).await;
         let mut ev = self.coord.event(&format!("{job}.failed"), &req.source);
         (ev.job, ev.detail) = (Some(record.id.clone()), Some(e.to_string()));
         self.coord.publish(&ev).await;

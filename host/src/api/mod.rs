@@ -5,7 +5,9 @@
 //! Under `/v1` every request first goes through the authorizer plugin
 //! (`auth.rs`) and then through the route table (`routes.rs`), which names
 //! the role each route needs (viewer < operator < admin). Errors have one
-//! shape: `{"error": {"status", "code", "message", "request_id"}}`.
+//! shape: `{"error": {"status", "code", "message", "request_id"}}`. The
+//! status page `/ui` (`ui.rs`) is HTML for people, behind the same
+//! authorizer: its session cookie's token is sent to it as a bearer token.
 //!
 //! Invariants: no `/v1` request reaches a handler without an authorizer's
 //! allow and a sufficient role, and every decision is audited; with no
@@ -17,6 +19,7 @@
 mod auth;
 mod routes;
 mod sse;
+mod ui;
 
 pub use auth::Audit;
 

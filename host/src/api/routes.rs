@@ -106,6 +106,9 @@ pub async fn route(
         }
         _ => {}
     }
+    if path == "/ui" || path.starts_with("/ui/") {
+        return super::ui::route(state, peer, request_id, req).await;
+    }
     let Some(rest) = path.strip_prefix("/v1/") else {
         return Err(ApiError::new(
             404,

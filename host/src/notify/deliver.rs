@@ -1,23 +1,25 @@
-//! The outbox: a bounded queue of messages, each delivered in a task of its
-//! own (a few at once) with retries and a doubling pause, so a destination
-//! that is down or slow holds up neither a job nor the other destinations.
+//! The outbox: a bounded queue per destination, each drained by a worker
+//! of its own with retries and a doubling pause, so a destination that is
+//! down or slow holds up neither a job nor the other destinations.
 //!
 //! - webhook: `POST` of a JSON body (destination, source, event, subject,
 //!   text, backup_id, time), signed when the destination has an `hmac_key`:
 //!   `X-Firedrill-Signature: sha256=<hex HMAC-SHA256 of the body>`.
 //! - slack: `POST {"text": "*subject*\ntext"}` (Slack-compatible incoming
-//!   webhooks: Slack, Mattermost, Rocket.Chat ...).
+//!   webhooks: Slack, Mattermost, Rocket.Chat ...), `&`, `<`, `>` escaped.
 //! - email: SMTP with STARTTLS (or implicit TLS, or none), the system's
 //!   roots plus the destination's `ca_file`.
 //!
 //! Invariant: an error that is logged names the destination, never its URL
-//! or credentials (the redactor knows them too).
+//! or credentials (the redactor knows them too); redirects are not followed
+//! (the body and its signature go where the policy says, nowhere else).
 
 use crate::runtime::destination::{Destination, Email, Security};
 use crate::telemetry::metrics;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 /// One message for one destination, redacted.
 #[derive(Debug, Clone)]
@@ -34,23 +36,20 @@ pub struct Item {
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Messages waiting; more are dropped (and counted).
+    /// Messages waiting per destination; more are dropped (and counted).
     pub capacity: usize,
-    /// Deliveries at once.
-    pub concurrency: usize,
     /// Tries per message, the first included.
     pub attempts: u32,
     /// The pause after the first failed try, doubled after each.
     pub backoff: Duration,
-    /// One try's limit.
+    /// One try's limit, all of it.
     pub timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
-            capacity: 256,
-            concurrency: 4,
+            capacity: 64,
             attempts: 5,
             backoff: Duration::from_secs(2),
             timeout: Duration::from_secs(20),
@@ -58,41 +57,53 @@ impl Default for Options {
     }
 }
 
+/// Cheap to clone: the queues are shared.
+#[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Item>,
+    opts: Options,
+    http: reqwest::Client,
+    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Item>>>>,
 }
 
 impl Outbox {
-    /// Starts the delivering task on the current tokio runtime.
-    pub fn start(opts: Options) -> Outbox {
-        let (tx, mut rx) = mpsc::channel::<Item>(opts.capacity.max(1));
+    pub fn new(opts: Options) -> Outbox {
         let http = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
-        let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-        tokio::spawn(async move {
-            while let Some(item) = rx.recv().await {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (http, opts) = (http.clone(), opts.clone());
-                tokio::spawn(async move {
-                    deliver_with_retries(&http, &opts, &item).await;
-                    drop(permit);
-                });
-            }
-        });
-        Outbox { tx }
+            .expect("an HTTP client with timeouts builds");
+        Outbox {
+            opts,
+            http,
+            queues: Arc::default(),
+        }
     }
 
-    /// Queues `item`; a full queue drops it, counts and says so.
+    /// Queues `item` for its destination (starting the destination's worker
+    /// on the current tokio runtime at its first message); a full queue
+    /// drops it, counts and says so.
     pub fn send(&self, item: Item) {
         let destination = item.destination.clone();
-        if self.tx.try_send(item).is_err() {
+        let tx = {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            queues
+                .entry(destination.clone())
+                .or_insert_with(|| {
+                    let (tx, mut rx) = mpsc::channel::<Item>(self.opts.capacity.max(1));
+                    let (http, opts) = (self.http.clone(), self.opts.clone());
+                    tokio::spawn(async move {
+                        while let Some(item) = rx.recv().await {
+                            deliver_with_retries(&http, &opts, &item).await;
+                        }
+                    });
+                    tx
+                })
+                .clone()
+        };
+        if tx.try_send(item).is_err() {
             count(&destination, "dropped");
-            tracing::warn!(destination = %destination, "the notification queue is full: a message is dropped");
+            tracing::warn!(destination = %destination, "the destination's notification queue is full: a message is dropped");
         }
     }
 }
@@ -108,7 +119,9 @@ fn count(destination: &str, result: &str) {
 async fn deliver_with_retries(http: &reqwest::Client, opts: &Options, item: &Item) {
     let mut pause = opts.backoff;
     for attempt in 1..=opts.attempts.max(1) {
-        match deliver(http, opts, item).await {
+        let tried = tokio::time::timeout(opts.timeout, deliver(http, item)).await;
+        let tried = tried.unwrap_or_else(|_| Err(format!("no answer within {:?}", opts.timeout)));
+        match tried {
             Ok(()) => {
                 count(&item.destination, "delivered");
                 tracing::info!(destination = %item.destination, event = item.event, source = %item.source, attempt, "notification delivered");
@@ -128,7 +141,7 @@ async fn deliver_with_retries(http: &reqwest::Client, opts: &Options, item: &Ite
     }
 }
 
-async fn deliver(http: &reqwest::Client, opts: &Options, item: &Item) -> Result<(), String> {
+async fn deliver(http: &reqwest::Client, item: &Item) -> Result<(), String> {
     match &item.target {
         Destination::Webhook { url, hmac_key } => {
             let body = serde_json::to_vec(&serde_json::json!({
@@ -144,14 +157,28 @@ async fn deliver(http: &reqwest::Client, opts: &Options, item: &Item) -> Result<
             let mut req = http
                 .post(url)
                 .header("content-type", "application/json")
-                .header("user-agent", concat!("firedrill/", env!("CARGO_PKG_VERSION")));
+                .header(
+                    "user-agent",
+                    concat!("firedrill/", env!("CARGO_PKG_VERSION")),
+                );
             if let Some(key) = hmac_key {
-                req = req.header("x-firedrill-signature", format!("sha256={}", sign(key, &body)));
+                req = req.header(
+                    "x-firedrill-signature",
+                    format!("sha256={}", sign(key, &body)),
+                );
             }
             post(req.body(body)).await
         }
         Destination::Slack { url } => {
-            let body = serde_json::json!({ "text": format!("*{}*\n{}", item.subject, item.text) });
+            // Slack's mrkdwn reads <...> as links and mentions (<!channel>):
+            // what a failing check quotes must stay text.
+            let esc = |t: &str| {
+                t.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            };
+            let text = format!("*{}*\n{}", esc(&item.subject), esc(&item.text));
+            let body = serde_json::json!({ "text": text });
             post(
                 http.post(url)
                     .header("content-type", "application/json")
@@ -159,7 +186,7 @@ async fn deliver(http: &reqwest::Client, opts: &Options, item: &Item) -> Result<
             )
             .await
         }
-        Destination::Email(e) => send_mail(e, opts, item).await,
+        Destination::Email(e) => send_mail(e, item).await,
     }
 }
 
@@ -174,10 +201,17 @@ pub fn sign(key: &str, body: &[u8]) -> String {
 
 async fn post(req: reqwest::RequestBuilder) -> Result<(), String> {
     // Without the URL: it is the destination's credential.
-    let r = req
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach it: {}", e.without_url()))?;
+    let r = req.send().await.map_err(|e| {
+        // The causes (refused, timed out, TLS) carry no URL; the error itself would.
+        let e = e.without_url();
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            why.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        format!("cannot reach it: {why}")
+    })?;
     if r.status().is_success() {
         Ok(())
     } else {
@@ -185,13 +219,17 @@ async fn post(req: reqwest::RequestBuilder) -> Result<(), String> {
     }
 }
 
-async fn send_mail(e: &Email, opts: &Options, item: &Item) -> Result<(), String> {
+async fn send_mail(e: &Email, item: &Item) -> Result<(), String> {
     use lettre::message::header::ContentType;
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
     let mut m = Message::builder()
-        .from(e.from.parse().map_err(|x| format!("from {:?}: {x}", e.from))?)
+        .from(
+            e.from
+                .parse()
+                .map_err(|x| format!("from {:?}: {x}", e.from))?,
+        )
         .subject(&item.subject)
         .header(ContentType::TEXT_PLAIN);
     for to in &e.to {
@@ -201,16 +239,16 @@ async fn send_mail(e: &Email, opts: &Options, item: &Item) -> Result<(), String>
     let tls = || -> Result<TlsParameters, String> {
         let mut b = TlsParameters::builder(e.host.clone());
         if let Some(ca) = &e.ca_file {
-            let pem = std::fs::read(ca).map_err(|x| format!("ca_file {}: {x}", ca.display()))?;
+            let pem = std::fs::read(ca).map_err(|x| format!("ca_file {}: {x}", ca.display()))?; // small, local
             b = b.add_root_certificate(
-                Certificate::from_pem(&pem).map_err(|x| format!("ca_file {}: {x}", ca.display()))?,
+                Certificate::from_pem(&pem)
+                    .map_err(|x| format!("ca_file {}: {x}", ca.display()))?,
             );
         }
         b.build_rustls().map_err(|x| x.to_string())
     };
-    let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(e.host.as_str())
-        .port(e.port)
-        .timeout(Some(opts.timeout));
+    let mut t =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(e.host.as_str()).port(e.port);
     t = match e.security {
         Security::StartTls => t.tls(Tls::Required(tls()?)),
         Security::Tls => t.tls(Tls::Wrapper(tls()?)),

@@ -10,9 +10,10 @@
 //!   backoff, webhook / Slack / SMTP delivery, counted per destination.
 //!
 //! Invariants: a notification never delays or fails a job (the plugin runs
-//! off the async workers, delivery in the outbox's tasks, a full queue drops
-//! and counts); a message names a destination of the plugin's own policy or
-//! is refused; nothing leaves without passing the redactor.
+//! in a task of its own, delivery in the outbox's, a full queue drops and
+//! counts); a message names a destination of the plugin's own policy or is
+//! refused; the plugin sees the event redacted, and nothing leaves without
+//! passing the redactor again.
 
 pub mod deliver;
 
@@ -42,11 +43,11 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the outbox on the current tokio runtime.
-    pub fn start(policies: Arc<Policies>) -> Notifier {
+    /// Each destination's worker starts with its first message.
+    pub fn new(policies: Arc<Policies>) -> Notifier {
         Notifier {
             policies,
-            outbox: Outbox::start(deliver::Options::default()),
+            outbox: Outbox::new(deliver::Options::default()),
             last: Mutex::default(),
         }
     }
@@ -61,9 +62,10 @@ impl Notifier {
             .insert((source.to_string(), job.to_string()), failed);
     }
 
-    /// Calls the notifier plugin on `outcome` and queues what it returns;
-    /// returns at once, whatever the plugin or the destinations do.
-    pub async fn notify(&self, outcome: Outcome<'_>) {
+    /// Calls the notifier plugin on `outcome` and queues what it returns,
+    /// in a task of its own: returns at once, whatever the plugin or the
+    /// destinations do.
+    pub fn notify(&self, outcome: Outcome<'_>) {
         let kind = match (outcome.job, outcome.failed) {
             ("backup", false) => EventKind::BackupSucceeded,
             ("backup", true) => EventKind::BackupFailed,
@@ -73,14 +75,10 @@ impl Notifier {
             ("prune", true) => EventKind::PruneFailed,
             _ => return,
         };
-        let previous = self
-            .last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                (outcome.source.to_string(), outcome.job.to_string()),
-                outcome.failed,
-            );
+        let previous = self.last.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            (outcome.source.to_string(), outcome.job.to_string()),
+            outcome.failed,
+        );
         let Some(plugin) = self
             .policies
             .current()
@@ -90,25 +88,34 @@ impl Notifier {
         else {
             return;
         };
-        let event = Event {
-            kind,
-            source: outcome.source.to_string(),
-            backup_id: outcome.backup,
-            detail: outcome.detail,
-            time: crate::archive::manifest::unix_now(),
-            previous_failed: previous,
-            failed_checks: outcome.failed_checks,
-        };
-        // The plugin and the redactor are wasm calls: off the async workers.
-        let items = tokio::task::spawn_blocking(move || messages(&plugin, &event)).await;
-        match items {
-            Ok(items) => {
-                for item in items {
-                    self.outbox.send(item);
-                }
+        let (source, backup) = (outcome.source.to_string(), outcome.backup);
+        let (detail, checks) = (outcome.detail, outcome.failed_checks);
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            // The plugin and the redactor are wasm calls: off the async workers.
+            let work = move || {
+                // The plugin is untrusted: it never sees what the redactor
+                // would scrub (it could re-encode a secret past the
+                // scrubbing of its output).
+                let mut lines = vec![detail];
+                lines.extend(checks);
+                let mut lines = crate::telemetry::redactor().redact_lines(lines).into_iter();
+                let event = Event {
+                    kind,
+                    source,
+                    backup_id: backup,
+                    detail: lines.next().unwrap_or_default(),
+                    time: crate::archive::manifest::unix_now(),
+                    previous_failed: previous,
+                    failed_checks: lines.collect(),
+                };
+                messages(&plugin, &event)
+            };
+            match tokio::task::spawn_blocking(work).await {
+                Ok(items) => items.into_iter().for_each(|i| outbox.send(i)),
+                Err(e) => tracing::error!("the notifier task failed: {e}"),
             }
-            Err(e) => tracing::error!("the notifier task failed: {e}"),
-        }
+        });
     }
 }
 
@@ -118,7 +125,10 @@ fn messages(plugin: &Plugin, event: &Event) -> Vec<Item> {
     let out = match plugin.notify(&CallContext::default(), event) {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(plugin = plugin.name(), "the notifier failed, nothing is sent for this event: {e}");
+            tracing::error!(
+                plugin = plugin.name(),
+                "the notifier failed, nothing is sent for this event: {e}"
+            );
             return vec![];
         }
     };
@@ -140,6 +150,10 @@ fn messages(plugin: &Plugin, event: &Event) -> Vec<Item> {
             tracing::warn!(plugin = plugin.name(), destination = %m.destination, "a message to a destination the policy does not declare is dropped (declared: {})", declared.join(", "));
             continue;
         };
+        // One call for the subject and every line of the text.
+        let mut lines = vec![m.subject];
+        lines.extend(m.text.lines().map(str::to_string));
+        let mut lines = redactor.redact_lines(lines).into_iter();
         items.push(Item {
             destination: name.clone(),
             target: target.clone(),
@@ -147,8 +161,8 @@ fn messages(plugin: &Plugin, event: &Event) -> Vec<Item> {
             event: event_name(event.kind),
             backup: event.backup_id.clone(),
             time: event.time,
-            subject: redactor.redact(&m.subject),
-            text: redactor.redact(&m.text),
+            subject: lines.next().unwrap_or_default(),
+            text: lines.collect::<Vec<_>>().join("\n"),
         });
     }
     items

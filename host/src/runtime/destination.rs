@@ -31,8 +31,13 @@ use std::path::PathBuf;
 
 #[derive(Clone)]
 pub enum Destination {
-    Webhook { url: String, hmac_key: Option<String> },
-    Slack { url: String },
+    Webhook {
+        url: String,
+        hmac_key: Option<String>,
+    },
+    Slack {
+        url: String,
+    },
     Email(Email),
 }
 
@@ -139,7 +144,10 @@ pub fn parse(
             }
         };
         if let Some(extra) = t.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err((at(extra), format!("unknown key; expected one of {}", known.join(", "))));
+            return Err((
+                at(extra),
+                format!("unknown key; expected one of {}", known.join(", ")),
+            ));
         }
         let get = |k: &str| -> Result<Option<String>, (String, String)> {
             match t.get(k) {
@@ -149,7 +157,9 @@ pub fn parse(
                     Some(var) if e.len() == 1 => env(var)
                         .filter(|v| !v.trim().is_empty())
                         .map(Some)
-                        .ok_or_else(|| (at(k), format!("the environment variable {var} is not set"))),
+                        .ok_or_else(|| {
+                            (at(k), format!("the environment variable {var} is not set"))
+                        }),
                     _ => Err((at(k), "a string, or { env = \"NAME\" }".into())),
                 },
                 Some(_) => Err((at(k), "a string, or { env = \"NAME\" }".into())),
@@ -188,8 +198,12 @@ pub fn parse(
                 let (host, port) = match server.rsplit_once(':') {
                     Some((h, p)) => (
                         h.to_string(),
-                        p.parse::<u16>()
-                            .map_err(|_| (at("server"), format!("{server:?}: the port is not a number")))?,
+                        p.parse::<u16>().map_err(|_| {
+                            (
+                                at("server"),
+                                format!("{server:?}: the port is not a number"),
+                            )
+                        })?,
                     ),
                     None => (
                         server.clone(),
@@ -213,15 +227,36 @@ pub fn parse(
                 if username.is_some() != password.is_some() {
                     return Err((at("password"), "username and password go together".into()));
                 }
+                let loopback = host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|a| a.is_loopback());
+                if security == Security::None && password.is_some() && !loopback {
+                    return Err((
+                        at("security"),
+                        "\"none\" would send the password in clear: use \"starttls\" or \"tls\" (\"none\" with credentials only to a relay on this host)".into(),
+                    ));
+                }
+                let from = need("from")?;
+                for a in std::iter::once(&from).chain(&to) {
+                    if a.parse::<lettre::Address>().is_err() {
+                        let k = if *a == from { "from" } else { "to" };
+                        return Err((at(k), format!("{a:?} is not an e-mail address")));
+                    }
+                }
+                let ca_file = get("ca_file")?.map(PathBuf::from);
+                if let Some(f) = ca_file.as_ref().filter(|f| !f.is_file()) {
+                    return Err((at("ca_file"), format!("{} is not a file", f.display())));
+                }
                 Destination::Email(Email {
                     host,
                     port,
                     security,
-                    from: need("from")?,
+                    from,
                     to,
                     username,
                     password,
-                    ca_file: get("ca_file")?.map(PathBuf::from),
+                    ca_file,
                 })
             }
         };
@@ -236,7 +271,9 @@ mod tests {
 
     fn parse_text(text: &str) -> Result<Vec<(String, Destination)>, (String, String)> {
         let t: toml::Table = toml::from_str(text).unwrap();
-        parse(&t, &|v| (v == "HOOK").then(|| "https://hooks.example.com/T0/B1/secret".to_string()))
+        parse(&t, &|v| {
+            (v == "HOOK").then(|| "https://hooks.example.com/T0/B1/secret".to_string())
+        })
     }
 
     #[test]
@@ -248,9 +285,15 @@ mod tests {
         .unwrap();
         assert_eq!(d.len(), 2);
         let shown = format!("{d:?}");
-        assert!(!shown.contains("secret") && shown.contains("587"), "{shown}");
+        assert!(
+            !shown.contains("secret") && shown.contains("587"),
+            "{shown}"
+        );
         let ops = &d.iter().find(|(n, _)| n == "ops").unwrap().1;
-        assert!(ops.secrets().iter().any(|s| s.ends_with("/secret")), "{d:?}");
+        assert!(
+            ops.secrets().iter().any(|s| s.ends_with("/secret")),
+            "{d:?}"
+        );
         for (text, field) in [
             ("[a]\nkind = \"pager\"", "destinations.a.kind"),
             ("[a]\nkind = \"slack\"\nurl = { env = \"UNSET\" }", "destinations.a.url"),
@@ -258,6 +301,8 @@ mod tests {
             ("[a]\nkind = \"slack\"\nurl = \"https://x\"\nchannel = \"#ops\"", "destinations.a.channel"),
             ("[a]\nkind = \"email\"\nserver = \"m:25\"\nfrom = \"f@x\"\nto = []", "destinations.a.to"),
             ("[a]\nkind = \"email\"\nserver = \"m:x\"\nfrom = \"f@x\"\nto = [\"t@x\"]", "destinations.a.server"),
+            ("[a]\nkind = \"email\"\nserver = \"m:25\"\nfrom = \"nobody\"\nto = [\"t@x\"]", "destinations.a.from"),
+            ("[a]\nkind = \"email\"\nserver = \"mail.example.com:25\"\nsecurity = \"none\"\nfrom = \"f@x\"\nto = [\"t@x\"]\nusername = \"u\"\npassword = \"p\"", "destinations.a.security"),
         ] {
             let e = parse_text(text).err().unwrap_or_else(|| panic!("{text} passed"));
             assert_eq!(e.0, field, "{text}: {e:?}");

@@ -10,7 +10,7 @@
 //! - `registry`: a policies directory as one all-or-nothing set.
 //! - `reload`: the set in force, swapped whole on reload; the watcher.
 //! - `signature`: signed plugins and the keys trusted to sign them.
-//! - `worlds`: the five worlds and their typed export bindings.
+//! - `worlds`: the six worlds and their typed export bindings.
 //!
 //! Invariants: a plugin never gets an import its policy does not grant (it is
 //! refused at load); a call never shares a `Store` with another call; a trap,

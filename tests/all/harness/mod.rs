@@ -30,14 +30,15 @@
 
 mod agent;
 mod azurite;
+mod browser;
 mod gcs;
 mod http;
 mod plugins;
 mod postgres;
 mod proxy;
+mod receivers;
 mod redis;
 mod rotel;
-mod receivers;
 mod s3;
 mod tls;
 
@@ -46,12 +47,13 @@ pub use agent::{
     wait_with_peak_rss,
 };
 pub use azurite::{azurite, Azurite};
+pub use browser::Browser;
 pub use gcs::{gcs, Gcs};
 pub use http::{http, http_get, Reply};
-pub use receivers::{black_hole, HttpReceiver, Received, Smtp};
 pub use plugins::{component, load, policy_dir, runtime};
 pub use postgres::{pg_bin, postgres, postgres_from, postgres_from_with, Postgres, PostgresFrom};
 pub use proxy::{FaultCounts, FaultProxy, Faults};
+pub use receivers::{black_hole, HttpReceiver, Received, Smtp};
 pub use redis::{redis, OwnRedis, Redis};
 pub use rotel::Rotel;
 pub use s3::{s3, S3};

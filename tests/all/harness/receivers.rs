@@ -65,12 +65,16 @@ impl HttpReceiver {
 
     /// The requests answered 200.
     pub fn delivered(&self) -> Vec<Received> {
-        self.requests().into_iter().filter(|r| r.status == 200).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect()
     }
 }
 
 fn answer(conn: TcpStream, status: u16) -> Option<Received> {
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
     let mut reader = BufReader::new(conn.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -132,7 +136,11 @@ impl Smtp {
         let maildir = dir.join("mail");
         let port = free_port();
         let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/aiosmtpd");
-        assert!(tools.exists(), "{} is missing: run scripts/setup", tools.display());
+        assert!(
+            tools.exists(),
+            "{} is missing: run scripts/setup",
+            tools.display()
+        );
         let log = dir.join("aiosmtpd.log");
         let (o, e) = log_file(&log);
         let mut cmd = Command::new("python3");
