@@ -104,29 +104,45 @@ fn the_status_page_signs_in_shows_sources_and_reports_and_guards_its_buttons() {
     }
 
     // The session's cookie without the page's CSRF token: refused.
+    let page = b.source();
+    let csrf = regex::Regex::new(r#"name="csrf" value="([0-9a-f]{64})""#)
+        .unwrap()
+        .captures(&page)
+        .unwrap_or_else(|| panic!("no CSRF token: {page}"))[1]
+        .to_string();
     let cookie = format!("firedrill_session={operator}");
+    let form = "application/x-www-form-urlencoded";
+    let run = |headers: &[(&str, &str)], body: &str| {
+        let mut all = vec![("cookie", cookie.as_str()), ("content-type", form)];
+        all.extend_from_slice(headers);
+        harness::http(api.port, "POST", "/ui/run", &all, body)
+    };
+    let r = run(&[], "kind=backup&source=app&csrf=forged");
+    assert_eq!(r.status, 403, "{r:?}");
+    // From another site: refused, even with the right token.
+    let r = run(
+        &[("origin", "https://evil.example")],
+        &format!("kind=backup&source=app&csrf={csrf}"),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("another site"), "{r:?}");
+    // A path where a source's name goes: refused before the store is read.
+    let r = harness::http(
+        api.port,
+        "GET",
+        "/ui/report?source=../../etc&backup=x",
+        &[("cookie", &cookie)],
+        "",
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    // What is no cookie value never becomes one.
     let r = harness::http(
         api.port,
         "POST",
-        "/ui/run",
-        &[
-            ("cookie", &cookie),
-            ("content-type", "application/x-www-form-urlencoded"),
-        ],
-        "kind=backup&source=app&csrf=forged",
+        "/ui/login",
+        &[("content-type", form)],
+        "token=abc%3B+Domain%3Devil.example",
     );
-    assert_eq!(r.status, 403, "{r:?}");
-    // From another site: refused whatever the form holds.
-    let r = harness::http(
-        api.port,
-        "POST",
-        "/ui/run",
-        &[
-            ("cookie", &cookie),
-            ("origin", "https://evil.example"),
-            ("content-type", "application/x-www-form-urlencoded"),
-        ],
-        "kind=backup&source=app",
-    );
-    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.header("set-cookie").is_none(), "{r:?}");
 }

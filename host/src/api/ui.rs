@@ -104,6 +104,11 @@ fn csrf_of(token: &str) -> String {
     crate::notify::deliver::sign(token, b"firedrill-ui-csrf")
 }
 
+/// Equal, in a time that does not depend on where they differ.
+fn same_bytes(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
 fn session_token(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all("cookie")
@@ -121,6 +126,14 @@ fn as_bearer(headers: &HeaderMap, token: &str) -> Option<HeaderMap> {
     let mut h = headers.clone();
     h.insert("authorization", format!("Bearer {token}").parse().ok()?);
     Some(h)
+}
+
+fn foreign() -> Response<Body> {
+    message(
+        StatusCode::FORBIDDEN,
+        "Refused",
+        "the form came from another site",
+    )
 }
 
 /// Where the browser says the request came from is this host (or it says
@@ -181,21 +194,35 @@ pub async fn route(
         ("GET", "/ui/login") => Ok(page(StatusCode::OK, "login.html", context! {})),
         ("POST", "/ui/login") => {
             if !same_origin(&headers) {
-                return Ok(message(
-                    StatusCode::FORBIDDEN,
-                    "Refused",
-                    "the form came from another site",
-                ));
+                return Ok(foreign());
             }
             let f = form(req).await?;
             let token = field(&f, "token").unwrap_or_default().trim().to_string();
+            // Only what a cookie can carry as it is (RFC 6265 cookie-octets):
+            // no attribute or header can ride in on it.
+            let octet = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\');
+            if token.is_empty() || !token.chars().all(octet) {
+                return Ok(page(
+                    StatusCode::BAD_REQUEST,
+                    "login.html",
+                    context! { error => "that is not a token (firedrill token issue prints one)" },
+                ));
+            }
             match authorize(&token, Role::Viewer).await {
-                Ok(_) => Ok(redirect(
-                    "/ui",
-                    Some(format!(
-                        "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict"
-                    )),
-                )),
+                Ok(_) => {
+                    // Over TLS (here or at a proxy in front): never sent in clear.
+                    let https = headers
+                        .get("origin")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|o| o.starts_with("https://"));
+                    let secure = if https { "; Secure" } else { "" };
+                    Ok(redirect(
+                        "/ui",
+                        Some(format!(
+                            "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict{secure}"
+                        )),
+                    ))
+                }
                 Err(e) => Ok(page(
                     e.status,
                     "login.html",
@@ -203,6 +230,7 @@ pub async fn route(
                 )),
             }
         }
+        ("POST", "/ui/logout") if !same_origin(&headers) => Ok(foreign()),
         ("POST", "/ui/logout") => Ok(redirect(
             "/ui/login",
             Some(format!(
@@ -233,9 +261,26 @@ pub async fn route(
                         "name ?source= and ?backup=",
                     ));
                 };
+                // Names as the store's paths have them, never `..` or a path.
+                let known = state
+                    .agent
+                    .config()
+                    .sources
+                    .iter()
+                    .any(|s| s.name == source)
+                    || (crate::config::check_source_name(&source).is_ok()
+                        && !source.starts_with('.'));
+                if !known || !archive::manifest::is_backup_id(&backup) {
+                    return Ok(message(
+                        StatusCode::BAD_REQUEST,
+                        "No such report",
+                        "name a source and a backup id",
+                    ));
+                }
                 return report(state, &source, &backup).await;
             }
-            overview(state, &principal, &csrf_of(&token), q("started")).await
+            let started = q("started").filter(|id| state.agent.jobs.get(id).is_some());
+            Ok(overview(state, &principal, &csrf_of(&token), started).await)
         }
         ("POST", "/ui/run") => {
             let Some(token) = session_token(&headers) else {
@@ -246,14 +291,10 @@ pub async fn route(
                 ));
             };
             if !same_origin(&headers) {
-                return Ok(message(
-                    StatusCode::FORBIDDEN,
-                    "Refused",
-                    "the form came from another site",
-                ));
+                return Ok(foreign());
             }
             let f = form(req).await?;
-            if field(&f, "csrf") != Some(csrf_of(&token).as_str()) {
+            if !same_bytes(field(&f, "csrf").unwrap_or_default(), &csrf_of(&token)) {
                 return Ok(message(
                     StatusCode::FORBIDDEN,
                     "Refused",
@@ -298,6 +339,8 @@ pub async fn route(
 struct SourceView {
     name: String,
     verdict: &'static str,
+    /// The verdict as a CSS class.
+    verdict_class: String,
     backups: usize,
     last_backup: Option<String>,
     last_backup_age: Option<String>,
@@ -331,11 +374,19 @@ async fn overview(
     principal: &auth::Principal,
     csrf: &str,
     started: Option<String>,
-) -> Result<Response<Body>, ApiError> {
+) -> Response<Body> {
     let agent = &state.agent;
-    let scan = archive::scan_backups(agent.store())
-        .await
-        .map_err(|e| ApiError::new(503, format!("the store cannot be listed: {e}")))?;
+    // The page is needed most when the store is in trouble: it says so.
+    let scan = match archive::scan_backups(agent.store()).await {
+        Ok(s) => s,
+        Err(e) => {
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The store cannot be listed",
+                &e.to_string(),
+            )
+        }
+    };
     let now = archive::manifest::unix_now();
     let mut sources = Vec::new();
     let configured: Vec<String> = agent
@@ -384,7 +435,8 @@ async fn overview(
                 drill: l.last_drill.as_ref().map(|d| d.passed),
                 keep: plan.as_ref().ok().and_then(|p| {
                     p.iter().find(|d| d.id == l.id).map(|d| {
-                        format!("{}: {}", if d.delete { "delete" } else { "keep" }, d.reason)
+                        let reason = crate::telemetry::redactor().redact(&d.reason);
+                        format!("{}: {reason}", if d.delete { "delete" } else { "keep" })
                     })
                 }),
             })
@@ -393,6 +445,10 @@ async fn overview(
         rows.truncate(50);
         sources.push(SourceView {
             verdict: h.map(|h| h.verdict.as_str()).unwrap_or("no backup"),
+            verdict_class: h
+                .map(|h| h.verdict.as_str())
+                .unwrap_or("no backup")
+                .replace(' ', "_"),
             backups: h.map(|h| h.backups).unwrap_or(0),
             last_backup: h.and_then(|h| h.last_backup.as_ref()).map(|b| b.id.clone()),
             last_backup_age: h
@@ -407,11 +463,11 @@ async fn overview(
             rto_chart: chart("RTO (restore time of each drill)", &drills, since, now),
             rpo_chart: chart("RPO (time between backups)", &rpo, since, now),
             rows,
-            retention: plan.err(),
+            retention: plan.err().map(|e| crate::telemetry::redactor().redact(&e)),
             name,
         });
     }
-    Ok(page(
+    page(
         StatusCode::OK,
         "index.html",
         context! {
@@ -423,7 +479,7 @@ async fn overview(
             started,
             now => time(now),
         },
-    ))
+    )
 }
 
 /// What retention would do to each backup of `source` now (a dry run of

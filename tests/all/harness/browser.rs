@@ -169,8 +169,9 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let path = format!("/session/{}", self.session);
         let _ = std::panic::catch_unwind(|| webdriver(self.port, "DELETE", &path, ""));
-        let _ = self.driver.kill();
+        unsafe { libc::kill(self.driver.id() as i32, libc::SIGTERM) };
         let _ = self.driver.wait();
+        super::not_at_exit(self.driver.id());
     }
 }
 

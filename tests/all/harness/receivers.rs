@@ -181,5 +181,6 @@ impl Drop for Smtp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        super::not_at_exit(self.child.id());
     }
 }
