@@ -508,6 +508,15 @@ impl Agent {
                     record.finish(State::Succeeded, out.backup, out.passed, None);
                     Ok(Some(out.result))
                 }
+                Err(JobError::NothingToDrill(why)) if req.slot.is_some() => {
+                    // A tick between backups (or before the first): no news,
+                    // and no alarm.
+                    let _ = lease.release(req.slot).await;
+                    metrics::global().add(metrics::JOBS_SKIPPED, &[], 1.0);
+                    tracing::info!(source = %source, job, "nothing to drill: {why}");
+                    record.finish(State::Skipped, None, None, None);
+                    Ok(None)
+                }
                 Err(e) => {
                     let _ = lease.release(None).await;
                     // The job's own failure; a lease or quota that was not

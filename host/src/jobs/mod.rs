@@ -56,6 +56,10 @@ pub enum JobError {
     Coord(#[from] crate::coord::CoordError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A drill with no backup of the kind it was asked for (none yet, or
+    /// every one drilled): nothing to prove, which a scheduled drill skips.
+    #[error("{0}")]
+    NothingToDrill(String),
 }
 
 impl JobError {

@@ -256,7 +256,7 @@ pub async fn pick_backup(
                 .find(|l| source.is_none_or(|s| l.source == s))
                 .map(|l| (l.source.clone(), l.id.clone()))
                 .ok_or_else(|| {
-                    JobError::Config(
+                    JobError::NothingToDrill(
                         "every complete backup has been drilled already (see `firedrill list`)"
                             .into(),
                     )
