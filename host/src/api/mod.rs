@@ -269,6 +269,13 @@ async fn handle(
     response
 }
 
+/// The value of `name` in a URL's query, decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// Reads a JSON body (at most [`MAX_BODY`]); an empty body reads as `{}`.
 async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<hyper::body::Incoming>,

@@ -131,11 +131,7 @@ pub async fn route(
         required,
     )
     .await?;
-    let q = |name: &str| -> Option<String> {
-        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
+    let q = |name: &str| super::query_param(query.as_deref(), name);
     match found? {
         Route::WhoAmI => Ok(json(
             StatusCode::OK,

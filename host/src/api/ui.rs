@@ -248,11 +248,7 @@ pub async fn route(
                 }
                 Err(e) => return Ok(message(e.status, "Refused", &e.message)),
             };
-            let q = |name: &str| -> Option<String> {
-                url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.into_owned())
-            };
+            let q = |name: &str| super::query_param(query.as_deref(), name);
             if path == "/ui/report" {
                 let (Some(source), Some(backup)) = (q("source"), q("backup")) else {
                     return Ok(message(
@@ -339,8 +335,6 @@ pub async fn route(
 struct SourceView {
     name: String,
     verdict: &'static str,
-    /// The verdict as a CSS class.
-    verdict_class: String,
     backups: usize,
     last_backup: Option<String>,
     last_backup_age: Option<String>,
@@ -445,10 +439,6 @@ async fn overview(
         rows.truncate(50);
         sources.push(SourceView {
             verdict: h.map(|h| h.verdict.as_str()).unwrap_or("no backup"),
-            verdict_class: h
-                .map(|h| h.verdict.as_str())
-                .unwrap_or("no backup")
-                .replace(' ', "_"),
             backups: h.map(|h| h.backups).unwrap_or(0),
             last_backup: h.and_then(|h| h.last_backup.as_ref()).map(|b| b.id.clone()),
             last_backup_age: h
@@ -615,23 +605,10 @@ fn bytes(b: u64) -> String {
     }
 }
 
+/// `YYYY-MM-DD HH:MM UTC` from seconds since the epoch.
 fn time(t: i64) -> String {
-    chrono_like(t)
-}
-
-/// `YYYY-MM-DD HH:MM UTC` from seconds since the epoch (civil from days,
-/// Howard Hinnant's algorithm: no date crate for one format).
-fn chrono_like(t: i64) -> String {
-    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::config::schedule::civil(t.div_euclid(86_400));
+    let secs = t.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
         secs / 3600,
@@ -645,8 +622,8 @@ mod tests {
 
     #[test]
     fn times_charts_and_the_csrf_token() {
-        assert_eq!(chrono_like(0), "1970-01-01 00:00 UTC");
-        assert_eq!(chrono_like(1_796_273_750), "2026-12-03 04:55 UTC");
+        assert_eq!(time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(time(1_796_273_750), "2026-12-03 04:55 UTC");
         let svg = chart("RTO <x>", &[(100, 5.0), (200, 9.0)], 0, 300);
         assert!(
             svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("RTO &lt;x&gt;"),
