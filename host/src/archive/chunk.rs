@@ -1,7 +1,7 @@
-//! Objects as streams: bytes in -> zstd -> (age) -> sha256 -> multipart
+//! Objects as streams: bytes in -> zstd frames -> (age) -> sha256 -> multipart
 //! upload, and back: download -> sha256 -> (age) -> zstd -> bytes out, with
 //! the checksum and size checked when the stream ends. Memory is bounded by
-//! the part size and the zstd window, whatever the object's size; the
+//! the part size and the zstd frame, whatever the object's size; the
 //! decompressed output by the size the manifest records (or a cap), checked
 //! as it grows, so a few KiB of zstd cannot fill a disk or the memory.
 
@@ -11,13 +11,18 @@ use super::store::Store;
 use super::ArchiveError;
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
-use std::io::Write;
 
 /// Compressed bytes are handed to the store in pieces of about this size.
 const FLUSH_AT: usize = 1 << 20;
-/// Input is gathered into batches this big before compression: COPY hands
-/// over one row at a time, and a zstd call per row costs more than the row.
-const BATCH: usize = 128 << 10;
+/// Input is compressed in independent zstd frames of this size (the last
+/// one shorter), one batch each: COPY hands over one row at a time, and a
+/// zstd call per row costs more than the row. One-shot frames over
+/// contiguous input take zstd's fast path, where a stream's ring buffer
+/// takes its slower external-dictionary one after its first wrap, and a
+/// 1 MiB frame's tables fit the cache: about a third less CPU than one
+/// stream at the same level for 2% more bytes (measured on COPY text;
+/// tests/bench/logical.py). Every zstd decoder reads concatenated frames.
+const FRAME: usize = 1 << 20;
 /// Decompressed output comes in pieces of at most this size, whatever the
 /// compression ratio, so a reader's memory stays bounded.
 const OUT_PIECE: usize = 256 << 10;
@@ -33,6 +38,7 @@ pub struct ObjectWriter {
     store: String,
     path: String,
     writer: super::store::StoreWriter,
+    /// Input gathered for the next frame.
     batch: Vec<u8>,
     /// Batches to the compressing thread (closed without `Finish`: aborted).
     to_thread: tokio::sync::mpsc::Sender<Batch>,
@@ -74,7 +80,7 @@ impl ObjectWriter {
         level: i32,
     ) -> Result<ObjectWriter, ArchiveError> {
         let writer = store.writer(path).await?;
-        let encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(FLUSH_AT * 2), level)
+        let encoder = zstd::bulk::Compressor::new(level)
             .map_err(|e| ArchiveError::Compression(e.to_string()))?;
         let sealer = store.seal_key().map(Sealer::new);
         let (to_thread, input) = tokio::sync::mpsc::channel(IN_FLIGHT);
@@ -84,7 +90,7 @@ impl ObjectWriter {
             store: store.display().to_string(),
             path: path.to_string(),
             writer,
-            batch: Vec::with_capacity(BATCH),
+            batch: Vec::with_capacity(FRAME),
             to_thread,
             from_thread,
             thread,
@@ -93,15 +99,21 @@ impl ObjectWriter {
         })
     }
 
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), ArchiveError> {
         self.raw += data.len() as u64;
         self.rows += memchr::memchr_iter(b'\n', data).count() as u64;
-        self.batch.extend_from_slice(data);
-        if self.batch.len() < BATCH {
-            return Ok(());
+        // Frames of exactly FRAME bytes, whatever the pieces: a single huge
+        // row costs no more memory to compress than a small one.
+        while !data.is_empty() {
+            let take = data.len().min(FRAME - self.batch.len());
+            self.batch.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.batch.len() == FRAME {
+                let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(FRAME));
+                self.hand_over(Batch::Data(batch)).await?;
+            }
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        self.hand_over(Batch::Data(batch)).await
+        Ok(())
     }
 
     /// Passes a batch to the thread, uploading what it has made meanwhile
@@ -149,8 +161,9 @@ impl ObjectWriter {
 
     /// Completes the upload; `rel` is how the manifest names the object.
     pub async fn finish(mut self, rel: &str) -> Result<ObjectRef, ArchiveError> {
+        // An empty object is still one (empty) frame: a valid zstd stream.
         let batch = std::mem::take(&mut self.batch);
-        if !batch.is_empty() {
+        if !batch.is_empty() || self.raw == 0 {
             self.hand_over(Batch::Data(batch)).await?;
         }
         self.hand_over(Batch::Finish).await?;
@@ -187,11 +200,11 @@ impl ObjectWriter {
     }
 }
 
-/// The compressing thread: batches in, zstd -> (age) -> sha256, pieces of
-/// about `FLUSH_AT` out. Input that ends without `Finish` is an abandoned
-/// object: nothing more is made of it.
+/// The compressing thread: batches in, each a zstd frame -> (age) ->
+/// sha256, pieces of about `FLUSH_AT` out. Input that ends without
+/// `Finish` is an abandoned object: nothing more is made of it.
 fn compress(
-    mut encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    mut encoder: zstd::bulk::Compressor<'static>,
     sealer: Option<Sealer>,
     mut input: tokio::sync::mpsc::Receiver<Batch>,
     output: tokio::sync::mpsc::Sender<Vec<u8>>,
@@ -225,24 +238,27 @@ fn compress(
         stored: 0,
         output,
     };
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(FRAME));
+    let mut pending = Vec::with_capacity(FLUSH_AT + frame.capacity());
     loop {
         match input.blocking_recv() {
             Some(Batch::Data(b)) => {
                 encoder
-                    .write_all(&b)
+                    .compress_to_buffer(&b, &mut frame)
                     .map_err(|e| ArchiveError::Compression(e.to_string()))?;
-                if encoder.get_ref().len() >= FLUSH_AT {
-                    out.emit(std::mem::take(encoder.get_mut()))?;
+                pending.extend_from_slice(&frame);
+                if pending.len() >= FLUSH_AT {
+                    let next = Vec::with_capacity(pending.capacity());
+                    out.emit(std::mem::replace(&mut pending, next))?;
                 }
             }
             Some(Batch::Finish) => break,
             None => return Err(abandoned()),
         }
     }
-    let tail = encoder
-        .finish()
-        .map_err(|e| ArchiveError::Compression(e.to_string()))?;
-    out.emit(tail)?;
+    if !pending.is_empty() {
+        out.emit(pending)?;
+    }
     if let Some(last) = out.sealer.take().map(Sealer::finish) {
         out.send(last)?;
     }
@@ -666,6 +682,41 @@ mod tests {
         // An empty object is a valid one.
         let empty = write(&plain, "empty", b"").await;
         assert_eq!(read(&plain, &empty, None).await.unwrap().0, b"");
+    }
+
+    /// The decompressed size of each zstd frame of `stored`.
+    fn frame_sizes(mut stored: &[u8]) -> Vec<u64> {
+        let mut sizes = Vec::new();
+        while !stored.is_empty() {
+            let n = zstd::zstd_safe::find_frame_compressed_size(stored).unwrap();
+            sizes.push(zstd::zstd_safe::get_frame_content_size(&stored[..n]).unwrap().unwrap());
+            stored = &stored[n..];
+        }
+        sizes
+    }
+
+    #[tokio::test]
+    async fn input_is_cut_into_frames_of_at_most_a_frame_whatever_the_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        // Small pieces, then one piece (a huge row) of several frames.
+        let small = rows(100_000);
+        let huge: Vec<u8> = rows(200_000).into_iter().filter(|&b| b != b'\n').collect();
+        let mut w = ObjectWriter::create(&store, "o", 3).await.unwrap();
+        for piece in small.chunks(7_777) {
+            w.write(piece).await.unwrap();
+        }
+        w.write(&huge).await.unwrap();
+        w.write(b"\n").await.unwrap();
+        let object = w.finish("o").await.unwrap();
+        let sizes = frame_sizes(&std::fs::read(dir.path().join("o")).unwrap());
+        let total = (small.len() + huge.len() + 1) as u64;
+        assert_eq!(sizes.iter().sum::<u64>(), total);
+        assert!(sizes.len() as u64 >= total / FRAME as u64, "{sizes:?}");
+        assert!(sizes.iter().all(|&s| s <= FRAME as u64), "{sizes:?}");
+        let (back, n) = read(&store, &object, None).await.unwrap();
+        assert!(back.len() as u64 == total && back[small.len()..total as usize - 1] == huge[..]);
+        assert_eq!(n, 100_001);
     }
 
     #[tokio::test]
