@@ -12,8 +12,6 @@ use super::ArchiveError;
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
-/// Compressed bytes are handed to the store in pieces of about this size.
-const FLUSH_AT: usize = 1 << 20;
 /// Input is compressed in independent zstd frames of this size (the last
 /// one shorter), one batch each: COPY hands over one row at a time, and a
 /// zstd call per row costs more than the row. One-shot frames over
@@ -62,8 +60,9 @@ struct Sealed {
     sha256: String,
 }
 
-/// Batches waiting for the compressing thread, and compressed pieces
-/// waiting for the upload: memory per writer stays a few MiB.
+/// Compressed frames waiting for the upload (and decompressed pieces for
+/// the reader); one batch waits for the compressing thread while the next
+/// fills: memory per writer stays a few MiB beside the store's part buffer.
 const IN_FLIGHT: usize = 2;
 
 impl ObjectWriter {
@@ -83,7 +82,7 @@ impl ObjectWriter {
         let encoder = zstd::bulk::Compressor::new(level)
             .map_err(|e| ArchiveError::Compression(e.to_string()))?;
         let sealer = store.seal_key().map(Sealer::new);
-        let (to_thread, input) = tokio::sync::mpsc::channel(IN_FLIGHT);
+        let (to_thread, input) = tokio::sync::mpsc::channel(1);
         let (output, from_thread) = tokio::sync::mpsc::channel(IN_FLIGHT);
         let thread = tokio::task::spawn_blocking(move || compress(encoder, sealer, input, output));
         Ok(ObjectWriter {
@@ -201,7 +200,7 @@ impl ObjectWriter {
 }
 
 /// The compressing thread: batches in, each a zstd frame -> (age) ->
-/// sha256, pieces of about `FLUSH_AT` out. Input that ends without
+/// sha256, out (the store gathers them into parts). Input that ends without
 /// `Finish` is an abandoned object: nothing more is made of it.
 fn compress(
     mut encoder: zstd::bulk::Compressor<'static>,
@@ -239,25 +238,18 @@ fn compress(
         output,
     };
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(FRAME));
-    let mut pending = Vec::with_capacity(FLUSH_AT + frame.capacity());
     loop {
         match input.blocking_recv() {
             Some(Batch::Data(b)) => {
                 encoder
                     .compress_to_buffer(&b, &mut frame)
                     .map_err(|e| ArchiveError::Compression(e.to_string()))?;
-                pending.extend_from_slice(&frame);
-                if pending.len() >= FLUSH_AT {
-                    let next = Vec::with_capacity(pending.capacity());
-                    out.emit(std::mem::replace(&mut pending, next))?;
-                }
+                // A copy of its own size: the scratch stays for the next frame.
+                out.emit(frame.clone())?;
             }
             Some(Batch::Finish) => break,
             None => return Err(abandoned()),
         }
-    }
-    if !pending.is_empty() {
-        out.emit(pending)?;
     }
     if let Some(last) = out.sealer.take().map(Sealer::finish) {
         out.send(last)?;

@@ -210,6 +210,9 @@ pub struct Store {
     /// Objects larger than a part go up as GCS resumable uploads (see
     /// [`StoreWriter`]).
     resumable: bool,
+    /// A file store: writes go straight to the file, with no part buffer
+    /// per object being written.
+    local: bool,
 }
 
 /// Where a file store keeps whole-object writes until they are renamed in.
@@ -244,6 +247,7 @@ impl Store {
                 keys: Arc::default(),
                 seal: None,
                 resumable: false,
+                local: true,
             });
         }
         let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
@@ -292,6 +296,7 @@ impl Store {
             keys: Arc::default(),
             seal: None,
             resumable: scheme == "gs",
+            local: false,
         })
     }
 
@@ -366,12 +371,12 @@ impl Store {
                 held: Vec::new(),
             });
         }
-        self.op
-            .writer_with(path)
-            .chunk(PART_SIZE)
-            .await
-            .map(StoreWriter::Streaming)
-            .map_err(|e| self.err(path, e))
+        let w = self.op.writer_with(path);
+        let w = match self.local {
+            true => w.await,
+            false => w.chunk(PART_SIZE).await,
+        };
+        w.map(StoreWriter::Streaming).map_err(|e| self.err(path, e))
     }
 
     pub async fn reader(&self, path: &str) -> Result<opendal::Reader, ArchiveError> {

@@ -216,7 +216,11 @@ impl RunArgs {
         threads: usize,
     ) -> anyhow::Result<Result<Vec<JobResult>, u8>> {
         let (wait, mut req) = (self.wait, req);
-        runtime(threads)?.block_on(async move {
+        // On a worker thread, as the agent runs its jobs: the main thread
+        // only waits. A job's streams then run beside their connections'
+        // tasks instead of waking the main thread for every read.
+        let rt = runtime(threads)?;
+        let job: tokio::task::JoinHandle<anyhow::Result<Result<Vec<JobResult>, u8>>> = rt.spawn(async move {
             let agent = firedrill::agent::assemble(config, firedrill::agent::Purpose::Command).await?;
             let sources: Vec<String> = match req.kind {
                 Kind::Drill | Kind::Restore => {
@@ -292,7 +296,8 @@ impl RunArgs {
                 return Ok(Err(code));
             }
             Ok(Ok(results))
-        })
+        });
+        rt.block_on(job)?
     }
 }
 
