@@ -681,7 +681,11 @@ mod tests {
         let mut sizes = Vec::new();
         while !stored.is_empty() {
             let n = zstd::zstd_safe::find_frame_compressed_size(stored).unwrap();
-            sizes.push(zstd::zstd_safe::get_frame_content_size(&stored[..n]).unwrap().unwrap());
+            sizes.push(
+                zstd::zstd_safe::get_frame_content_size(&stored[..n])
+                    .unwrap()
+                    .unwrap(),
+            );
             stored = &stored[n..];
         }
         sizes
